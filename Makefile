@@ -1,0 +1,36 @@
+# Every target sets itself up: a local virtualenv in .venv with the package (editable) and test tools.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WEIGHTIDX := $(VENV)/bin/weightidx
+STAMP := $(VENV)/.installed-stamp
+DEMO := build/demo
+
+.PHONY: setup test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("weightidx needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check weightidx tests
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(WEIGHTIDX) demo $(DEMO)
+	$(WEIGHTIDX) index $(DEMO)/wan_a.safetensors -o $(DEMO)/wan_a.parquet
+	$(WEIGHTIDX) index $(DEMO)/longcat_b.safetensors -o $(DEMO)/longcat_b.parquet
+	$(PY) -c "from weightidx.sql import run_query; run_query('shape_table', a='$(DEMO)/wan_a.parquet', b='$(DEMO)/longcat_b.parquet').show()"
+
+bench: $(STAMP)
+	$(PY) tests/benchmarks/bench_index.py
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,156 @@
+"""`make bench`: index throughput and memory against sha256sum and a plain numpy decode floor.
+
+Builds the ~1.6 GB bf16 benchmark checkpoint once (cached in build/bench), and a
+second one twice its size for the memory-scaling check, then in one run measures:
+
+  (a) sha256sum of the file                       -- the baseline everyone knows
+  (b) decode floor: numpy decodes every tensor to float32 in 2^20-element chunks,
+      one thread, best of 3                       -- informational
+  (c) `weightidx index`, whole process, best of 2
+  (d) peak RSS of the index run, the whole process tree (parent + workers),
+      sampled from /proc, for the 1x and the 2x checkpoint
+
+and prints ratios. Machines here are noisy: compare the ratios, not the seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from weightidx.checkpoint import ShardReader, decode, open_checkpoint
+from weightidx.demo import DemoConfig, write_demo_pair
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / "build" / "bench"
+CHUNK = 1 << 20
+
+
+def ensure_checkpoint(name: str, blocks: int) -> Path:
+    folder = CACHE / name
+    path = folder / "wan_a.safetensors"
+    if not path.exists():
+        print(f"generating {name} checkpoint ({blocks} blocks, width 2048, bf16) ...", flush=True)
+        write_demo_pair(folder, DemoConfig(width=2048, blocks=blocks, text_dim=4096))
+    return path
+
+
+def best_of(runs: int, action) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sha256sum(path: Path) -> float:
+    return best_of(2, lambda: subprocess.run(["sha256sum", str(path)], check=True, capture_output=True))
+
+
+def decode_floor(path: Path) -> float:
+    checkpoint = open_checkpoint(path)
+    raw = np.empty(CHUNK * 8, dtype=np.uint8)
+    out = np.empty(CHUNK, dtype=np.float32)
+
+    def one_pass() -> None:
+        with ShardReader() as reader:
+            for tensor in checkpoint.tensors:
+                itemsize = tensor.nbytes // max(tensor.numel, 1)
+                for start in range(0, tensor.numel, CHUNK):
+                    count = min(CHUNK, tensor.numel - start)
+                    view = raw[: count * itemsize]
+                    reader.read_into(tensor.path, tensor.begin + start * itemsize, memoryview(view))
+                    decode(view, tensor.dtype, out=out[:count])
+
+    return best_of(3, one_pass)
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in KiB."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total
+
+
+def run_index(path: Path, out: Path) -> tuple[float, int]:
+    """Wall time and peak process-tree RSS (KiB) of one `weightidx index` run."""
+    command = [str(Path(sys.executable).with_name("weightidx")), "index", str(path), "-o", str(out), "-q"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss_kib(proc.pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    code = proc.wait()
+    elapsed = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if code:
+        raise SystemExit(f"weightidx index failed with exit code {code}")
+    return elapsed, peak
+
+
+def main() -> None:
+    single = ensure_checkpoint("x1", blocks=14)
+    double = ensure_checkpoint("x2", blocks=28)
+    size = single.stat().st_size
+    out = CACHE / "index.parquet"
+    print(f"checkpoint: {single} ({size / 1e9:.2f} GB), cores: {len(os.sched_getaffinity(0))}", flush=True)
+
+    sha = sha256sum(single)
+    floor = decode_floor(single)
+    index_runs = [run_index(single, out) for _ in range(2)]
+    index_time = min(t for t, _ in index_runs)
+    rss_single = max(r for _, r in index_runs)
+    _, rss_double = run_index(double, CACHE / "index2.parquet")
+
+    results = {
+        "checkpoint_gb": round(size / 1e9, 3),
+        "sha256sum_gbps": round(size / sha / 1e9, 3),
+        "decode_floor_gbps": round(size / floor / 1e9, 3),
+        "index_gbps": round(size / index_time / 1e9, 3),
+        "index_over_sha256sum": round(sha / index_time, 2),
+        "index_over_floor": round(floor / index_time, 2),
+        "peak_rss_mib": round(rss_single / 1024, 1),
+        "peak_rss_2x_mib": round(rss_double / 1024, 1),
+        "rss_growth_2x": round(rss_double / rss_single, 3),
+    }
+    print(json.dumps(results, indent=1))
+    print(
+        "\n| measure | value |\n|---|---|\n"
+        f"| sha256sum (baseline) | {results['sha256sum_gbps']} GB/s |\n"
+        f"| numpy decode floor, 1 thread (informational) | {results['decode_floor_gbps']} GB/s |\n"
+        f"| `weightidx index`, whole process | {results['index_gbps']} GB/s |\n"
+        f"| index / sha256sum | {results['index_over_sha256sum']}x |\n"
+        f"| index / decode floor | {results['index_over_floor']}x |\n"
+        f"| peak RSS, process tree, 1.66 GB checkpoint | {results['peak_rss_mib']} MiB |\n"
+        f"| peak RSS, process tree, 3.3 GB checkpoint | {results['peak_rss_2x_mib']} MiB "
+        f"({results['rss_growth_2x']}x) |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The command line: output and pinned error messages."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from weightidx import __version__
+from weightidx.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert (result.exit_code, result.output) == (0, f"weightidx {__version__}\n")
+
+
+def test_index_prints_one_summary_line_and_writes_the_file(demo_pair, tmp_path: Path) -> None:
+    out = tmp_path / "a.parquet"
+    result = run("index", str(demo_pair["a"]), "-o", str(out), "--name", "wan")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1
+    assert re.fullmatch(
+        rf"wan: 86 tensors, 910,144 parameters, 1\.8 MB in \d+\.\d\d s \(\d+\.\d [kMG]?B/s\) "
+        rf"-> {re.escape(str(out))}",
+        lines[0],
+    ), lines[0]
+    assert out.exists()
+
+
+def test_index_quiet_prints_nothing(demo_pair, tmp_path: Path) -> None:
+    result = run("index", str(demo_pair["a"]), "-o", str(tmp_path / "a.parquet"), "--quiet")
+    assert (result.exit_code, result.output) == (0, "")
+
+
+def test_default_output_is_named_after_the_model(demo_pair, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run("index", str(demo_pair["b"]), "-q").exit_code == 0
+    assert (tmp_path / "longcat_b.weightidx.parquet").exists()
+
+
+def bad_files(tmp_path: Path) -> list[tuple[Path, str]]:
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(struct.pack("<Q", 500) + b'{"a": ')
+    not_st = tmp_path / "notes.safetensors"
+    not_st.write_text("hello, this is not a checkpoint at all")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(struct.pack("<Q", 8) + b"{oops!!}")
+    offsets = tmp_path / "offsets.safetensors"
+    header = b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}'
+    offsets.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    return [
+        (tmp_path / "missing.safetensors", "no such file or directory; check the path"),
+        (
+            truncated,
+            "header length 500 does not fit a 14-byte file; the file is truncated or not safetensors",
+        ),
+        (not_st, "does not fit a 38-byte file; the file is truncated or not safetensors"),
+        (
+            corrupt,
+            "header is not valid JSON (Expecting property name enclosed in double quotes); "
+            "the file is corrupt or not safetensors",
+        ),
+        (
+            offsets,
+            "tensor 'w' has data_offsets [0, 16] outside the 8-byte data section; "
+            "the file is truncated or corrupt",
+        ),
+    ]
+
+
+def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for path, message in bad_files(tmp_path):
+        out = tmp_path / "out.parquet"
+        result = run("index", str(path), "-o", str(out))
+        assert result.exit_code == 2, (path, result.output)
+        assert result.output.startswith(f"Error: {path}: ") and message in result.output
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output
+        assert not out.exists()
+
+
+def test_missing_output_folder_exits_3(demo_pair, tmp_path: Path) -> None:
+    result = run("index", str(demo_pair["a"]), "-o", str(tmp_path / "no" / "a.parquet"))
+    assert result.exit_code == 3
+    assert result.output == (
+        f"Error: {tmp_path / 'no' / 'a.parquet'}: folder {tmp_path / 'no'} does not exist; "
+        "create it or choose another -o\n"
+    )
+
+
+def test_demo_writes_the_pair_and_its_truth(tmp_path: Path) -> None:
+    result = run("demo", str(tmp_path / "d"), "--width", "64", "--blocks", "2", "--text-dim", "64")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "longcat_b.safetensors",
+        "truth.json",
+        "wan_a.safetensors",
+    ]
+
+
+def test_demo_refuses_odd_widths(tmp_path: Path) -> None:
+    result = run("demo", str(tmp_path / "d"), "--width", "100")
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: --width 100: use a multiple of 16, as real models do\n",
+    )
+
+
+@pytest.mark.parametrize("args", [["--help"], ["index", "--help"], ["demo", "--help"]])
+def test_help_works(args: list[str]) -> None:
+    assert run(*args).exit_code == 0

@@ -1,0 +1,184 @@
+"""The fingerprint maths: statistics, sketch accuracy, and transforms seen through the sketch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tests.conftest import trained_like
+from weightidx.estimate import Sketches, col_slice, row_slice, same_layout, transposed
+from weightidx.fingerprint import BLOCK, SAMPLE_CAP, fingerprint_array, plan_tiles, sample_strides, view_2d
+from weightidx.index import moments
+
+
+def sketches(values: np.ndarray) -> Sketches:
+    fp = fingerprint_array(values)
+    return Sketches.from_row(
+        {"rows": fp.rows, "cols": fp.cols, "row_sketch": fp.row_sketch, "col_sketch": fp.col_sketch}
+    )
+
+
+def correlated_pair(
+    rng: np.random.Generator, shape: tuple[int, ...], rho: float
+) -> tuple[np.ndarray, np.ndarray]:
+    a = trained_like(rng, *shape)
+    noise = trained_like(rng, *shape)
+    noise *= a.std() / noise.std()
+    return a, (rho * a + math.sqrt(1 - rho * rho) * noise).astype(np.float32)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1])
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((), (1, 1)), ((7,), (7, 1)), ((1, 6, 64), (6, 64)), ((64, 16, 1, 2, 2), (64, 64)), ((1, 64), (64, 1))],
+)
+def test_view_2d_drops_leading_singletons_and_flattens_the_rest(shape: tuple, expected: tuple) -> None:
+    assert view_2d(shape) == expected
+
+
+def test_tiles_cover_the_view_exactly_once_in_storage_order() -> None:
+    for rows, cols in [(1, 1), (1000, 3), (4097, 2048), (3, 1 << 20), (50_000, 1)]:
+        tiles = plan_tiles(rows, cols)
+        position = 0
+        for tile in tiles:
+            assert tile.first_element == position
+            assert tile.row0 % BLOCK == 0 or tile.row1 - tile.row0 == 1
+            position += tile.numel
+        assert position == rows * cols
+
+
+def test_statistics_match_float64_reference() -> None:
+    values = trained_like(np.random.default_rng(3), 700, 300) + 0.01
+    values[0, :7] = 0.0
+    fp = fingerprint_array(values)
+    x = values.astype(np.float64).ravel()
+    for power, total in enumerate([fp.sum_x, fp.sum_x2, fp.sum_x3, fp.sum_x4], start=1):
+        reference = float((x**power).sum())
+        assert total == pytest.approx(reference, rel=1e-5, abs=1e-6 * float((np.abs(x) ** power).sum()))
+    assert (fp.minimum, fp.maximum) == (float(x.min()), float(x.max()))
+    assert fp.zeros == 7 and fp.nans == fp.posinf == fp.neginf == 0
+    stats = moments(fp.finite, fp.sum_x, fp.sum_x2, fp.sum_x3, fp.sum_x4)
+    assert stats["mean"] == pytest.approx(x.mean(), rel=1e-4)
+    assert stats["std"] == pytest.approx(x.std(), rel=1e-5)
+    excess = ((x - x.mean()) ** 4).mean() / x.var() ** 2 - 3
+    assert stats["kurtosis"] == pytest.approx(excess, rel=1e-3)
+
+
+def test_power_sums_add_up_over_concatenation() -> None:
+    rng = np.random.default_rng(4)
+    parts = [trained_like(rng, 96, 64) for _ in range(3)]
+    whole = fingerprint_array(np.concatenate(parts))
+    pieces = [fingerprint_array(p) for p in parts]
+    assert whole.sum_x2 == pytest.approx(sum(p.sum_x2 for p in pieces), rel=1e-6)
+    assert whole.sum_x4 == pytest.approx(sum(p.sum_x4 for p in pieces), rel=1e-6)
+
+
+def test_nan_and_inf_are_counted_and_left_out_of_the_sums() -> None:
+    values = np.arange(64, dtype=np.float32).reshape(16, 4)
+    values[0, 0], values[1, 1], values[2, 2] = np.nan, np.inf, -np.inf
+    fp = fingerprint_array(values)
+    finite = values[np.isfinite(values)].astype(np.float64)
+    assert (fp.nans, fp.posinf, fp.neginf, fp.finite) == (1, 1, 1, 61)
+    assert fp.sum_x == finite.sum() and fp.minimum == finite.min() and fp.maximum == finite.max()
+    assert np.isfinite(fp.row_sketch).all() and np.isfinite(fp.col_sketch).all()
+
+
+def test_empty_scalar_and_all_nan_tensors_are_defined() -> None:
+    empty = fingerprint_array(np.zeros((0, 5), dtype=np.float32))
+    assert (empty.finite, empty.minimum, empty.sample.size) == (0, None, 0)
+    scalar = fingerprint_array(np.array(2.5, dtype=np.float32))
+    assert (scalar.rows, scalar.cols, scalar.sum_x, scalar.sample.tolist()) == (1, 1, 2.5, [2.5])
+    nan = fingerprint_array(np.full((4, 4), np.nan, dtype=np.float32))
+    assert (nan.finite, nan.nans, nan.minimum, nan.maximum) == (0, 16, None, None)
+    assert moments(0, 0, 0, 0, 0)["std"] is None
+
+
+def test_huge_values_do_not_overflow_the_power_sums() -> None:
+    values = np.full((8, 8), 3e9, dtype=np.float32)
+    fp = fingerprint_array(values)
+    assert fp.sum_x4 == pytest.approx(64 * (3e9) ** 4, rel=1e-6)
+
+
+@pytest.mark.parametrize("rho", [0.99, 0.95, 0.9])
+@pytest.mark.parametrize("shape", [(384, 384), (1536, 384), (512, 1024)])
+def test_sketch_estimates_high_correlations_within_0_05(rho: float, shape: tuple[int, int]) -> None:
+    for seed in range(5):
+        a, b = correlated_pair(np.random.default_rng([seed, *shape]), shape, rho)
+        estimate = same_layout(sketches(a), sketches(b))
+        assert estimate == pytest.approx(pearson(a, b), abs=0.05), (seed, shape)
+
+
+@pytest.mark.parametrize("shape", [(384, 384), (1024, 512)])
+def test_sketch_of_unrelated_tensors_is_near_zero(shape: tuple[int, int]) -> None:
+    estimates = []
+    for seed in range(10):
+        rng = np.random.default_rng([seed, 99, *shape])
+        estimates.append(
+            same_layout(sketches(trained_like(rng, *shape)), sketches(trained_like(rng, *shape)))
+        )
+    assert abs(float(np.mean(estimates))) < 0.05
+    assert max(abs(e) for e in estimates) < 0.25
+
+
+def test_sketch_ignores_a_constant_offset() -> None:
+    a = trained_like(np.random.default_rng(5), 256, 128)
+    assert same_layout(sketches(a), sketches(a + 1.0)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_transpose_is_recognised_from_the_sketch_alone() -> None:
+    rng = np.random.default_rng(6)
+    a = trained_like(rng, 384, 1536)  # Linear (out, in)
+    conv1d = np.ascontiguousarray(a.T)  # GPT-2 style Conv1D (in, out)
+    assert transposed(sketches(a), sketches(conv1d)) == pytest.approx(1.0, abs=1e-4)
+    assert transposed(sketches(a), sketches(np.ascontiguousarray(trained_like(rng, 384, 1536).T))) < 0.3
+
+
+def test_fused_qkv_rows_line_up_with_q_k_and_v() -> None:
+    rng = np.random.default_rng(7)
+    q, k, v = (trained_like(rng, 384, 384) for _ in range(3))
+    qkv = sketches(np.concatenate([q, k, v]))
+    for index, part in enumerate([q, k, v]):
+        assert row_slice(sketches(part), qkv, 384 * index) == pytest.approx(1.0, abs=1e-4)
+    assert row_slice(sketches(q), qkv, 384) < 0.3  # q is not where k is
+
+
+def test_dim1_concatenation_lines_up_column_blocks() -> None:
+    rng = np.random.default_rng(8)
+    gate, up = trained_like(rng, 256, 192), trained_like(rng, 256, 320)
+    fused = sketches(np.concatenate([gate, up], axis=1))
+    assert col_slice(sketches(gate), fused, 0) == pytest.approx(1.0, abs=1e-4)
+    assert col_slice(sketches(up), fused, 192) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_conv_and_linear_reshape_share_one_view_and_one_sketch() -> None:
+    conv = trained_like(np.random.default_rng(9), 128, 16, 1, 2, 2)
+    linear = conv.reshape(128, 64)
+    assert np.array_equal(fingerprint_array(conv).row_sketch, fingerprint_array(linear).row_sketch)
+
+
+def test_sample_positions_survive_transpose_and_slicing() -> None:
+    rng = np.random.default_rng(10)
+    q, k = trained_like(rng, 512, 256), trained_like(rng, 512, 256)
+    fused = fingerprint_array(np.concatenate([q, k]))
+    part = fingerprint_array(k)
+    (fr, fc), (pr, pc) = fused.sample_strides, part.sample_strides
+    stride_r, stride_c = max(fr, pr), max(fc, pc)
+    grid_fused = fused.sample.reshape(fused.sample_shape)
+    grid_part = part.sample.reshape(part.sample_shape)
+    # k's rows start at 512 in the fused tensor: the common lattice finds the same elements
+    from_fused = grid_fused[512 // fr :: stride_r // fr, :: stride_c // fc][: 512 // stride_r]
+    from_part = grid_part[:: stride_r // pr, :: stride_c // pc]
+    np.testing.assert_array_equal(from_fused, from_part)
+    np.testing.assert_array_equal(from_part, k[::stride_r, ::stride_c])
+
+
+def test_sample_is_capped_and_uses_power_of_two_strides() -> None:
+    for rows, cols in [(5120, 5120), (250_000, 4096), (13824, 5120), (7, 3), (1, 1 << 20)]:
+        stride_r, stride_c = sample_strides(rows, cols)
+        assert -(-rows // stride_r) * -(-cols // stride_c) <= SAMPLE_CAP
+        assert stride_r & (stride_r - 1) == 0 and stride_c & (stride_c - 1) == 0

@@ -1,0 +1,13 @@
+"""Entry point of an index worker process (see ``_worker.py``); not imported by the package."""
+
+import signal
+import sys
+
+from weightidx._blas import set_blas_threads
+from weightidx._worker import serve
+
+# The parent handles Ctrl-C and closes our stdin; one BLAS thread because the
+# parallelism is the number of worker processes.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+set_blas_threads(1)
+serve(sys.stdin.buffer, sys.stdout.buffer)

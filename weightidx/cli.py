@@ -1,0 +1,167 @@
+"""The ``weightidx`` command: parse arguments, call one library function, render.
+
+All error translation happens in ``_user_errors``: library exceptions become one
+``Error: ...`` line on stderr and their exit code; set ``WEIGHTIDX_DEBUG=1`` to get
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from . import __version__
+from .errors import WeightidxError
+
+app = typer.Typer(
+    name="weightidx",
+    help="Where did these weights come from? Fingerprint checkpoints and trace tensors between models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_stderr = Console(stderr=True)
+
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary line.")]
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """The one place where exceptions become messages and exit codes."""
+    try:
+        yield
+    except WeightidxError as exc:
+        if os.environ.get("WEIGHTIDX_DEBUG"):
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        if os.environ.get("WEIGHTIDX_DEBUG"):
+            raise
+        print("Interrupted: nothing was written.", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def _byte_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A bytes / throughput / ETA bar on stderr, only when stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=_stderr, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"weightidx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Where did these weights come from?"""
+
+
+@app.command("index")
+def index_command(
+    path: Annotated[
+        Path, typer.Argument(help="A .safetensors file, a folder of shards, or a *.safetensors.index.json.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Parquet file to write (default: NAME.weightidx.parquet in the current folder).",
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name stored in the index.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Worker processes (default: one per core).")
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Fingerprint every tensor of a checkpoint into one Parquet file (stage 1)."""
+    from .index import index_checkpoint
+
+    with _user_errors(), _byte_progress("indexing", not quiet) as update:
+        summary = index_checkpoint(
+            path,
+            out,
+            name=name,
+            workers=workers,
+            progress=(lambda p: update(p.bytes_done, p.bytes_total)) if update else None,
+        )
+    if not quiet:
+        rate = summary.bytes / summary.seconds if summary.seconds else 0.0
+        unsupported = f", {summary.unsupported} unsupported" if summary.unsupported else ""
+        print(
+            f"{summary.model}: {summary.tensors} tensors{unsupported}, {summary.parameters:,} parameters, "
+            f"{_size(summary.bytes)} in {summary.seconds:.2f} s ({_size(rate)}/s) -> {summary.output}"
+        )
+
+
+@app.command("demo")
+def demo_command(
+    folder: Annotated[Path, typer.Argument(help="Folder to write the demo pair into.")],
+    width: Annotated[int, typer.Option(min=16, help="Hidden width (Wan2.1-14B: 5120).")] = 256,
+    blocks: Annotated[int, typer.Option(min=2, help="Transformer blocks (Wan2.1-14B: 40).")] = 4,
+    text_dim: Annotated[int, typer.Option(min=16, help="Text-encoder width (umT5: 4096).")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of model A's values.")] = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """Write a generated Wan2.1-style model A, a LongCat-style model B derived from it, and truth.json."""
+    from .demo import DemoConfig, write_demo_pair
+
+    with _user_errors():
+        if width % 16:
+            raise WeightidxError(f"--width {width}: use a multiple of 16, as real models do")
+        paths = write_demo_pair(folder, DemoConfig(width=width, blocks=blocks, text_dim=text_dim, seed=seed))
+    if not quiet:
+        for role, path in paths.items():
+            print(f"{role}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,89 @@
+"""Estimates from fingerprints alone: no tensor values are reloaded.
+
+A fingerprint's row sketch has one ``K``-vector per block of ``BLOCK`` rows of the
+2-D view, and its column sketch one per block of ``BLOCK`` columns (see
+``fingerprint.py``). These functions line those blocks up under a transform and
+return the estimated correlation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fingerprint import BLOCK, K
+
+
+@dataclass(frozen=True)
+class Sketches:
+    """The sketch columns of one index row, as (blocks, K) arrays."""
+
+    rows: int
+    cols: int
+    row_sketch: np.ndarray
+    col_sketch: np.ndarray
+
+    @classmethod
+    def from_row(cls, row: dict) -> Sketches:
+        """From a dict with ``rows``, ``cols``, ``row_sketch`` and ``col_sketch`` (an index row)."""
+        return cls(
+            rows=int(row["rows"]),
+            cols=int(row["cols"]),
+            row_sketch=np.asarray(row["row_sketch"], dtype=np.float64).reshape(-1, K),
+            col_sketch=np.asarray(row["col_sketch"], dtype=np.float64).reshape(-1, K),
+        )
+
+
+def sketch_correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Cosine of two sketch vectors: the correlation estimate; None when either is all zero."""
+    x, y = np.ravel(x), np.ravel(y)
+    norm = math.sqrt(float(x @ x) * float(y @ y))
+    return float(x @ y) / norm if norm > 0 else None
+
+
+def _pooled(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
+    dot = sum(float(np.ravel(x) @ np.ravel(y)) for x, y in pairs)
+    xx = sum(float(np.ravel(x) @ np.ravel(x)) for x, _ in pairs)
+    yy = sum(float(np.ravel(y) @ np.ravel(y)) for _, y in pairs)
+    norm = math.sqrt(xx * yy)
+    return dot / norm if norm > 0 else None
+
+
+def same_layout(a: Sketches, b: Sketches) -> float | None:
+    """Correlation of two tensors with the same 2-D view (same shape, or a reshape of it)."""
+    if (a.rows, a.cols) != (b.rows, b.cols):
+        raise ValueError(f"views differ: {(a.rows, a.cols)} vs {(b.rows, b.cols)}")
+    return _pooled([(a.row_sketch, b.row_sketch), (a.col_sketch, b.col_sketch)])
+
+
+def transposed(a: Sketches, b: Sketches) -> float | None:
+    """Correlation of ``a`` with ``bᵀ``: a's row blocks are b's column blocks and vice versa."""
+    if (a.rows, a.cols) != (b.cols, b.rows):
+        raise ValueError(f"{(a.rows, a.cols)} is not the transpose of {(b.rows, b.cols)}")
+    return _pooled([(a.row_sketch, b.col_sketch), (a.col_sketch, b.row_sketch)])
+
+
+def aligned(start: int) -> bool:
+    """Whether a slice boundary falls on a sketch block boundary."""
+    return start % BLOCK == 0
+
+
+def row_slice(part: Sketches, whole: Sketches, start: int) -> float | None:
+    """Correlation of ``part`` with rows ``[start, start + part.rows)`` of ``whole`` (dim-0 concat).
+
+    Needs ``start`` on a block boundary and the same number of columns.
+    """
+    if part.cols != whole.cols or not aligned(start) or start + part.rows > whole.rows:
+        raise ValueError("row slice does not line up with the sketch blocks")
+    first = start // BLOCK
+    return sketch_correlation(part.row_sketch, whole.row_sketch[first : first + len(part.row_sketch)])
+
+
+def col_slice(part: Sketches, whole: Sketches, start: int) -> float | None:
+    """Correlation of ``part`` with columns ``[start, start + part.cols)`` of ``whole`` (dim-1 concat)."""
+    if part.rows != whole.rows or not aligned(start) or start + part.cols > whole.cols:
+        raise ValueError("column slice does not line up with the sketch blocks")
+    first = start // BLOCK
+    return sketch_correlation(part.col_sketch, whole.col_sketch[first : first + len(part.col_sketch)])

@@ -1,0 +1,420 @@
+"""Pure fingerprint maths: decoded values of one tensor -> its fingerprint.
+
+A tensor is viewed as a 2-D matrix ``(rows, cols)``: leading size-1 dims are
+dropped, then ``rows = shape[0]`` and ``cols = prod(shape[1:])``; a 1-D tensor is
+``(n, 1)`` and a scalar ``(1, 1)``. So a conv weight ``(out, in, 1, 2, 2)`` and a
+linear ``(out, 4*in)`` share one view, and ``(1, 6, d)`` and ``(6, d)`` do too.
+
+The view is cut into *tiles* whose geometry depends only on the shape, so every
+result is a function of the values and the shape alone (not of thread count or
+read order). Each tile is reduced independently and the reductions are added in
+tile order, in float64.
+
+Sketch (version 1), with ``B = 32`` (block) and ``K = 8`` (projections per block):
+
+* ``Q[i, m] = ±1`` is a fixed hash of the absolute index ``i`` (splitmix64), so the
+  vector for an axis of length ``n`` is a prefix of the one for any longer axis.
+* ``P[t, m] = ±1`` for ``t < B`` has exactly ``B/2`` of each sign per column, so it
+  sums to zero over a block: adding a constant to a whole block changes nothing.
+* Row sketch, one ``K``-vector per block of ``B`` rows ``β``:
+  ``RS[β, m] = Σ_{i∈β} Σ_j P[i mod B, m] · W[i, j] · Q[j, m]``.
+* Column sketch, one per block of ``B`` columns ``γ``:
+  ``CS[γ, m] = Σ_{j∈γ} Σ_i Q[i, m] · W[i, j] · P[j mod B, m]``.
+
+``Σ RS_A·RS_B / (‖RS_A‖‖RS_B‖)`` estimates the correlation of A and B (each
+centred within blocks). Because blocks line up with concatenation boundaries
+that are multiples of ``B``, the row-sketch blocks of ``concat(q, k, v)`` along
+dim 0 are those of ``q``, ``k`` and ``v`` in turn (likewise column sketches for
+dim 1), and the row sketch of ``W`` equals the column sketch of ``Wᵀ``.
+
+Sample: values at positions ``(i, j)`` with ``i % S_r == 0`` and ``j % S_c == 0``
+of the 2-D view, where the strides are powers of two grown until at most
+``SAMPLE_CAP`` values remain. Two samples always share the coarser lattice, so
+the same elements can be found again inside a slice or after a transpose.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+SKETCH_VERSION = 1
+BLOCK = 16
+K = 8
+TILE_ELEMS = 1 << 18  # 1 MiB of float32 per tile
+TILE_MIN_ROWS = 128  # the column sketch writes K x cols per tile: keep that small next to the tile
+SAMPLE_CAP = 1024
+_SUM_RUN = 2048  # float32 partial sums cover at most this many values before float64 takes over
+_SEED_Q = 0x5745_4947_4854_4944  # "WEIGHTID"
+_SEED_P = 0x534B_4554_4348_5031  # "SKETCHP1"
+_Q_CACHE_ROWS = 1 << 18
+_ONES = np.ones(_SUM_RUN, dtype=np.float32)
+_FLOAT32_POWER_LIMIT = 1e8  # above this |x|, Σx⁴ over a run could overflow float32
+
+
+def view_2d(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The ``(rows, cols)`` view of a tensor shape (see the module docstring)."""
+    dims = list(shape)
+    while len(dims) > 1 and dims[0] == 1:
+        dims.pop(0)
+    if not dims:
+        return 1, 1
+    if len(dims) == 1:
+        return dims[0], 1
+    return dims[0], math.prod(dims[1:])
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A contiguous piece of the 2-D view: rows ``[row0, row1)`` x cols ``[col0, col1)``."""
+
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+    cols: int  # total columns of the view; byte offset = (row0*cols + col0) * itemsize
+
+    @property
+    def first_element(self) -> int:
+        return self.row0 * self.cols + self.col0
+
+    @property
+    def numel(self) -> int:
+        return (self.row1 - self.row0) * (self.col1 - self.col0)
+
+
+def plan_tiles(rows: int, cols: int) -> list[Tile]:
+    """Tiles covering the view in storage order, each a contiguous run of elements.
+
+    Whole groups of ``B`` rows while ``B`` rows fit in ``TILE_ELEMS``; otherwise one row
+    at a time, in column pieces of ``TILE_ELEMS`` (a multiple of ``B``).
+    """
+    if rows == 0 or cols == 0:
+        return []
+    if cols * TILE_MIN_ROWS <= TILE_ELEMS * 8:
+        step = max(TILE_MIN_ROWS, (TILE_ELEMS // cols) // BLOCK * BLOCK)
+        return [Tile(r, min(r + step, rows), 0, cols, cols) for r in range(0, rows, step)]
+    return [
+        Tile(r, r + 1, c, min(c + TILE_ELEMS, cols), cols)
+        for r in range(rows)
+        for c in range(0, cols, TILE_ELEMS)
+    ]
+
+
+def sample_strides(rows: int, cols: int) -> tuple[int, int]:
+    """Power-of-two strides leaving at most ``SAMPLE_CAP`` sampled values; longer axis grows first."""
+    stride_r = stride_c = 1
+    while -(-rows // stride_r) * -(-cols // stride_c) > SAMPLE_CAP:
+        n_r, n_c = -(-rows // stride_r), -(-cols // stride_c)
+        if n_r > n_c or (n_r == n_c and rows >= cols):
+            stride_r *= 2
+        else:
+            stride_c *= 2
+    return stride_r, stride_c
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _signs(start: int, stop: int) -> np.ndarray:
+    index = np.arange(start * K, stop * K, dtype=np.uint64) + np.uint64(_SEED_Q)
+    bits = (_splitmix64(index) >> np.uint64(63)).astype(np.float32)
+    return (1.0 - 2.0 * bits).reshape(stop - start, K)
+
+
+_q_prefix = _signs(0, _Q_CACHE_ROWS)
+_q_prefix.flags.writeable = False
+
+
+def q_rows(start: int, stop: int) -> np.ndarray:
+    """``Q[start:stop]``: the fixed ±1 vectors of absolute axis positions."""
+    if stop <= _Q_CACHE_ROWS:
+        return _q_prefix[start:stop]
+    return _signs(start, stop)
+
+
+def _balanced_p() -> np.ndarray:
+    p = -np.ones((BLOCK, K), dtype=np.float32)
+    for m in range(K):
+        keys = _splitmix64(np.arange(BLOCK, dtype=np.uint64) + np.uint64(_SEED_P + m * BLOCK))
+        p[np.argsort(keys, kind="stable")[: BLOCK // 2], m] = 1.0
+    p.flags.writeable = False
+    return p
+
+
+P = _balanced_p()
+
+
+@dataclass
+class TileResult:
+    """The reduction of one tile; tiles are added in order by ``TensorAccumulator``."""
+
+    power_sums: np.ndarray  # float64[4]: Σx, Σx², Σx³, Σx⁴ over finite values
+    minimum: float
+    maximum: float
+    zeros: int
+    nans: int
+    posinf: int
+    neginf: int
+    row_block0: int  # first row block the row sketch covers
+    row_sketch: np.ndarray  # (row blocks touched, K) float64
+    col_block0: int  # first column block the column sketch covers
+    col_sketch: np.ndarray  # (col blocks touched, K) float64
+    sample: np.ndarray  # sampled values of this tile in row-major lattice order
+
+
+def merge_results(results: list[TileResult]) -> TileResult:
+    """One ``TileResult`` for consecutive tiles, added in the order given."""
+    if len(results) == 1:
+        return results[0]
+    finite = [r for r in results if r.minimum == r.minimum]
+    return TileResult(
+        power_sums=np.sum([r.power_sums for r in results], axis=0),
+        minimum=min((r.minimum for r in finite), default=math.nan),
+        maximum=max((r.maximum for r in finite), default=math.nan),
+        zeros=sum(r.zeros for r in results),
+        nans=sum(r.nans for r in results),
+        posinf=sum(r.posinf for r in results),
+        neginf=sum(r.neginf for r in results),
+        row_block0=min(r.row_block0 for r in results),
+        row_sketch=_add_ranges([(r.row_block0, r.row_sketch) for r in results]),
+        col_block0=min(r.col_block0 for r in results),
+        col_sketch=_add_ranges([(r.col_block0, r.col_sketch) for r in results]),
+        sample=np.concatenate([r.sample for r in results]),
+    )
+
+
+def _add_ranges(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    first = min(start for start, _ in parts)
+    total = np.zeros((max(start + len(part) for start, part in parts) - first, K), dtype=np.float64)
+    for start, part in parts:
+        total[start - first : start - first + len(part)] += part
+    return total
+
+
+def _fold_blocks(values: np.ndarray, start: int) -> np.ndarray:
+    """Weight rows of ``values`` (n, K) by ``P[(start+i) % B]`` and sum them per block of B.
+
+    ``start`` is a multiple of B except for the column pieces of a single very wide row.
+    """
+    n = values.shape[0]
+    lead = (-start) % BLOCK
+    parts = []
+    if lead:
+        lead = min(lead, n)
+        head = values[:lead] * P[start % BLOCK : start % BLOCK + lead]
+        parts.append(head.sum(axis=0, dtype=np.float64)[None])
+    full = (n - lead) // BLOCK * BLOCK
+    if full:
+        blocks = values[lead : lead + full].reshape(-1, BLOCK, K)
+        parts.append(np.einsum("nbk,bk->nk", blocks, P, dtype=np.float64))
+    if lead + full < n:
+        tail = values[lead + full :] * P[: n - lead - full]
+        parts.append(tail.sum(axis=0, dtype=np.float64)[None])
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+class Workspace:
+    """Scratch arrays one worker thread reuses from tile to tile.
+
+    Fresh megabyte-sized arrays cost a page fault per 4 KiB on every tile; reusing
+    them keeps the tile and its scratch in cache.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, size: int, dtype: np.dtype | type) -> np.ndarray:
+        """A 1-D scratch array of ``size`` elements (contents undefined)."""
+        held = self._arrays.get(name)
+        if held is None or held.size < size or held.dtype != np.dtype(dtype):
+            held = np.empty(max(size, TILE_ELEMS), dtype=dtype)
+            self._arrays[name] = held
+        return held[:size]
+
+
+def _power_sums(flat: np.ndarray, workspace: Workspace | None = None) -> np.ndarray:
+    """Σx..Σx⁴: float32 dot products over runs of ``_SUM_RUN`` values, added up in float64."""
+    n = flat.size
+    head = n - n % _SUM_RUN
+    sums = np.zeros(4, dtype=np.float64)
+    if head:
+        runs = flat[:head].reshape(-1, _SUM_RUN)
+        scratch = (workspace or Workspace()).array("squares", head, flat.dtype)
+        squares = np.square(runs, out=scratch.reshape(runs.shape))
+        ones = _ONES[:_SUM_RUN].astype(runs.dtype, copy=False)
+        sums[0] = (runs @ ones).sum(dtype=np.float64)
+        sums[1] = (squares @ ones).sum(dtype=np.float64)
+        sums[2] = np.vecdot(squares, runs).sum(dtype=np.float64)
+        sums[3] = np.vecdot(squares, squares).sum(dtype=np.float64)
+    if head < n:
+        tail = flat[head:].astype(np.float64)
+        squares64 = tail * tail
+        sums += (tail.sum(), squares64.sum(), (squares64 * tail).sum(), (squares64 * squares64).sum())
+    return sums
+
+
+def reduce_tile(
+    values: np.ndarray, tile: Tile, strides: tuple[int, int], workspace: Workspace | None = None
+) -> TileResult:
+    """Reduce one decoded tile (``values`` in storage order) to its ``TileResult``."""
+    n_rows, n_cols = tile.row1 - tile.row0, tile.col1 - tile.col0
+    matrix = values.reshape(n_rows, n_cols)
+    lowest, highest = matrix.min(), matrix.max()
+    nans = posinf = neginf = 0
+    if not (np.isfinite(lowest) and np.isfinite(highest)):
+        matrix, lowest, highest, nans, posinf, neginf = _drop_nonfinite(matrix)
+    is_zero = (workspace or Workspace()).array("is_zero", matrix.size, np.bool_).reshape(matrix.shape)
+    zeros = int(np.count_nonzero(np.equal(matrix, 0, out=is_zero))) - nans - posinf - neginf
+    if max(-float(lowest), float(highest)) > _FLOAT32_POWER_LIMIT:
+        sums = _power_sums(matrix.reshape(-1).astype(np.float64))  # x⁴ would overflow float32
+    else:
+        sums = _power_sums(matrix.reshape(-1), workspace)
+    work = matrix if matrix.dtype == np.float32 else matrix.astype(np.float32)
+    row_part = work @ q_rows(tile.col0, tile.col1)
+    col_part = q_rows(tile.row0, tile.row1).T @ work
+    return TileResult(
+        power_sums=sums,
+        minimum=float(lowest),
+        maximum=float(highest),
+        zeros=zeros,
+        nans=nans,
+        posinf=posinf,
+        neginf=neginf,
+        row_block0=tile.row0 // BLOCK,
+        row_sketch=_fold_blocks(row_part, tile.row0),
+        col_block0=tile.col0 // BLOCK,
+        col_sketch=_fold_blocks(col_part.T, tile.col0),
+        sample=_tile_sample(matrix, tile, strides),
+    )
+
+
+def _drop_nonfinite(matrix: np.ndarray) -> tuple[np.ndarray, float, float, int, int, int]:
+    finite = np.isfinite(matrix)
+    nans = int(np.count_nonzero(np.isnan(matrix)))
+    posinf = int(np.count_nonzero(matrix == np.inf))
+    neginf = int(np.count_nonzero(matrix == -np.inf))
+    cleaned = np.where(finite, matrix, 0).astype(matrix.dtype)
+    if finite.any():
+        lowest = float(np.min(matrix, where=finite, initial=np.inf))
+        highest = float(np.max(matrix, where=finite, initial=-np.inf))
+    else:
+        lowest = highest = math.nan
+    return cleaned, lowest, highest, nans, posinf, neginf
+
+
+def _tile_sample(matrix: np.ndarray, tile: Tile, strides: tuple[int, int]) -> np.ndarray:
+    stride_r, stride_c = strides
+    first_row = -(-tile.row0 // stride_r) * stride_r
+    first_col = -(-tile.col0 // stride_c) * stride_c
+    picked = matrix[first_row - tile.row0 :: stride_r, first_col - tile.col0 :: stride_c]
+    return picked.astype(np.float32).reshape(-1)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Everything the index stores about one tensor's values (``None`` where undefined)."""
+
+    rows: int
+    cols: int
+    finite: int
+    sum_x: float
+    sum_x2: float
+    sum_x3: float
+    sum_x4: float
+    minimum: float | None
+    maximum: float | None
+    zeros: int
+    nans: int
+    posinf: int
+    neginf: int
+    row_sketch: np.ndarray  # float32 (ceil(rows/B) * K,)
+    col_sketch: np.ndarray  # float32 (ceil(cols/B) * K,)
+    sample: np.ndarray  # float32 (sample_rows * sample_cols,)
+    sample_strides: tuple[int, int]
+    sample_shape: tuple[int, int]
+
+
+class TensorAccumulator:
+    """Adds tile results in tile order; ``finish`` gives the tensor's ``Fingerprint``."""
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.rows, self.cols = rows, cols
+        self.strides = sample_strides(rows, cols)
+        self._sums = np.zeros(4, dtype=np.float64)
+        self._row_sketch = np.zeros((-(-rows // BLOCK), K), dtype=np.float64)
+        self._col_sketch = np.zeros((-(-cols // BLOCK), K), dtype=np.float64)
+        self._lowest, self._highest = math.inf, -math.inf
+        self._counts = np.zeros(4, dtype=np.int64)  # zeros, nans, +inf, -inf
+        self._samples: list[np.ndarray] = []  # in storage order, which is lattice order
+
+    def add(self, result: TileResult) -> None:
+        self._sums += result.power_sums
+        if result.minimum == result.minimum:  # NaN when the tile had no finite value
+            self._lowest = min(self._lowest, result.minimum)
+            self._highest = max(self._highest, result.maximum)
+        self._counts += (result.zeros, result.nans, result.posinf, result.neginf)
+        first_r, first_c = result.row_block0, result.col_block0
+        self._row_sketch[first_r : first_r + len(result.row_sketch)] += result.row_sketch
+        self._col_sketch[first_c : first_c + len(result.col_sketch)] += result.col_sketch
+        self._samples.append(result.sample)
+
+    def finish(self) -> Fingerprint:
+        zeros, nans, posinf, neginf = (int(c) for c in self._counts)
+        stride_r, stride_c = self.strides
+        sample_shape = (-(-self.rows // stride_r), -(-self.cols // stride_c))
+        sample = self._assemble_sample(sample_shape)
+        finite = self.rows * self.cols - nans - posinf - neginf
+        return Fingerprint(
+            rows=self.rows,
+            cols=self.cols,
+            finite=finite,
+            sum_x=float(self._sums[0]),
+            sum_x2=float(self._sums[1]),
+            sum_x3=float(self._sums[2]),
+            sum_x4=float(self._sums[3]),
+            minimum=self._lowest if finite else None,
+            maximum=self._highest if finite else None,
+            zeros=zeros,
+            nans=nans,
+            posinf=posinf,
+            neginf=neginf,
+            row_sketch=self._row_sketch.astype(np.float32).reshape(-1),
+            col_sketch=self._col_sketch.astype(np.float32).reshape(-1),
+            sample=sample,
+            sample_strides=self.strides,
+            sample_shape=sample_shape,
+        )
+
+    def _assemble_sample(self, sample_shape: tuple[int, int]) -> np.ndarray:
+        pieces = self._samples
+        sample = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        if self.rows and self.cols:
+            assert sample.size == sample_shape[0] * sample_shape[1]
+        return sample
+
+
+def fingerprint_array(values: np.ndarray) -> Fingerprint:
+    """Fingerprint an in-memory array (tests and small tools; the index streams instead).
+
+    Example:
+        >>> fp = fingerprint_array(np.ones((64, 4), dtype=np.float32))
+        >>> fp.rows, fp.cols, fp.sum_x
+        (64, 4, 256.0)
+    """
+    rows, cols = view_2d(values.shape)
+    flat = np.ascontiguousarray(values).reshape(-1)
+    if flat.dtype not in (np.float32, np.float64):
+        flat = flat.astype(np.float32)
+    accumulator = TensorAccumulator(rows, cols)
+    for tile in plan_tiles(rows, cols):
+        piece = flat[tile.first_element : tile.first_element + tile.numel]
+        with np.errstate(all="ignore"):
+            accumulator.add(reduce_tile(piece, tile, accumulator.strides))
+    return accumulator.finish()
