@@ -37,3 +37,9 @@ def test_dtype_summary_adds_up(indexes, demo_pair) -> None:
 def test_unknown_query_name_is_an_error() -> None:
     with pytest.raises(WeightidxError, match="no query named 'nope'"):
         run_query("nope")
+
+
+def test_run_query_returns_a_relation_that_prints(indexes) -> None:
+    relation = run_query("dtype_summary", index=str(indexes["a"]))
+    assert relation.columns == ["dtype", "tensors", "parameters", "bytes"]
+    assert "BF16" in str(relation)

@@ -34,4 +34,4 @@ def load_query(name: str) -> str:
 def run_query(name: str, **parameters: object) -> duckdb.DuckDBPyRelation:
     """Run a named query on a fresh in-memory DuckDB connection with ``$name`` parameters bound."""
     connection = duckdb.connect()
-    return connection.execute(load_query(name), parameters)
+    return connection.sql(load_query(name), params=parameters)
