@@ -141,6 +141,33 @@ def index_command(
         )
 
 
+@app.command("compare")
+def compare_command(
+    a: Annotated[
+        Path, typer.Argument(help="Model A: an index (.parquet) or a checkpoint (indexed and cached).")
+    ],
+    b: Annotated[Path, typer.Argument(help="Model B: an index (.parquet) or a checkpoint.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON report here.")] = None,
+    names: Annotated[
+        tuple[str, str] | None, typer.Option("--names", help="Display names of A and B.")
+    ] = None,
+    index_only: Annotated[
+        bool, typer.Option("--index-only", help="Estimate metrics from the indexes; read no tensor values.")
+    ] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Which tensors of B come from which tensors of A, under what transform (stage 2)."""
+    from .compare import compare_paths, write_report
+    from .render import render_report
+
+    with _user_errors():
+        report = compare_paths(a, b, names=names, index_only=index_only)
+        if out is not None:
+            write_report(report, out)
+    if not quiet:
+        print(render_report(report))
+
+
 @app.command("demo")
 def demo_command(
     folder: Annotated[Path, typer.Argument(help="Folder to write the demo pair into.")],

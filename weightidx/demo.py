@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import TensorSpec, write_safetensors
+from .checkpoint import TensorSpec, decode, encode, write_safetensors
 
 Maker = Callable[[], np.ndarray]
 
@@ -138,6 +138,11 @@ def _finetuned(maker: Maker, level: float, seed: int) -> Maker:
     return make
 
 
+def _as_stored(maker: Maker, shape: tuple[int, ...], dtype: str) -> Maker:
+    """A's values as A's file holds them (rounded to its dtype), so that B's casts are exact."""
+    return lambda: decode(encode(maker(), dtype), dtype).reshape(shape)
+
+
 def longcat_tensors(
     config: DemoConfig, source: dict[str, tuple[tuple[int, ...], Maker]]
 ) -> tuple[dict[str, tuple[tuple[int, ...], Maker, str]], list[TruthEntry]]:
@@ -149,6 +154,7 @@ def longcat_tensors(
 
     def copy(b: str, a: str, dtype: str = base, transform: tuple[str, ...] = (), level: float = 0.0) -> None:
         shape, maker = source[a]
+        maker = _as_stored(maker, shape, base)
         transforms = list(transform)
         if dtype != base:
             transforms.append(f"cast:{base.lower()}->{dtype.lower()}")
@@ -165,7 +171,7 @@ def longcat_tensors(
         truth.append(TruthEntry(b, None, a, transforms, relation))
 
     def fuse(b: str, parts: list[str], dtype: str = base) -> None:
-        makers = [source[p][1] for p in parts]
+        makers = [_as_stored(source[p][1], source[p][0], base) for p in parts]
         rows = [source[p][0][0] for p in parts]
         width = source[parts[0]][0][1:]
         out[b] = ((sum(rows), *width), lambda: np.concatenate([m() for m in makers]), dtype)

@@ -1,0 +1,596 @@
+"""Stage 2: shortlist candidate pairs in DuckDB, score them from sketches, verify exactly.
+
+1. ``queries/compare_candidates.sql`` joins the two indexes on 2-D views that fit a
+   transform (same view, transpose, slice along rows or columns either way).
+2. Each candidate is scored from the sketches alone (``estimate.py``); for slices every
+   block-aligned offset on a ``gcd`` grid is tried.
+3. A greedy one-to-one assignment keeps the best-scoring candidates whose score stands
+   clear of the null of unrelated tensors.
+4. Only the kept pairs are reloaded from the safetensors files, chunk by chunk, for
+   exact metrics; without the files (or with ``index_only``) metrics are estimated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from . import __version__
+from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
+from .errors import IndexFileError
+from .estimate import Sketches, col_slice, row_slice, same_layout, transposed
+from .fingerprint import BLOCK
+from .index import METADATA_KEY, SCHEMA_VERSION
+from .metrics import PairAccumulator, PairMetrics, lower_precision, pair_metrics
+from .sql import run_query
+
+MATCH, PARTIAL = 0.95, 0.80
+_NULL_SIGMAS = 6.0  # a kept candidate's estimate must exceed 6x the null spread of its sketch
+_MIN_ESTIMATE = 0.2
+_CHUNK_ELEMS = 1 << 22
+_WEAK_NUMEL = 4096
+_BLOCK_PATTERN = re.compile(
+    r"(?:^|\.)(?:blocks|layers|layer|h|block|transformer_blocks|single_blocks|double_blocks)\.(\d+)\."
+)
+
+
+@dataclass(frozen=True)
+class IndexedModel:
+    """One side of a comparison: its index rows and where its checkpoint lives."""
+
+    name: str
+    index: Path
+    root: Path
+    source: str
+    rows: dict[str, dict]
+
+    @property
+    def parameters(self) -> int:
+        return sum(int(r["numel"]) for r in self.rows.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(int(r["nbytes"]) for r in self.rows.values())
+
+    def files_present(self) -> bool:
+        return all((self.root / r["shard"]).is_file() for r in self.rows.values())
+
+
+def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
+    """The index of a checkpoint, built on first use and reused while its shards are unchanged.
+
+    Cached under ``cache`` (default ``$WEIGHTIDX_CACHE`` or ``~/.cache/weightidx``), keyed by the
+    checkpoint's absolute path; a stale entry (size, mtime or header hash differ) is rebuilt.
+    """
+    from .checkpoint import open_checkpoint
+    from .index import index_checkpoint
+
+    folder = cache or Path(os.environ.get("WEIGHTIDX_CACHE", Path.home() / ".cache" / "weightidx"))
+    opened = open_checkpoint(checkpoint)
+    digest = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:16]
+    target = folder / f"{opened.default_name()}-{digest}.parquet"
+    if target.exists():
+        meta = json.loads(pq.read_schema(target).metadata[METADATA_KEY])
+        recorded = [(s["name"], s["size"], s["mtime_ns"], s["header_sha256"]) for s in meta["shards"]]
+        current = [(s.name, s.size, s.mtime_ns, s.header_sha256) for s in opened.shards]
+        if recorded == current and meta.get("schema_version") == SCHEMA_VERSION:
+            return target
+    folder.mkdir(parents=True, exist_ok=True)
+    index_checkpoint(checkpoint, target)
+    return target
+
+
+def is_index_file(path: Path) -> bool:
+    """Whether ``path`` is a Parquet file (by its magic bytes), as opposed to a checkpoint."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PAR1"
+
+
+def load_index(path: Path | str, name: str | None = None) -> IndexedModel:
+    """Read an index written by ``weightidx index``; raises ``IndexFileError`` when it is not one."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise IndexFileError(
+            f"{path}: not a readable Parquet index ({exc}); run `weightidx index` first"
+        ) from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise IndexFileError(
+            f"{path}: not a weightidx index (no 'weightidx' metadata); run `weightidx index`"
+        )
+    meta = json.loads(raw)
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise IndexFileError(
+            f"{path}: index schema {meta.get('schema_version')}, this weightidx reads {SCHEMA_VERSION}; re-index"
+        )
+    return IndexedModel(
+        name=name or meta["model"],
+        index=path,
+        root=Path(meta["root"]),
+        source=meta["checkpoint"],
+        rows={row["key"]: row for row in table.to_pylist()},
+    )
+
+
+@dataclass(frozen=True)
+class Region:
+    """A tensor or a slice of its 2-D view (axis 0 = rows, 1 = columns)."""
+
+    key: str
+    axis: int | None = None
+    start: int = 0
+    stop: int = 0
+
+    def overlaps(self, other: Region) -> bool:
+        if self.key != other.key:
+            return False
+        if self.axis is None or other.axis is None or self.axis != other.axis:
+            return True
+        return self.start < other.stop and other.start < self.stop
+
+    def as_json(self) -> dict:
+        slice_ = None if self.axis is None else {"axis": self.axis, "start": self.start, "stop": self.stop}
+        return {"key": self.key, "slice": slice_}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    a: Region
+    b: Region
+    relation: str
+    estimate: float
+    sketch_values: int
+    identical: bool
+
+
+@dataclass
+class Match:
+    """One kept pair with its metrics and verdict."""
+
+    candidate: Candidate
+    metrics: PairMetrics
+    evidence: str
+    transform: list[str] = field(default_factory=list)
+
+    @property
+    def strength(self) -> float:
+        return abs(self.metrics.correlation) if self.metrics.correlation is not None else 0.0
+
+    @property
+    def verdict(self) -> str:
+        return "match" if self.strength > MATCH else "partial" if self.strength >= PARTIAL else "different"
+
+
+def compare_indexes(
+    a: IndexedModel,
+    b: IndexedModel,
+    *,
+    index_only: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Compare two indexed models and return the report (``schema_version`` 1) as a dict.
+
+    Args:
+        a, b: the two sides (``load_index``).
+        index_only: estimate every metric from the fingerprints, reading no tensor values.
+        progress: called with (pairs verified, pairs to verify).
+    """
+    candidates = list(_score_candidates(a, b))
+    kept = _assign(candidates)
+    exact = not index_only and a.files_present() and b.files_present()
+    matches = []
+    with ShardReader() as reader:
+        for done, candidate in enumerate(kept):
+            if exact:
+                metrics = _exact_metrics(reader, a, b, candidate)
+            else:
+                metrics = _estimated_metrics(a, b, candidate)
+            matches.append(Match(candidate, metrics, "exact" if exact else "estimated"))
+            if progress is not None:
+                progress(done + 1, len(kept))
+    for match in matches:
+        match.transform = _transforms(a, b, match)
+    return build_report(a, b, matches, bool(candidates))
+
+
+def _score_candidates(a: IndexedModel, b: IndexedModel) -> Iterator[Candidate]:
+    pairs = run_query("compare_candidates", a=str(a.index), b=str(b.index), block=BLOCK).fetchall()
+    sketches: dict[tuple[str, str], Sketches] = {}
+
+    def sketch(side: str, key: str) -> Sketches:
+        if (side, key) not in sketches:
+            sketches[side, key] = Sketches.from_row((a if side == "a" else b).rows[key])
+        return sketches[side, key]
+
+    for a_key, b_key, relation, identical in pairs:
+        sa, sb = sketch("a", a_key), sketch("b", b_key)
+        for a_region, b_region, estimate, values in _estimates(a_key, b_key, sa, sb, relation):
+            if estimate is None:
+                continue
+            yield Candidate(a_region, b_region, relation, estimate, values, bool(identical))
+
+
+def _estimates(
+    a_key: str, b_key: str, sa: Sketches, sb: Sketches, relation: str
+) -> Iterator[tuple[Region, Region, float | None, int]]:
+    if relation == "same":
+        yield Region(a_key), Region(b_key), same_layout(sa, sb), sa.row_sketch.size + sa.col_sketch.size
+    elif relation == "transpose":
+        yield Region(a_key), Region(b_key), transposed(sa, sb), sa.row_sketch.size + sa.col_sketch.size
+    elif relation in ("a_in_b_rows", "a_in_b_cols", "b_in_a_rows", "b_in_a_cols"):
+        axis = 0 if relation.endswith("rows") else 1
+        part, whole = (sa, sb) if relation.startswith("a_in_b") else (sb, sa)
+        part_len, whole_len = (part.rows, whole.rows) if axis == 0 else (part.cols, whole.cols)
+        step = max(BLOCK, math.gcd(part_len, whole_len) // BLOCK * BLOCK)
+        slicer = row_slice if axis == 0 else col_slice
+        values = (part.row_sketch if axis == 0 else part.col_sketch).size
+        for start in range(0, whole_len - part_len + 1, step):
+            region = (start, start + part_len)
+            if relation.startswith("a_in_b"):
+                yield Region(a_key), Region(b_key, axis, *region), slicer(part, whole, start), values
+            else:
+                yield Region(a_key, axis, *region), Region(b_key), slicer(part, whole, start), values
+
+
+def _assign(candidates: list[Candidate]) -> list[Candidate]:
+    """Greedy one-to-one: strongest estimates first; each region of A and of B used once."""
+
+    def clear_of_null(c: Candidate) -> bool:
+        return c.identical or (
+            abs(c.estimate) >= _MIN_ESTIMATE and abs(c.estimate) * math.sqrt(c.sketch_values) >= _NULL_SIGMAS
+        )
+
+    ranked = sorted(
+        (c for c in candidates if clear_of_null(c)),
+        key=lambda c: (not c.identical, -abs(c.estimate), c.relation != "same", c.b.key != c.a.key, c.b.key),
+    )
+    kept: list[Candidate] = []
+    used_a: dict[str, list[Region]] = defaultdict(list)
+    used_b: dict[str, list[Region]] = defaultdict(list)
+    for candidate in ranked:
+        if any(candidate.a.overlaps(r) for r in used_a[candidate.a.key]):
+            continue
+        if any(candidate.b.overlaps(r) for r in used_b[candidate.b.key]):
+            continue
+        kept.append(candidate)
+        used_a[candidate.a.key].append(candidate.a)
+        used_b[candidate.b.key].append(candidate.b)
+    return sorted(kept, key=lambda c: (c.b.key, c.b.start))
+
+
+def _view_reader(
+    reader: ShardReader, model: IndexedModel, key: str
+) -> Callable[[int, int, int, int], np.ndarray]:
+    """read(r0, r1, c0, c1) -> float array of that block of the tensor's 2-D view."""
+    row = model.rows[key]
+    path, dtype, cols = model.root / row["shard"], row["dtype"], int(row["cols"])
+    itemsize, begin = SUPPORTED_DTYPES[dtype], int(row["data_begin"])
+
+    def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        if c0 == 0 and c1 == cols:
+            raw = reader.read(path, begin + r0 * cols * itemsize, (r1 - r0) * cols * itemsize)
+            return decode(raw, dtype).reshape(r1 - r0, cols)
+        pieces = [
+            decode(reader.read(path, begin + (r * cols + c0) * itemsize, (c1 - c0) * itemsize), dtype)
+            for r in range(r0, r1)
+        ]
+        return np.stack(pieces) if pieces else np.zeros((0, c1 - c0), dtype=np.float32)
+
+    return read
+
+
+def _exact_metrics(reader: ShardReader, a: IndexedModel, b: IndexedModel, c: Candidate) -> PairMetrics:
+    """Stream both sides in row chunks of A's view (or its slice) and accumulate the sums."""
+    ra, rb = a.rows[c.a.key], b.rows[c.b.key]
+    read_a, read_b = _view_reader(reader, a, c.a.key), _view_reader(reader, b, c.b.key)
+    accumulator = PairAccumulator(lower_precision(ra["dtype"], rb["dtype"]))
+    a_rows, a_cols = _region_shape(ra, c.a)
+    a_r0, a_c0 = _region_origin(c.a)
+    b_r0, b_c0 = _region_origin(c.b)
+    step = max(1, _CHUNK_ELEMS // max(a_cols, 1))
+    for r in range(0, a_rows, step):
+        r1 = min(r + step, a_rows)
+        block_a = read_a(a_r0 + r, a_r0 + r1, a_c0, a_c0 + a_cols)
+        if c.relation == "transpose":
+            block_b = read_b(0, int(rb["rows"]), r, r1).T
+        else:
+            block_b = read_b(b_r0 + r, b_r0 + r1, b_c0, b_c0 + a_cols)
+        accumulator.add(block_a, block_b)
+    return accumulator.finish()
+
+
+def _region_shape(row: dict, region: Region) -> tuple[int, int]:
+    rows, cols = int(row["rows"]), int(row["cols"])
+    if region.axis == 0:
+        rows = region.stop - region.start
+    elif region.axis == 1:
+        cols = region.stop - region.start
+    return rows, cols
+
+
+def _region_origin(region: Region) -> tuple[int, int]:
+    return (region.start, 0) if region.axis == 0 else (0, region.start) if region.axis == 1 else (0, 0)
+
+
+def _estimated_metrics(a: IndexedModel, b: IndexedModel, c: Candidate) -> PairMetrics:
+    """Correlation from the sketches; cosine, scale and differences from the aligned samples."""
+    va, vb = aligned_samples(a.rows[c.a.key], b.rows[c.b.key], c)
+    if va.size:
+        d = vb - va
+        sample = pair_metrics(
+            va.size, va.sum(), vb.sum(), va @ va, vb @ vb, va @ vb, d @ d, float(np.abs(d).max()), None
+        )
+    else:
+        sample = pair_metrics(0, 0, 0, 0, 0, 0, 0, None, None)
+    return PairMetrics(
+        n=int(a.rows[c.a.key]["numel"]) if c.a.axis is None else sample.n,
+        cosine=sample.cosine,
+        correlation=1.0 if c.identical else c.estimate,
+        relative_l2=0.0 if c.identical else sample.relative_l2,
+        scale=1.0 if c.identical else sample.scale,
+        max_abs_diff=0.0 if c.identical else sample.max_abs_diff,
+        equal_after_cast=1.0 if c.identical else None,
+        z_score=pair_metrics(c.sketch_values, 0, 0, 1, 1, c.estimate, 0, None, None).z_score,
+    )
+
+
+def aligned_samples(row_a: dict, row_b: dict, c: Candidate) -> tuple[np.ndarray, np.ndarray]:
+    """Sample values of A and B at the same elements under the candidate's mapping."""
+    grid_a = np.asarray(row_a["sample"], dtype=np.float64).reshape(row_a["sample_rows"], row_a["sample_cols"])
+    grid_b = np.asarray(row_b["sample"], dtype=np.float64).reshape(row_b["sample_rows"], row_b["sample_cols"])
+    sa = (int(row_a["sample_stride_rows"]), int(row_a["sample_stride_cols"]))
+    sb = (int(row_b["sample_stride_rows"]), int(row_b["sample_stride_cols"]))
+    swap = c.relation == "transpose"
+    stride_b_in_a = (sb[1], sb[0]) if swap else sb
+    step = (max(sa[0], stride_b_in_a[0]), max(sa[1], stride_b_in_a[1]))
+    rows, cols = _region_shape(row_a, c.a)
+    a0, b0 = _region_origin(c.a), _region_origin(c.b)
+    ii, jj = np.arange(0, rows, step[0]), np.arange(0, cols, step[1])
+    if swap:
+        b_rows, b_cols = jj + b0[0], ii + b0[1]
+    else:
+        b_rows, b_cols = ii + b0[0], jj + b0[1]
+    a_rows, a_cols = ii + a0[0], jj + a0[1]
+    if any(
+        x.size and x[0] % s for x, s in ((a_rows, sa[0]), (a_cols, sa[1]), (b_rows, sb[0]), (b_cols, sb[1]))
+    ):
+        return np.zeros(0), np.zeros(0)  # the slice does not start on both lattices
+    va = grid_a[np.ix_(a_rows // sa[0], a_cols // sa[1])]
+    vb = grid_b[np.ix_(b_rows // sb[0], b_cols // sb[1])]
+    return va.ravel(), (vb.T if swap else vb).ravel()
+
+
+def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[str]:
+    c, ra, rb = match.candidate, a.rows[match.candidate.a.key], b.rows[match.candidate.b.key]
+    steps = []
+    if c.a.key != c.b.key:
+        steps.append("rename")
+    if ra["dtype"] != rb["dtype"]:
+        steps.append(f"cast:{ra['dtype'].lower()}->{rb['dtype'].lower()}")
+    if c.relation == "transpose":
+        steps.append("transpose")
+    elif c.relation.startswith("a_in_b"):
+        steps.append(f"concat:{c.b.axis}")
+    elif c.relation.startswith("b_in_a"):
+        steps.append(f"split:{c.a.axis}")
+    elif list(ra["shape"]) != list(rb["shape"]):
+        steps.append("reshape")
+    scale = match.metrics.scale
+    if scale is not None and match.strength > MATCH and abs(scale - 1) > 0.02:
+        steps.append(f"scale:{scale:.4g}")
+    return steps
+
+
+def _block_of(key: str) -> int | None:
+    found = _BLOCK_PATTERN.search(key)
+    return int(found.group(1)) if found else None
+
+
+def _is_matrix(row: dict) -> bool:
+    return int(row["rows"]) > 1 and int(row["cols"]) > 1 and int(row["numel"]) >= _WEAK_NUMEL
+
+
+def build_report(a: IndexedModel, b: IndexedModel, matches: list[Match], had_candidates: bool) -> dict:
+    """The JSON report (schema_version 1) from the kept matches."""
+    matched_a = {m.candidate.a.key for m in matches if m.verdict != "different"}
+    matched_b = {m.candidate.b.key for m in matches if m.verdict != "different"}
+    cosines = [m.metrics.cosine for m in matches if m.metrics.cosine is not None]
+    summary = {
+        "mean_cosine_similarity": _clean(sum(cosines) / len(cosines)) if cosines else None,
+        "high_similarity_count": sum(1 for m in matches if (m.metrics.cosine or 0) > MATCH),
+        "medium_similarity_count": sum(1 for m in matches if PARTIAL <= (m.metrics.cosine or 0) <= MATCH),
+        "low_similarity_count": sum(1 for m in matches if (m.metrics.cosine or 0) < PARTIAL),
+        "matched_b_tensors": len(matched_b),
+        "unmatched_a": len(set(a.rows) - matched_a),
+        "unmatched_b": len(set(b.rows) - matched_b),
+    }
+    scenario, verdict = _scenario(a, b, matches, had_candidates)
+    summary.update(scenario=scenario, verdict=verdict)
+    return {
+        "schema_version": 1,
+        "tool": {"name": "weightidx", "version": __version__},
+        "models": {side: _model_json(model) for side, model in (("a", a), ("b", b))},
+        "summary": summary,
+        "matches": [_match_json(a, b, m) for m in matches],
+        "unmatched": {"a": sorted(set(a.rows) - matched_a), "b": sorted(set(b.rows) - matched_b)},
+        "blocks": _blocks(matches),
+        "shapes": [
+            {"shape": list(shape), "a_count": ac, "b_count": bc}
+            for shape, ac, bc in run_query("shape_table", a=str(a.index), b=str(b.index)).fetchall()
+        ],
+    }
+
+
+def _model_json(model: IndexedModel) -> dict:
+    return {
+        "name": model.name,
+        "index": str(model.index),
+        "source": model.source,
+        "tensors": len(model.rows),
+        "parameters": model.parameters,
+        "bytes": model.bytes,
+    }
+
+
+def _clean(value: float | None) -> float | None:
+    """Strict JSON: no NaN or Inf."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _match_json(a: IndexedModel, b: IndexedModel, m: Match) -> dict:
+    metrics = m.metrics
+    identical = bool(
+        m.candidate.identical
+        or (
+            m.candidate.relation == "same"
+            and metrics.max_abs_diff == 0
+            and a.rows[m.candidate.a.key]["dtype"] == b.rows[m.candidate.b.key]["dtype"]
+        )
+    )
+    return {
+        "b": m.candidate.b.as_json(),
+        "a": m.candidate.a.as_json(),
+        "transform": m.transform,
+        "cosine": _clean(metrics.cosine),
+        "correlation": _clean(metrics.correlation),
+        "relative_l2": _clean(metrics.relative_l2),
+        "scale": _clean(metrics.scale),
+        "z_score": _clean(metrics.z_score),
+        "max_abs_diff": _clean(metrics.max_abs_diff),
+        "equal_after_cast": _clean(metrics.equal_after_cast),
+        "identical": identical,
+        "evidence": m.evidence,
+        "verdict": m.verdict,
+        "weak_evidence": not _is_matrix(b.rows[m.candidate.b.key]),
+        "estimated_correlation": _clean(m.candidate.estimate),
+    }
+
+
+def _blocks(matches: list[Match]) -> list[dict]:
+    cells: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for m in matches:
+        a_block, b_block = _block_of(m.candidate.a.key), _block_of(m.candidate.b.key)
+        if a_block is not None and b_block is not None and m.metrics.correlation is not None:
+            cells[a_block, b_block].append(abs(m.metrics.correlation))
+    return [
+        {"a_block": ab, "b_block": bb, "tensors": len(v), "mean_correlation": _clean(sum(v) / len(v))}
+        for (ab, bb), v in sorted(cells.items(), key=lambda item: (item[0][1], item[0][0]))
+    ]
+
+
+def _scenario(
+    a: IndexedModel, b: IndexedModel, matches: list[Match], had_candidates: bool
+) -> tuple[str, str]:
+    b_matrices = [k for k, r in b.rows.items() if _is_matrix(r)]
+    matrix_matches = [m for m in matches if m.candidate.b.key in set(b_matrices)]
+    strong = [m for m in matrix_matches if m.verdict != "different"]
+    covered = {m.candidate.b.key for m in strong}
+    share = len(covered) / len(b_matrices) if b_matrices else 0.0
+    transforms = {t.split(":")[0] for m in strong for t in m.transform}
+    if not had_candidates:
+        return "incompatible", _incompatible_text(a, b)
+    if not strong:
+        return "unrelated", (
+            f"No matrix of {b.name} matches one of {a.name}: {len(matrix_matches)} shape-compatible "
+            "candidates all scored near zero. B's weights are not derived from A's (trained independently, "
+            "or fully re-initialised). A LoRA made for A cannot be converted to B; train a new one."
+        )
+    identical = len(a.rows) == len(b.rows) == len(matches) and all(
+        m.candidate.a.key == m.candidate.b.key and m.metrics.max_abs_diff == 0 for m in matches
+    )
+    if identical:
+        return "identical", f"{b.name} is {a.name}: the same tensors under the same names, byte for byte."
+    fine = [m for m in strong if m.verdict == "partial"]
+    if share < 0.5:
+        scenario = "partially_related"
+    elif fine and len(fine) >= len(strong) / 2:
+        scenario = "fine_tuned"
+    elif transforms & {"concat", "split", "reshape", "scale"}:
+        scenario = "transformed"
+    else:
+        scenario = "copied"
+    return scenario, _related_text(a, b, scenario, strong, share, transforms)
+
+
+def _related_text(a, b, scenario: str, strong: list[Match], share: float, transforms: set[str]) -> str:
+    matched = sum(1 for m in strong if m.verdict == "match")
+    partial = len(strong) - matched
+    how = ", ".join(sorted(transforms - {"rename"})) or "renaming only"
+    lora = (
+        "LoRAs for A convert to B by renaming keys"
+        if transforms <= {"rename", "cast"}
+        else f"LoRAs for A convert to B with these transforms ({how})"
+    )
+    if partial:
+        lora += f"; {partial} module(s) were changed by training, so expect those to transfer less well"
+    return (
+        f"{b.name} derives from {a.name} ({scenario.replace('_', ' ')}): {share:.0%} of B's weight matrices "
+        f"trace back to A ({matched} match, {partial} partial), under {how}. {lora}."
+    )
+
+
+def _incompatible_text(a: IndexedModel, b: IndexedModel) -> str:
+    def width(model: IndexedModel) -> int | None:
+        dims: dict[int, int] = defaultdict(int)
+        for r in model.rows.values():
+            if _is_matrix(r):
+                dims[int(r["rows"])] += 1
+                dims[int(r["cols"])] += 1
+        return max(dims, key=dims.get) if dims else None
+
+    def depth(model: IndexedModel) -> int:
+        return len({blk for k in model.rows if (blk := _block_of(k)) is not None})
+
+    return (
+        f"No tensor of {b.name} has a shape compatible with any tensor of {a.name}: hidden width "
+        f"{width(a)} vs {width(b)}, {depth(a)} vs {depth(b)} blocks. Per-tensor values cannot show "
+        "derivation across a width change, so this comparison cannot say whether B was trained from A; "
+        "LoRAs for A cannot be converted to B."
+    )
+
+
+def compare_paths(
+    a: Path | str,
+    b: Path | str,
+    *,
+    names: tuple[str, str] | None = None,
+    index_only: bool = False,
+    cache: Path | None = None,
+) -> dict:
+    """Compare two models given as index files or checkpoints (indexed on first use, then cached)."""
+    sides = []
+    for position, path in enumerate((Path(a), Path(b))):
+        index = path if is_index_file(path) else cached_index(path, cache)
+        sides.append(load_index(index, names[position] if names else None))
+    return compare_indexes(sides[0], sides[1], index_only=index_only)
+
+
+def write_report(report: dict, out: Path | str) -> Path:
+    """Write the report as strict JSON, atomically."""
+    from .errors import OutputError
+
+    out = Path(out)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+        os.replace(temporary, out)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(
+            f"{out}: cannot write the report ({exc.strerror or exc}); choose another -o"
+        ) from None
+    return out
