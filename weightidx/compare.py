@@ -115,7 +115,8 @@ def load_index(path: Path | str, name: str | None = None) -> IndexedModel:
     meta = json.loads(raw)
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise IndexFileError(
-            f"{path}: index schema {meta.get('schema_version')}, this weightidx reads {SCHEMA_VERSION}; re-index"
+            f"{path}: index schema {meta.get('schema_version')}, this weightidx reads "
+            f"{SCHEMA_VERSION}; re-index the checkpoint"
         )
     return IndexedModel(
         name=name or meta["model"],
@@ -204,7 +205,11 @@ def compare_indexes(
                 progress(done + 1, len(kept))
     for match in matches:
         match.transform = _transforms(a, b, match)
-    return build_report(a, b, matches, bool(candidates))
+    comparable = any(
+        c.relation in ("same", "transpose") and _is_matrix(a.rows[c.a.key]) and _is_matrix(b.rows[c.b.key])
+        for c in candidates
+    )
+    return build_report(a, b, matches, comparable)
 
 
 def _score_candidates(a: IndexedModel, b: IndexedModel) -> Iterator[Candidate]:
@@ -404,8 +409,11 @@ def _is_matrix(row: dict) -> bool:
     return int(row["rows"]) > 1 and int(row["cols"]) > 1 and int(row["numel"]) >= _WEAK_NUMEL
 
 
-def build_report(a: IndexedModel, b: IndexedModel, matches: list[Match], had_candidates: bool) -> dict:
-    """The JSON report (schema_version 1) from the kept matches."""
+def build_report(a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool) -> dict:
+    """The JSON report (schema_version 1) from the kept matches.
+
+    ``comparable``: whether any weight matrix of B shares a shape (or its transpose) with one of A.
+    """
     matched_a = {m.candidate.a.key for m in matches if m.verdict != "different"}
     matched_b = {m.candidate.b.key for m in matches if m.verdict != "different"}
     cosines = [m.metrics.cosine for m in matches if m.metrics.cosine is not None]
@@ -418,7 +426,7 @@ def build_report(a: IndexedModel, b: IndexedModel, matches: list[Match], had_can
         "unmatched_a": len(set(a.rows) - matched_a),
         "unmatched_b": len(set(b.rows) - matched_b),
     }
-    scenario, verdict = _scenario(a, b, matches, had_candidates)
+    scenario, verdict = _scenario(a, b, matches, comparable)
     summary.update(scenario=scenario, verdict=verdict)
     return {
         "schema_version": 1,
@@ -492,16 +500,14 @@ def _blocks(matches: list[Match]) -> list[dict]:
     ]
 
 
-def _scenario(
-    a: IndexedModel, b: IndexedModel, matches: list[Match], had_candidates: bool
-) -> tuple[str, str]:
+def _scenario(a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool) -> tuple[str, str]:
     b_matrices = [k for k, r in b.rows.items() if _is_matrix(r)]
     matrix_matches = [m for m in matches if m.candidate.b.key in set(b_matrices)]
     strong = [m for m in matrix_matches if m.verdict != "different"]
     covered = {m.candidate.b.key for m in strong}
     share = len(covered) / len(b_matrices) if b_matrices else 0.0
     transforms = {t.split(":")[0] for m in strong for t in m.transform}
-    if not had_candidates:
+    if not strong and not comparable:
         return "incompatible", _incompatible_text(a, b)
     if not strong:
         return "unrelated", (

@@ -30,15 +30,14 @@ def render_report(report: dict) -> str:
         f"{'shape':<24} {a:>12} {b:>12}",
     ]
     for row in report["shapes"][:_MAX_SHAPES]:
-        lines.append(f"{str(tuple(row['shape'])):<24} {row['a_count']:>12} {row['b_count']:>12}")
+        lines.append(f"{tuple(row['shape'])!s:<24} {row['a_count']:>12} {row['b_count']:>12}")
     if len(report["shapes"]) > _MAX_SHAPES:
         lines.append(f"... {len(report['shapes']) - _MAX_SHAPES} more shapes")
     if report["blocks"]:
         lines += ["", f"{'B block':>8} <- {'A block':<8} {'tensors':>8} {'mean corr':>10}"]
         for row in report["blocks"]:
-            lines.append(
-                f"{row['b_block']:>8} <- {row['a_block']:<8} {row['tensors']:>8} {_number(row['mean_correlation']):>10}"
-            )
+            correlation = _number(row["mean_correlation"])
+            lines.append(f"{row['b_block']:>8} <- {row['a_block']:<8} {row['tensors']:>8} {correlation:>10}")
     lines.append("")
     for match in report["matches"][:_MAX_MATCHES]:
         lines.append(f"{_SYMBOL[match['verdict']]}: {_slice(match['a'])} -> {_slice(match['b'])}")

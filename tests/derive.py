@@ -1,0 +1,185 @@
+"""Derive model B from model A by known transforms, with the ground truth, for compare tests.
+
+``derive(source, steps)`` takes A's tensors ({key: (dtype, values)}) and returns B's tensors
+and the truth: which (B key, B slice) came from which (A key, A slice), and the correlation
+the transform leaves. Everything is generated in memory: these are small test models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from weightidx.checkpoint import decode, encode
+
+Tensors = dict[str, tuple[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Truth:
+    b: str
+    b_slice: tuple[int, int, int] | None  # (axis, start, stop) of B's 2-D view
+    a: str
+    a_slice: tuple[int, int, int] | None
+    correlation: float  # |correlation| the transform leaves (1 for exact copies)
+
+
+@dataclass
+class Derived:
+    tensors: Tensors = field(default_factory=dict)
+    truth: list[Truth] = field(default_factory=list)
+
+    def expected(self, threshold: float = 0.8) -> set[tuple]:
+        """Pairs a compare should report as match or partial."""
+        return {(t.b, t.b_slice, t.a, t.a_slice) for t in self.truth if t.correlation >= threshold}
+
+
+def stored(dtype: str, values: np.ndarray) -> np.ndarray:
+    """Values as a file of that dtype holds them."""
+    return decode(encode(values, dtype), dtype).reshape(values.shape)
+
+
+def matrices(tensors: Tensors) -> list[str]:
+    return [k for k, (_, v) in tensors.items() if v.ndim == 2 and min(v.shape) > 1]
+
+
+def rename(source: Tensors, names: dict[str, str]) -> Derived:
+    out = Derived()
+    for key, (dtype, values) in source.items():
+        out.tensors[names.get(key, key)] = (dtype, values)
+        out.truth.append(Truth(names.get(key, key), None, key, None, 1.0))
+    return out
+
+
+def anonymise(source: Tensors, seed: int) -> Derived:
+    keys = list(source)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    return rename(source, {keys[i]: f"onnx::MatMul_{100 + n}" for n, i in enumerate(order)})
+
+
+def cast(source: Tensors, dtype: str) -> Derived:
+    out = Derived()
+    for key, (old, values) in source.items():
+        new = dtype if old in ("F32", "F16", "BF16", "F64") else old
+        casted = stored(new, values)
+        out.tensors[key] = (new, casted)
+        out.truth.append(Truth(key, None, key, None, _corr(values, casted)))
+    return out
+
+
+def transpose(source: Tensors) -> Derived:
+    out = Derived()
+    for key, (dtype, values) in source.items():
+        flipped = np.ascontiguousarray(values.T) if key in matrices(source) else values
+        out.tensors[key + ".t"] = (dtype, flipped)
+        out.truth.append(Truth(key + ".t", None, key, None, 1.0))
+    return out
+
+
+def fuse(source: Tensors, groups: list[list[str]], axis: int = 0) -> Derived:
+    out = Derived()
+    fused = {k for group in groups for k in group}
+    for key, item in source.items():
+        if key not in fused:
+            out.tensors[key] = item
+            out.truth.append(Truth(key, None, key, None, 1.0))
+    for n, group in enumerate(groups):
+        parts = [source[k][1] for k in group]
+        name = f"fused.{n}.weight"
+        out.tensors[name] = (source[group[0]][0], np.concatenate(parts, axis=axis))
+        start = 0
+        for key, part in zip(group, parts, strict=True):
+            size = part.shape[axis]
+            out.truth.append(Truth(name, (axis, start, start + size), key, None, 1.0))
+            start += size
+    return out
+
+
+def split(source: Tensors, keys: list[str], parts: int) -> Derived:
+    out = Derived()
+    for key, (dtype, values) in source.items():
+        if key not in keys:
+            out.tensors[key] = (dtype, values)
+            out.truth.append(Truth(key, None, key, None, 1.0))
+            continue
+        size = values.shape[0] // parts
+        for p in range(parts):
+            out.tensors[f"{key}.part{p}"] = (dtype, np.ascontiguousarray(values[p * size : (p + 1) * size]))
+            out.truth.append(Truth(f"{key}.part{p}", None, key, (0, p * size, (p + 1) * size), 1.0))
+    return out
+
+
+def scale(source: Tensors, factor: float) -> Derived:
+    out = Derived()
+    for key, (dtype, values) in source.items():
+        out.tensors[key] = (dtype, (values * np.float32(factor)).astype(np.float32))
+        out.truth.append(Truth(key, None, key, None, 1.0))
+    return out
+
+
+def finetune(source: Tensors, level: float, seed: int) -> Derived:
+    """Add noise of ``level`` times each tensor's std: correlation 1/sqrt(1+level²)."""
+    rng = np.random.default_rng(seed)
+    out = Derived()
+    for key, (dtype, values) in source.items():
+        noise = rng.standard_normal(values.shape).astype(np.float32)
+        tuned = stored(dtype, values + np.float32(level * float(values.std())) * noise)
+        out.tensors[key] = (dtype, tuned)
+        out.truth.append(Truth(key, None, key, None, _corr(values, tuned)))
+    return out
+
+
+def edit(
+    source: Tensors, reinit: list[str], delete: list[str], add: dict[str, np.ndarray], seed: int
+) -> Derived:
+    """Re-initialise some tensors (new values, same key), delete some, add new ones."""
+    rng = np.random.default_rng(seed)
+    out = Derived()
+    for key, (dtype, values) in source.items():
+        if key in delete:
+            continue
+        if key in reinit:
+            fresh = rng.standard_normal(values.shape).astype(np.float32) * np.float32(values.std() or 1.0)
+            out.tensors[key] = (dtype, stored(dtype, fresh))
+            continue
+        out.tensors[key] = (dtype, values)
+        out.truth.append(Truth(key, None, key, None, 1.0))
+    for key, values in add.items():
+        out.tensors[key] = ("F32", values)
+    return out
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    if a64.size < 2 or a64.std() == 0 or b64.std() == 0:
+        return 1.0 if np.array_equal(a64, b64) else 0.0
+    return abs(float(np.corrcoef(a64, b64)[0, 1]))
+
+
+def toy_transformer(seed: int, width: int = 128, layers: int = 3, ffn: int | None = None) -> Tensors:
+    """A small BERT-like model: embeddings, per-layer q/k/v/o, MLP, LayerNorms and biases."""
+    from tests.conftest import trained_like
+
+    rng = np.random.default_rng(seed)
+    ffn = ffn or 4 * width
+    tensors: Tensors = {"embeddings.word.weight": ("F32", trained_like(rng, 1000, width))}
+    for i in range(layers):
+        p = f"layer.{i}."
+        for name in ("q", "k", "v", "o"):
+            tensors[p + f"attn.{name}.weight"] = ("F32", trained_like(rng, width, width))
+            tensors[p + f"attn.{name}.bias"] = ("F32", 0.02 * rng.standard_normal(width).astype(np.float32))
+        tensors[p + "norm1.weight"] = ("F32", (1 + 0.05 * rng.standard_normal(width)).astype(np.float32))
+        tensors[p + "mlp.up.weight"] = ("F32", trained_like(rng, ffn, width))
+        tensors[p + "mlp.down.weight"] = ("F32", trained_like(rng, width, ffn))
+        tensors[p + "norm2.weight"] = ("F32", (1 + 0.05 * rng.standard_normal(width)).astype(np.float32))
+    tensors["head.weight"] = ("F32", trained_like(rng, 64, width))
+    return tensors
+
+
+def as_tensors(values: dict[str, np.ndarray], dtype: str = "F32") -> Tensors:
+    return {k: (dtype, v) for k, v in values.items()}
+
+
+__all__ = ["Derived", "Truth", "math"]

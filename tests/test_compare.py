@@ -1,0 +1,236 @@
+"""Stage 2 against generated pairs with a known ground truth: mapping precision and recall >= 0.99."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import derive
+from tests.conftest import trained_like, write_tensors
+from weightidx.compare import compare_paths
+
+Key = tuple[str, tuple | None, str, tuple | None]
+
+
+def _slice(region: dict) -> tuple | None:
+    s = region["slice"]
+    return None if s is None else (s["axis"], s["start"], s["stop"])
+
+
+def predicted(report: dict) -> set[Key]:
+    return {
+        (m["b"]["key"], _slice(m["b"]), m["a"]["key"], _slice(m["a"]))
+        for m in report["matches"]
+        if m["verdict"] != "different"
+    }
+
+
+def compare(tmp_path: Path, a: derive.Tensors, b: derive.Tensors, **options) -> dict:
+    pa = write_tensors(tmp_path / "a.safetensors", a)
+    pb = write_tensors(tmp_path / "b.safetensors", b)
+    report = compare_paths(pa, pb, cache=tmp_path / "cache", **options)
+    json.dumps(report, allow_nan=False)  # strict JSON
+    return report
+
+
+def assert_mapping(report: dict, expected: set[Key]) -> None:
+    got = predicted(report)
+    hits = len(got & expected)
+    precision = hits / len(got) if got else 1.0
+    recall = hits / len(expected) if expected else 1.0
+    assert precision >= 0.99 and recall >= 0.99, {
+        "precision": precision,
+        "recall": recall,
+        "missing": sorted(expected - got)[:5],
+        "extra": sorted(got - expected)[:5],
+    }
+
+
+def with_conv(seed: int, width: int = 128) -> derive.Tensors:
+    tensors = derive.toy_transformer(seed, width=width)
+    tensors["patch.weight"] = ("F32", trained_like(np.random.default_rng([seed, 7]), width, 16, 1, 2, 2))
+    return tensors
+
+
+SEEDS = [0, 1]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rename_only(tmp_path: Path, seed: int) -> None:
+    a = derive.toy_transformer(seed)
+    b = derive.rename(a, {k: k.replace("layer.", "blocks.").replace("attn.", "self_attn.") for k in a})
+    report = compare(tmp_path, a, b.tensors)
+    assert_mapping(report, b.expected())
+    assert report["summary"]["scenario"] == "copied"
+    assert all(m["transform"] in ([], ["rename"]) for m in report["matches"])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_anonymised_names(tmp_path: Path, seed: int) -> None:
+    a = derive.toy_transformer(seed, width=96)
+    b = derive.anonymise(a, seed)
+    assert_mapping(compare(tmp_path, a, b.tensors), b.expected())
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F8_E4M3", "F64"])
+def test_casts(tmp_path: Path, dtype: str) -> None:
+    a = derive.toy_transformer(3)
+    b = derive.cast(a, dtype)
+    report = compare(tmp_path, a, b.tensors)
+    assert_mapping(report, b.expected())
+    casts = {t for m in report["matches"] for t in m["transform"] if t.startswith("cast:")}
+    assert casts == {f"cast:f32->{dtype.lower()}"}
+
+
+def test_cast_from_bf16_to_f32_is_byte_exact_in_value(tmp_path: Path) -> None:
+    a = derive.cast(derive.toy_transformer(4), "BF16").tensors
+    b = derive.cast(a, "F32")
+    report = compare(tmp_path, a, b.tensors)
+    assert all(m["equal_after_cast"] == 1.0 and m["max_abs_diff"] == 0.0 for m in report["matches"])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_transpose(tmp_path: Path, seed: int) -> None:
+    a = derive.toy_transformer(seed)
+    b = derive.transpose(a)
+    report = compare(tmp_path, a, b.tensors)
+    assert_mapping(report, b.expected())
+    transposed = [m for m in report["matches"] if "transpose" in m["transform"]]
+    assert len(transposed) == len(derive.matrices(a))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fused_qkv_rows_and_columns(tmp_path: Path, seed: int) -> None:
+    a = derive.toy_transformer(seed)
+    layers = sorted({k.split(".")[1] for k in a if k.startswith("layer.")})
+    qkv = [[f"layer.{i}.attn.{p}.weight" for p in "qkv"] for i in layers]
+    b = derive.fuse(a, qkv, axis=0)
+    report = compare(tmp_path, a, b.tensors)
+    assert_mapping(report, b.expected())
+    assert report["summary"]["scenario"] == "transformed"
+    b1 = derive.fuse(a, [[f"layer.{i}.attn.q.weight", f"layer.{i}.attn.o.weight"] for i in layers], axis=1)
+    (tmp_path / "cols").mkdir()
+    assert_mapping(compare(tmp_path / "cols", a, b1.tensors), b1.expected())
+
+
+def test_split(tmp_path: Path) -> None:
+    a = derive.toy_transformer(5)
+    b = derive.split(a, [k for k in a if k.endswith("mlp.up.weight")], parts=4)
+    assert_mapping(compare(tmp_path, a, b.tensors), b.expected())
+
+
+def test_conv_linear_reshape(tmp_path: Path) -> None:
+    a = with_conv(6)
+    b = dict(a)
+    b["patch.weight"] = ("F32", a["patch.weight"][1].reshape(128, 64))
+    report = compare(tmp_path, a, b)
+    (match,) = [m for m in report["matches"] if m["b"]["key"] == "patch.weight"]
+    # the bytes are the same, only the shape differs
+    assert match["transform"] == ["reshape"] and match["verdict"] == "match" and match["identical"] is True
+
+
+@pytest.mark.parametrize("factor", [0.5, -1.0])
+def test_constant_scale_and_sign_flip(tmp_path: Path, factor: float) -> None:
+    a = derive.toy_transformer(7)
+    b = derive.scale(a, factor)
+    report = compare(tmp_path, a, b.tensors)
+    assert_mapping(report, b.expected())
+    for m in report["matches"]:
+        assert m["scale"] == pytest.approx(factor, rel=1e-5)
+        assert f"scale:{factor:.4g}" in m["transform"]
+
+
+@pytest.mark.parametrize(
+    ("level", "verdict"), [(0.1, "match"), (0.25, "match"), (0.5, "partial"), (1.2, "different")]
+)
+def test_fine_tuning_noise(tmp_path: Path, level: float, verdict: str) -> None:
+    a = derive.toy_transformer(8)
+    b = derive.finetune(a, level, seed=9)
+    report = compare(tmp_path, a, b.tensors)
+    assert_mapping(report, b.expected())
+    big = [m for m in report["matches"] if not m["weak_evidence"]]
+    assert {m["verdict"] for m in big} <= {verdict}
+    if verdict == "partial":
+        assert report["summary"]["scenario"] == "fine_tuned"
+
+
+def test_reinitialised_deleted_and_added(tmp_path: Path) -> None:
+    a = derive.toy_transformer(10)
+    rng = np.random.default_rng(11)
+    b = derive.edit(
+        a,
+        reinit=["layer.0.attn.q.weight", "head.weight"],
+        delete=["layer.2.mlp.up.weight"],
+        add={"extra.weight": trained_like(rng, 128, 128)},
+        seed=12,
+    )
+    report = compare(tmp_path, a, b.tensors)
+    assert_mapping(report, b.expected())
+    assert {"layer.0.attn.q.weight", "head.weight", "extra.weight"} <= set(report["unmatched"]["b"])
+    assert "layer.2.mlp.up.weight" in report["unmatched"]["a"]
+
+
+@pytest.mark.parametrize("seeds", [(20, 21), (22, 23)])
+def test_unrelated_twin_has_no_match_on_matrices_or_norm_weights(
+    tmp_path: Path, seeds: tuple[int, int]
+) -> None:
+    a, b = derive.toy_transformer(seeds[0]), derive.toy_transformer(seeds[1])
+    report = compare(tmp_path, a, b)
+    assert predicted(report) == set()
+    assert report["summary"]["scenario"] == "unrelated"
+    assert report["summary"]["matched_b_tensors"] == 0
+    # the trap: raw cosine of unrelated LayerNorm weights is > 0.99
+    na, nb = a["layer.0.norm1.weight"][1], b["layer.0.norm1.weight"][1]
+    assert float(na @ nb / np.linalg.norm(na) / np.linalg.norm(nb)) > 0.99
+
+
+def test_different_widths_are_incompatible_and_say_which_dims(tmp_path: Path) -> None:
+    a = derive.toy_transformer(30, width=128, layers=4, ffn=512)
+    b = derive.toy_transformer(31, width=96, layers=3, ffn=384)
+    b.pop("head.weight")
+    report = compare(tmp_path, a, b)
+    assert report["summary"]["scenario"] == "incompatible"
+    assert "hidden width 128 vs 96, 4 vs 3 blocks" in report["summary"]["verdict"]
+
+
+def test_demo_pair_matches_its_truth(demo_pair, tmp_path: Path) -> None:
+    report = compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path)
+    truth = json.loads(demo_pair["truth"].read_text())
+    expected = {
+        (
+            t["b"],
+            None
+            if t["b_slice"] is None
+            else (t["b_slice"]["axis"], t["b_slice"]["start"], t["b_slice"]["stop"]),
+            t["a"],
+            None,
+        )
+        for t in truth["mapping"]
+        if t["a"]
+    }
+    assert_mapping(report, expected)
+    assert report["summary"]["scenario"] == "transformed"
+    assert [(row["a_block"], row["b_block"]) for row in report["blocks"]] == [(i, i) for i in range(3)]
+
+
+def test_index_only_estimates_the_same_mapping(demo_pair, tmp_path: Path) -> None:
+    exact = compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path)
+    estimated = compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path, index_only=True)
+    assert predicted(estimated) == predicted(exact)
+    assert {m["evidence"] for m in estimated["matches"]} == {"estimated"}
+    by_key = {(m["b"]["key"], str(m["b"]["slice"])): m for m in exact["matches"]}
+    for m in estimated["matches"]:
+        assert m["correlation"] == pytest.approx(
+            by_key[m["b"]["key"], str(m["b"]["slice"])]["correlation"], abs=0.05
+        )
+
+
+def test_checkpoint_inputs_are_indexed_once_and_reused(demo_pair, tmp_path: Path) -> None:
+    compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path)
+    cached = sorted(tmp_path.glob("*.parquet"))
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path)
+    assert len(cached) == 2 and [p.stat().st_mtime_ns for p in cached] == stamps
