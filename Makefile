@@ -27,10 +27,11 @@ demo: $(STAMP)
 	$(WEIGHTIDX) demo $(DEMO)
 	$(WEIGHTIDX) index $(DEMO)/wan_a.safetensors -o $(DEMO)/wan_a.parquet
 	$(WEIGHTIDX) index $(DEMO)/longcat_b.safetensors -o $(DEMO)/longcat_b.parquet
-	$(PY) -c "from weightidx.sql import run_query; run_query('shape_table', a='$(DEMO)/wan_a.parquet', b='$(DEMO)/longcat_b.parquet').show()"
+	$(WEIGHTIDX) compare $(DEMO)/wan_a.parquet $(DEMO)/longcat_b.parquet --names Wan2.1-style LongCat-style -o $(DEMO)/report.json
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_index.py
+	$(PY) tests/benchmarks/bench_compare.py
 
 clean:
 	rm -rf build $(VENV)

@@ -120,3 +120,46 @@ def test_demo_refuses_odd_widths(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["--help"], ["index", "--help"], ["demo", "--help"]])
 def test_help_works(args: list[str]) -> None:
     assert run(*args).exit_code == 0
+
+
+def test_compare_prints_the_verdict_and_writes_strict_json(demo_pair, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    cache = {"WEIGHTIDX_CACHE": str(tmp_path / "cache")}
+    result = runner.invoke(
+        app,
+        ["compare", str(demo_pair["a"]), str(demo_pair["b"]), "-o", str(out), "--names", "Wan", "LongCat"],
+        env=cache,
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "LongCat vs Wan: transformed"
+    assert lines[1].startswith("LongCat derives from Wan (transformed): ")
+    assert "✓ MATCH: blocks.0.self_attn.q.weight -> blocks.0.attn.qkv.weight[0:128]" in lines
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["schema_version"] == 1 and report["models"]["a"]["name"] == "Wan"
+    assert set(report["summary"]) >= {
+        "mean_cosine_similarity",
+        "high_similarity_count",
+        "medium_similarity_count",
+        "low_similarity_count",
+        "matched_b_tensors",
+        "unmatched_a",
+        "unmatched_b",
+        "scenario",
+        "verdict",
+    }
+
+
+def test_compare_rejects_a_parquet_file_that_is_not_an_index(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1]}), other)
+    result = run("compare", str(other), str(other))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: {other}: not a weightidx index (no 'weightidx' metadata); run `weightidx index`\n"
+    )

@@ -234,3 +234,23 @@ def test_checkpoint_inputs_are_indexed_once_and_reused(demo_pair, tmp_path: Path
     stamps = [p.stat().st_mtime_ns for p in cached]
     compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path)
     assert len(cached) == 2 and [p.stat().st_mtime_ns for p in cached] == stamps
+
+
+def test_weights_tied_in_b_may_share_their_source(tmp_path: Path) -> None:
+    a = derive.toy_transformer(40)
+    b = dict(a)
+    b["lm_head.weight"] = a["embeddings.word.weight"]  # tied to the input embedding
+    report = compare(tmp_path, a, b)
+    sources = {m["b"]["key"]: m["a"]["key"] for m in report["matches"] if m["verdict"] == "match"}
+    assert sources["lm_head.weight"] == sources["embeddings.word.weight"] == "embeddings.word.weight"
+    assert report["summary"]["unmatched_b"] == 0
+
+
+def test_without_ties_each_a_tensor_is_used_once(tmp_path: Path) -> None:
+    a = derive.toy_transformer(41)
+    b = dict(a)
+    b["copy.weight"] = derive.finetune({"w": a["layer.0.attn.q.weight"]}, 0.05, seed=1).tensors["w"]
+    report = compare(tmp_path, a, b)
+    used = [m["a"]["key"] for m in report["matches"] if m["a"]["slice"] is None]
+    assert len(used) == len(set(used))
+    assert "copy.weight" in report["unmatched"]["b"]

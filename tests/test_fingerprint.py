@@ -182,3 +182,19 @@ def test_sample_is_capped_and_uses_power_of_two_strides() -> None:
         stride_r, stride_c = sample_strides(rows, cols)
         assert -(-rows // stride_r) * -(-cols // stride_c) <= SAMPLE_CAP
         assert stride_r & (stride_r - 1) == 0 and stride_c & (stride_c - 1) == 0
+
+
+def test_slice_scan_equals_one_estimate_per_offset() -> None:
+    from weightidx.estimate import slice_scan
+
+    rng = np.random.default_rng(11)
+    q, k, v = (trained_like(rng, 96, 64) for _ in range(3))
+    part, whole = sketches(k), sketches(np.concatenate([q, k, v]))
+    starts, estimates = slice_scan(part, whole, 0, 32)
+    assert starts.tolist() == list(range(0, 288 - 96 + 1, 32))
+    for start, estimate in zip(starts, estimates, strict=True):
+        assert estimate == pytest.approx(row_slice(part, whole, int(start)), abs=1e-9)
+    assert starts[np.argmax(estimates)] == 96
+    wide = sketches(np.concatenate([q, k], axis=1))
+    starts, estimates = slice_scan(sketches(k), wide, 1, 64)
+    assert estimates.tolist() == pytest.approx([col_slice(sketches(k), wide, s) for s in starts.tolist()])

@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors import safe_open
 
+from tests import derive
+from tests.test_compare import assert_mapping, compare, predicted
 from weightidx import index_checkpoint
 
 pytestmark = pytest.mark.real_model
@@ -39,3 +41,53 @@ def test_minilm_index_matches_safetensors_reader(minilm: Path, tmp_path: Path) -
             assert (row["min"], row["max"]) == (wide.min(), wide.max()), key
             assert row["sum_x4"] == pytest.approx(float((wide**4).sum()), rel=1e-5), key
             assert row["zeros"] == int((values == 0).sum()), key
+
+
+@pytest.fixture(scope="module")
+def minilm_tensors(minilm: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return {k: ("F32" if v.dtype == np.float32 else "I64", v) for k, v in load_file(minilm).items()}
+
+
+def _qkv_groups(tensors: dict) -> list[list[str]]:
+    layers = sorted({k.split(".")[2] for k in tensors if k.startswith("encoder.layer.")}, key=int)
+    return [
+        [f"encoder.layer.{i}.attention.self.{p}.weight" for p in ("query", "key", "value")] for i in layers
+    ]
+
+
+VARIANTS = {
+    "anonymised": lambda t: derive.anonymise(t, seed=1),
+    "bf16": lambda t: derive.cast(t, "BF16"),
+    "fp8": lambda t: derive.cast(t, "F8_E4M3"),
+    "conv1d_transposed": derive.transpose,
+    "fused_qkv": lambda t: derive.fuse(t, _qkv_groups(t), axis=0),
+    "split_mlp": lambda t: derive.split(
+        t, [k for k in t if k.endswith("intermediate.dense.weight")], parts=2
+    ),
+    "scaled": lambda t: derive.scale(t, -0.5),
+    "fine_tuned": lambda t: derive.finetune(t, 0.3, seed=2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_minilm_variants_map_back_to_the_original(minilm_tensors: dict, tmp_path: Path, variant: str) -> None:
+    derived = VARIANTS[variant](minilm_tensors)
+    report = compare(tmp_path, minilm_tensors, derived.tensors)
+    assert_mapping(report, derived.expected())
+    assert report["summary"]["scenario"] != "unrelated"
+
+
+@pytest.mark.slow
+def test_minilm_against_a_same_shape_random_model_is_unrelated(minilm_tensors: dict, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    twin = {
+        k: (dtype, (rng.standard_normal(v.shape) * (v.std() or 1) + v.mean()).astype(v.dtype))
+        for k, (dtype, v) in minilm_tensors.items()
+        if dtype == "F32"
+    }
+    report = compare(tmp_path, minilm_tensors, twin)
+    assert predicted(report) == set()
+    assert report["summary"]["scenario"] == "unrelated"

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
 from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
 from .errors import IndexFileError
-from .estimate import Sketches, col_slice, row_slice, same_layout, transposed
+from .estimate import Sketches, same_layout, slice_scan, transposed
 from .fingerprint import BLOCK
 from .index import METADATA_KEY, SCHEMA_VERSION
 from .metrics import PairAccumulator, PairMetrics, lower_precision, pair_metrics
@@ -37,7 +38,7 @@ from .sql import run_query
 MATCH, PARTIAL = 0.95, 0.80
 _NULL_SIGMAS = 6.0  # a kept candidate's estimate must exceed 6x the null spread of its sketch
 _MIN_ESTIMATE = 0.2
-_CHUNK_ELEMS = 1 << 22
+_CHUNK_ELEMS = 1 << 20  # per side; float32 chunk sums stay accurate to ~1e-6
 _WEAK_NUMEL = 4096
 _BLOCK_PATTERN = re.compile(
     r"(?:^|\.)(?:blocks|layers|layer|h|block|transformer_blocks|single_blocks|double_blocks)\.(\d+)\."
@@ -123,8 +124,23 @@ def load_index(path: Path | str, name: str | None = None) -> IndexedModel:
         index=path,
         root=Path(meta["root"]),
         source=meta["checkpoint"],
-        rows={row["key"]: row for row in table.to_pylist()},
+        rows=_rows_with_arrays(table),
     )
+
+
+_ARRAY_COLUMNS = ("row_sketch", "col_sketch", "sample")
+
+
+def _rows_with_arrays(table: pa.Table) -> dict[str, dict]:
+    """Index rows as dicts, the sketch and sample columns as numpy views (no Python floats)."""
+    rows = table.drop_columns(list(_ARRAY_COLUMNS)).to_pylist()
+    for name in _ARRAY_COLUMNS:
+        column = table.column(name).combine_chunks()
+        values = column.values.to_numpy(zero_copy_only=False)
+        offsets = column.offsets.to_numpy()
+        for i, row in enumerate(rows):
+            row[name] = values[offsets[i] : offsets[i + 1]]
+    return {row["key"]: row for row in rows}
 
 
 @dataclass(frozen=True)
@@ -191,7 +207,7 @@ def compare_indexes(
         progress: called with (pairs verified, pairs to verify).
     """
     candidates = list(_score_candidates(a, b))
-    kept = _assign(candidates)
+    kept = _assign(candidates, tie_key=lambda key: _content_key(b.rows[key]))
     exact = not index_only and a.files_present() and b.files_present()
     matches = []
     with ShardReader() as reader:
@@ -239,40 +255,53 @@ def _estimates(
     elif relation in ("a_in_b_rows", "a_in_b_cols", "b_in_a_rows", "b_in_a_cols"):
         axis = 0 if relation.endswith("rows") else 1
         part, whole = (sa, sb) if relation.startswith("a_in_b") else (sb, sa)
-        part_len, whole_len = (part.rows, whole.rows) if axis == 0 else (part.cols, whole.cols)
+        part_len = part.rows if axis == 0 else part.cols
+        whole_len = whole.rows if axis == 0 else whole.cols
         step = max(BLOCK, math.gcd(part_len, whole_len) // BLOCK * BLOCK)
-        slicer = row_slice if axis == 0 else col_slice
+        starts, estimates = slice_scan(part, whole, axis, step)
         values = (part.row_sketch if axis == 0 else part.col_sketch).size
-        for start in range(0, whole_len - part_len + 1, step):
+        for start, estimate in zip(starts.tolist(), estimates.tolist(), strict=True):
+            if not _clear_of_null(estimate, values):
+                continue
             region = (start, start + part_len)
             if relation.startswith("a_in_b"):
-                yield Region(a_key), Region(b_key, axis, *region), slicer(part, whole, start), values
+                yield Region(a_key), Region(b_key, axis, *region), estimate, values
             else:
-                yield Region(a_key, axis, *region), Region(b_key), slicer(part, whole, start), values
+                yield Region(a_key, axis, *region), Region(b_key), estimate, values
 
 
-def _assign(candidates: list[Candidate]) -> list[Candidate]:
-    """Greedy one-to-one: strongest estimates first; each region of A and of B used once."""
+def _clear_of_null(estimate: float, sketch_values: int) -> bool:
+    """Whether an estimate stands clear of unrelated tensors (spread 1/sqrt(values))."""
+    return abs(estimate) >= _MIN_ESTIMATE and abs(estimate) * math.sqrt(sketch_values) >= _NULL_SIGMAS
 
-    def clear_of_null(c: Candidate) -> bool:
-        return c.identical or (
-            abs(c.estimate) >= _MIN_ESTIMATE and abs(c.estimate) * math.sqrt(c.sketch_values) >= _NULL_SIGMAS
-        )
+
+def _content_key(row: dict) -> tuple:
+    """Tensors with equal keys here hold the same bytes (tied weights)."""
+    return (row["dtype"], tuple(row["shape"]), row["crc32"], row["sum_x2"], row["sum_x4"])
+
+
+def _assign(candidates: list[Candidate], tie_key: Callable[[str], tuple]) -> list[Candidate]:
+    """Greedy one-to-one: strongest estimates first; each region of A and of B used once.
+
+    The exception is weights B really ties: a B tensor byte-identical to another B tensor
+    may map to the A region that other one took (e.g. an embedding and a tied LM head).
+    """
 
     ranked = sorted(
-        (c for c in candidates if clear_of_null(c)),
+        (c for c in candidates if c.identical or _clear_of_null(c.estimate, c.sketch_values)),
         key=lambda c: (not c.identical, -abs(c.estimate), c.relation != "same", c.b.key != c.a.key, c.b.key),
     )
     kept: list[Candidate] = []
-    used_a: dict[str, list[Region]] = defaultdict(list)
+    used_a: dict[str, list[tuple[Region, tuple]]] = defaultdict(list)
     used_b: dict[str, list[Region]] = defaultdict(list)
     for candidate in ranked:
-        if any(candidate.a.overlaps(r) for r in used_a[candidate.a.key]):
-            continue
         if any(candidate.b.overlaps(r) for r in used_b[candidate.b.key]):
             continue
+        tie = (*tie_key(candidate.b.key), candidate.b.axis, candidate.b.start, candidate.relation)
+        if any(candidate.a.overlaps(r) and t != tie for r, t in used_a[candidate.a.key]):
+            continue
         kept.append(candidate)
-        used_a[candidate.a.key].append(candidate.a)
+        used_a[candidate.a.key].append((candidate.a, tie))
         used_b[candidate.b.key].append(candidate.b)
     return sorted(kept, key=lambda c: (c.b.key, c.b.start))
 
@@ -302,7 +331,7 @@ def _exact_metrics(reader: ShardReader, a: IndexedModel, b: IndexedModel, c: Can
     """Stream both sides in row chunks of A's view (or its slice) and accumulate the sums."""
     ra, rb = a.rows[c.a.key], b.rows[c.b.key]
     read_a, read_b = _view_reader(reader, a, c.a.key), _view_reader(reader, b, c.b.key)
-    accumulator = PairAccumulator(lower_precision(ra["dtype"], rb["dtype"]))
+    accumulator = PairAccumulator(lower_precision(ra["dtype"], rb["dtype"]), ra["dtype"] == rb["dtype"])
     a_rows, a_cols = _region_shape(ra, c.a)
     a_r0, a_c0 = _region_origin(c.a)
     b_r0, b_c0 = _region_origin(c.b)

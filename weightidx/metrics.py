@@ -29,36 +29,45 @@ def lower_precision(dtype_a: str, dtype_b: str) -> str | None:
 
 @dataclass
 class PairAccumulator:
-    """Running sums over aligned chunks of a and b (float64), for the metrics of one pair."""
+    """Running sums over aligned chunks of a and b, for the metrics of one pair.
+
+    Each chunk is reduced with BLAS dot products in the chunk's own precision (float32
+    for every dtype up to F32) and the chunk sums are added up in float64.
+    """
 
     cast_to: str | None
+    same_dtype: bool = False
     n: int = 0
     sums: np.ndarray = field(default_factory=lambda: np.zeros(6))  # Σa Σb Σa² Σb² Σab Σ(b-a)²
     max_abs_diff: float = 0.0
     equal_after_cast: int = 0
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        a = np.asarray(a, dtype=np.float64).ravel()
-        b = np.asarray(b, dtype=np.float64).ravel()
-        finite = np.isfinite(a) & np.isfinite(b)
-        if not finite.all():
+        """Add one aligned chunk (any shapes with the same number of values)."""
+        a, b = np.ascontiguousarray(a).ravel(), np.ascontiguousarray(b).ravel()
+        if a.dtype != b.dtype:
+            wide = np.result_type(a.dtype, b.dtype)
+            a, b = a.astype(wide), b.astype(wide)
+        sum_a, sum_b = float(a.sum(dtype=np.float64)), float(b.sum(dtype=np.float64))
+        if not math.isfinite(sum_a + sum_b):  # NaN/Inf are left out, as in the index
+            finite = np.isfinite(a) & np.isfinite(b)
             a, b = a[finite], b[finite]
+            sum_a, sum_b = float(a.sum(dtype=np.float64)), float(b.sum(dtype=np.float64))
+        if not a.size:
+            return
         diff = b - a
         self.n += a.size
-        self.sums += (a.sum(), b.sum(), a @ a, b @ b, a @ b, diff @ diff)
-        if a.size:
-            self.max_abs_diff = max(self.max_abs_diff, float(np.abs(diff).max()))
-        if self.cast_to is not None:
+        self.sums += (sum_a, sum_b, np.dot(a, a), np.dot(b, b), np.dot(a, b), np.dot(diff, diff))
+        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()), -float(diff.min()))
+        if self.same_dtype:
+            self.equal_after_cast += int(np.count_nonzero(a == b))
+        elif self.cast_to is not None:
             dtype = _CAST[self.cast_to]
             self.equal_after_cast += int(np.count_nonzero(a.astype(dtype) == b.astype(dtype)))
 
     def finish(self) -> PairMetrics:
-        return pair_metrics(
-            self.n,
-            *self.sums,
-            self.max_abs_diff,
-            self.equal_after_cast / self.n if self.cast_to and self.n else None,
-        )
+        share = self.equal_after_cast / self.n if self.n and (self.cast_to or self.same_dtype) else None
+        return pair_metrics(self.n, *self.sums, self.max_abs_diff, share)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,12 @@ def tree_rss_kib(pid: int) -> int:
 
 def run_index(path: Path, out: Path) -> tuple[float, int]:
     """Wall time and peak process-tree RSS (KiB) of one `weightidx index` run."""
-    command = [str(Path(sys.executable).with_name("weightidx")), "index", str(path), "-o", str(out), "-q"]
+    return run_command(["index", str(path), "-o", str(out), "-q"])
+
+
+def run_command(arguments: list[str]) -> tuple[float, int]:
+    """Wall time and peak process-tree RSS (KiB) of one `weightidx ...` run."""
+    command = [str(Path(sys.executable).with_name("weightidx")), *arguments]
     start = time.perf_counter()
     proc = subprocess.Popen(command)
     peak = 0
@@ -109,7 +114,7 @@ def run_index(path: Path, out: Path) -> tuple[float, int]:
     done.set()
     sampler.join()
     if code:
-        raise SystemExit(f"weightidx index failed with exit code {code}")
+        raise SystemExit(f"weightidx {arguments[0]} failed with exit code {code}")
     return elapsed, peak
 
 
