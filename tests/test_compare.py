@@ -254,3 +254,34 @@ def test_without_ties_each_a_tensor_is_used_once(tmp_path: Path) -> None:
     used = [m["a"]["key"] for m in report["matches"] if m["a"]["slice"] is None]
     assert len(used) == len(set(used))
     assert "copy.weight" in report["unmatched"]["b"]
+
+
+def test_block_table_finds_depth_pruning(tmp_path: Path) -> None:
+    a = derive.toy_transformer(50, layers=6)
+    kept = {1: 0, 3: 1, 5: 2}  # B keeps every second block of A, renumbered
+    b = {}
+    for key, item in a.items():
+        if key.startswith("layer."):
+            block = int(key.split(".")[1])
+            if block in kept:
+                b[key.replace(f"layer.{block}.", f"layers.{kept[block]}.", 1)] = item
+        else:
+            b[key] = item
+    report = compare(tmp_path, a, b)
+    assert [(r["a_block"], r["b_block"]) for r in report["blocks"]] == [(1, 0), (3, 1), (5, 2)]
+    assert all(r["mean_correlation"] == pytest.approx(1.0) for r in report["blocks"])
+
+
+def test_missing_checkpoint_files_fall_back_to_estimates(tmp_path: Path) -> None:
+    a = derive.toy_transformer(51)
+    b = derive.cast(a, "BF16")
+    from weightidx import index_checkpoint
+
+    pa = write_tensors(tmp_path / "a.safetensors", a)
+    pb = write_tensors(tmp_path / "b.safetensors", b.tensors)
+    ia = index_checkpoint(pa, tmp_path / "a.parquet").output
+    ib = index_checkpoint(pb, tmp_path / "b.parquet").output
+    pb.unlink()  # someone shared only their index
+    report = compare_paths(ia, ib)
+    assert {m["evidence"] for m in report["matches"]} == {"estimated"}
+    assert_mapping(report, b.expected())
