@@ -285,3 +285,18 @@ def test_missing_checkpoint_files_fall_back_to_estimates(tmp_path: Path) -> None
     report = compare_paths(ia, ib)
     assert {m["evidence"] for m in report["matches"]} == {"estimated"}
     assert_mapping(report, b.expected())
+
+
+def test_a_model_against_itself_is_identical(tmp_path: Path) -> None:
+    a = derive.toy_transformer(60)
+    report = compare(tmp_path, a, a)
+    assert report["summary"]["scenario"] == "identical"
+    assert all(m["identical"] and m["transform"] == [] for m in report["matches"])
+
+
+def test_sharing_only_the_embeddings_is_partially_related(tmp_path: Path) -> None:
+    a, b = derive.toy_transformer(61), derive.toy_transformer(62)
+    b["embeddings.word.weight"] = a["embeddings.word.weight"]
+    report = compare(tmp_path, a, b)
+    assert report["summary"]["scenario"] == "partially_related"
+    assert predicted(report) == {("embeddings.word.weight", None, "embeddings.word.weight", None)}
