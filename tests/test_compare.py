@@ -300,3 +300,22 @@ def test_sharing_only_the_embeddings_is_partially_related(tmp_path: Path) -> Non
     report = compare(tmp_path, a, b)
     assert report["summary"]["scenario"] == "partially_related"
     assert predicted(report) == {("embeddings.word.weight", None, "embeddings.word.weight", None)}
+
+
+def test_a_checkpoint_changed_after_indexing_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from weightidx import index_checkpoint
+    from weightidx.errors import IndexFileError
+
+    a = derive.toy_transformer(63)
+    pa = write_tensors(tmp_path / "a.safetensors", a)
+    pb = write_tensors(tmp_path / "b.safetensors", a)
+    ia = index_checkpoint(pa, tmp_path / "a.parquet").output
+    ib = index_checkpoint(pb, tmp_path / "b.parquet").output
+    os.utime(pb, ns=(1, 1))
+    with pytest.raises(
+        IndexFileError, match=r"b\.safetensors: changed after .*b\.parquet was built; re-index"
+    ):
+        compare_paths(ia, ib)
+    assert compare_paths(ia, ib, index_only=True)["summary"]["scenario"] == "identical"

@@ -54,6 +54,7 @@ class IndexedModel:
     root: Path
     source: str
     rows: dict[str, dict]
+    shards: tuple[dict, ...] = ()
 
     @property
     def parameters(self) -> int:
@@ -64,7 +65,24 @@ class IndexedModel:
         return sum(int(r["nbytes"]) for r in self.rows.values())
 
     def files_present(self) -> bool:
-        return all((self.root / r["shard"]).is_file() for r in self.rows.values())
+        """Whether every shard is on disk as it was indexed (False when one is missing).
+
+        Raises:
+            IndexFileError: a shard changed after indexing, so the recorded offsets are stale.
+        """
+        present = True
+        for shard in self.shards:
+            path = self.root / shard["name"]
+            if not path.is_file():
+                present = False
+                continue
+            stat = path.stat()
+            if (stat.st_size, stat.st_mtime_ns) != (shard["size"], shard["mtime_ns"]):
+                raise IndexFileError(
+                    f"{path}: changed after {self.index} was built; re-index it with `weightidx index`, "
+                    "or pass --index-only"
+                )
+        return present
 
 
 def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
@@ -125,6 +143,7 @@ def load_index(path: Path | str, name: str | None = None) -> IndexedModel:
         root=Path(meta["root"]),
         source=meta["checkpoint"],
         rows=_rows_with_arrays(table),
+        shards=tuple(meta["shards"]),
     )
 
 
