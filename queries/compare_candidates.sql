@@ -1,7 +1,6 @@
 -- compare_candidates: pairs of tensors (a, b) whose 2-D views fit one of the transforms compare tests.
+-- Views: a (index of model A), b (index of model B)
 -- Parameters:
---   $a      path of index A (Parquet written by `weightidx index`)
---   $b      path of index B
 --   $block  sketch block size (slices must start on a block boundary)
 -- Columns:
 --   a_key     VARCHAR  tensor of A
@@ -14,10 +13,10 @@
 -- Key names are never used: this works on anonymised names like onnx::MatMul_471.
 WITH a AS (
     SELECT key, dtype, shape, rows, cols, crc32, sum_x2, sum_x4
-    FROM read_parquet($a) WHERE supported AND numel > 0
+    FROM main.a WHERE supported AND numel > 0
 ), b AS (
     SELECT key, dtype, shape, rows, cols, crc32, sum_x2, sum_x4
-    FROM read_parquet($b) WHERE supported AND numel > 0
+    FROM main.b WHERE supported AND numel > 0
 )
 SELECT a.key AS a_key, b.key AS b_key, 'same' AS relation,
        (a.dtype = b.dtype AND a.shape = b.shape AND a.crc32 = b.crc32

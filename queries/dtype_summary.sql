@@ -1,6 +1,6 @@
 -- dtype_summary: tensors, parameters and bytes per dtype of one index.
--- Parameters:
---   $index  path of an index (Parquet written by `weightidx index`)
+-- Views: t (one index written by `weightidx index`)
+-- Parameters: none
 -- Columns:
 --   dtype       VARCHAR  safetensors dtype name
 --   tensors     BIGINT   number of tensors of that dtype
@@ -12,6 +12,6 @@ SELECT
     count(*) AS tensors,
     sum(numel) AS parameters,
     sum(nbytes) AS bytes
-FROM read_parquet($index)
+FROM t
 GROUP BY dtype
 ORDER BY bytes DESC, dtype;

@@ -1,16 +1,15 @@
 -- shape_table: every tensor shape found in two indexes, with how many tensors of it each holds.
--- Parameters:
---   $a  path of the first index (Parquet written by `weightidx index`)
---   $b  path of the second index
+-- Views: a, b (two indexes written by `weightidx index`)
+-- Parameters: none
 -- Columns:
 --   shape    BIGINT[]  the tensor shape
 --   a_count  BIGINT    tensors of that shape in index a
 --   b_count  BIGINT    tensors of that shape in index b
 -- Rows: shapes present in either index, most parameters first.
 WITH tensors AS (
-    SELECT 'a' AS side, shape, numel FROM read_parquet($a)
+    SELECT 'a' AS side, shape, numel FROM a
     UNION ALL
-    SELECT 'b' AS side, shape, numel FROM read_parquet($b)
+    SELECT 'b' AS side, shape, numel FROM b
 )
 SELECT
     shape,

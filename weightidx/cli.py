@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -166,6 +167,105 @@ def compare_command(
             write_report(report, out)
     if not quiet:
         print(render_report(report))
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+@app.command("sql")
+def sql_command(
+    arguments: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[SQL] INDEX...",
+            help="The SELECT statement (unless --file is given), then index files: one is view t, "
+            "two are a and b, all of them are catalog.",
+        ),
+    ],
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Run the statement in this .sql file.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE for a $NAME parameter (repeatable).")
+    ] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Run one read-only SQL statement over index files (DuckDB).
+
+    weightidx sql "SELECT key, std FROM t ORDER BY std DESC LIMIT 5" model.parquet
+    """
+    from .sql import run_sql
+
+    with _user_errors():
+        sql, indexes = _statement(arguments, file)
+        relation = run_sql(sql, indexes, **_parameters(param or []))
+        _emit(relation, format, out)
+
+
+def _statement(arguments: list[str], file: Path | None) -> tuple[str, list[Path]]:
+    """The SQL (the first argument, or the --file) and the index files after it."""
+    if file is not None:
+        try:
+            sql = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise WeightidxError(f"{file}: cannot read ({exc.strerror or exc})") from None
+        indexes = arguments
+    else:
+        sql, indexes = arguments[0], arguments[1:]
+    if not indexes:
+        raise WeightidxError("name at least one index file after the SQL (or use --file FILE INDEX...)")
+    return sql, [Path(p) for p in indexes]
+
+
+def _parameters(pairs: list[str]) -> dict[str, object]:
+    parameters: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise WeightidxError(f"--param {pair!r}: write NAME=VALUE")
+        parameters[name] = _literal(value)
+    return parameters
+
+
+def _literal(value: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _emit(relation, format: OutputFormat, out: Path | None) -> None:
+    from .sql import export
+
+    text = export(relation, format.value, out)
+    if text is not None:
+        print(text)
+
+
+@app.command("search")
+def search_command(
+    model: Annotated[Path, typer.Argument(help="The model to place: an index or a checkpoint.")],
+    catalog: Annotated[Path, typer.Option("--catalog", help="Folder of indexes to search.")],
+    top: Annotated[int, typer.Option("--top", min=1, help="Show at most this many relatives.")] = 10,
+) -> None:
+    """Rank the models of a catalog by how much of MODEL they share (index-only)."""
+    from .catalog import search_catalog
+    from .compare import cached_index, is_index_file
+
+    with _user_errors():
+        query = model if is_index_file(model) else cached_index(model)
+        relatives = search_catalog(query, catalog, top)
+    print(f"{'model':<32} {'strong matrices':>16} {'mean estimate':>14} {'identical':>10}  index")
+    for r in relatives:
+        estimate = "-" if r.mean_estimate is None else f"{r.mean_estimate:.4f}"
+        print(f"{r.model:<32} {r.strong_share:>16.1%} {estimate:>14} {r.identical_share:>10.1%}  {r.index}")
 
 
 @app.command("demo")

@@ -248,7 +248,7 @@ def compare_indexes(
 
 
 def _score_candidates(a: IndexedModel, b: IndexedModel) -> Iterator[Candidate]:
-    pairs = run_query("compare_candidates", a=str(a.index), b=str(b.index), block=BLOCK).fetchall()
+    pairs = run_query("compare_candidates", [a.index, b.index], block=BLOCK).fetchall()
     sketches: dict[tuple[str, str], Sketches] = {}
 
     def sketch(side: str, key: str) -> Sketches:
@@ -486,7 +486,7 @@ def build_report(a: IndexedModel, b: IndexedModel, matches: list[Match], compara
         "blocks": _blocks(matches),
         "shapes": [
             {"shape": list(shape), "a_count": ac, "b_count": bc}
-            for shape, ac, bc in run_query("shape_table", a=str(a.index), b=str(b.index)).fetchall()
+            for shape, ac, bc in run_query("shape_table", [a.index, b.index]).fetchall()
         ],
     }
 
