@@ -32,6 +32,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_index.py
 	$(PY) tests/benchmarks/bench_compare.py
+	$(PY) tests/benchmarks/bench_catalog.py
 
 clean:
 	rm -rf build $(VENV)

@@ -16,20 +16,18 @@ WITH q AS (
            list_concat(row_sketch, col_sketch) AS sketch,
            rows > 1 AND cols > 1 AND numel >= 4096 AS is_matrix
     FROM query WHERE supported AND numel > 0
-), c AS (
-    SELECT filename, model, key, dtype, shape, rows, cols, crc32, sum_x2, sum_x4,
-           list_concat(row_sketch, col_sketch) AS sketch
-    FROM catalog WHERE supported AND numel > 0
 ), models AS (
     SELECT DISTINCT filename, model FROM catalog
 ), identical AS (
+    -- no sketches here: each join streams the catalog once instead of holding it
     SELECT c.filename, count(DISTINCT q.key) AS tensors
-    FROM q JOIN c ON q.dtype = c.dtype AND q.shape = c.shape AND q.crc32 = c.crc32
-                 AND q.sum_x2 = c.sum_x2 AND q.sum_x4 = c.sum_x4
+    FROM catalog c JOIN q ON q.dtype = c.dtype AND q.shape = c.shape AND q.crc32 = c.crc32
+                         AND q.sum_x2 = c.sum_x2 AND q.sum_x4 = c.sum_x4
     GROUP BY c.filename
 ), paired AS (
-    SELECT c.filename, abs(list_cosine_similarity(q.sketch, c.sketch)) AS estimate
-    FROM q JOIN c ON q.key = c.key AND q.rows = c.rows AND q.cols = c.cols
+    SELECT c.filename,
+           abs(list_cosine_similarity(q.sketch, list_concat(c.row_sketch, c.col_sketch))) AS estimate
+    FROM catalog c JOIN q ON q.key = c.key AND q.rows = c.rows AND q.cols = c.cols
     WHERE q.is_matrix
 ), scores AS (
     SELECT filename, avg(estimate) AS mean_estimate, count(*) FILTER (WHERE estimate >= $strong) AS strong
