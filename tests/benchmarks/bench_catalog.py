@@ -144,10 +144,6 @@ def main() -> None:
     build_catalog()
     query = QUERY
     sizes = sum(p.stat().st_size for p in FOLDER.glob("*.parquet"))
-    rows = run_command(
-        ["sql", "SELECT count(*) FROM catalog", *map(str, sorted(FOLDER.glob("*.parquet"))[:1])]
-    )
-    del rows
     search = [run_command(["search", str(query), "--catalog", str(FOLDER), "--top", "9"]) for _ in range(2)]
     files = sorted(str(p) for p in FOLDER.glob("*.parquet"))
     shared = [
