@@ -28,6 +28,7 @@ demo: $(STAMP)
 	$(WEIGHTIDX) index $(DEMO)/wan_a.safetensors -o $(DEMO)/wan_a.parquet
 	$(WEIGHTIDX) index $(DEMO)/longcat_b.safetensors -o $(DEMO)/longcat_b.parquet
 	$(WEIGHTIDX) compare $(DEMO)/wan_a.parquet $(DEMO)/longcat_b.parquet --names Wan2.1-style LongCat-style -o $(DEMO)/report.json
+	$(WEIGHTIDX) lora convert $(DEMO)/wan_a_lora.safetensors --report $(DEMO)/report.json -o $(DEMO)/longcat_b_lora.safetensors --verify
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_index.py

@@ -106,6 +106,7 @@ def test_demo_writes_the_pair_and_its_truth(tmp_path: Path) -> None:
         "longcat_b.safetensors",
         "truth.json",
         "wan_a.safetensors",
+        "wan_a_lora.safetensors",
     ]
 
 

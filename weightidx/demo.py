@@ -222,10 +222,11 @@ def longcat_tensors(
 
 
 def write_demo_pair(folder: Path | str, config: DemoConfig = DemoConfig()) -> dict[str, Path]:
-    """Write ``wan_a.safetensors``, ``longcat_b.safetensors`` and ``truth.json`` into ``folder``.
+    """Write ``wan_a.safetensors``, ``longcat_b.safetensors``, ``truth.json`` and a LoRA for A
+    (``wan_a_lora.safetensors``) into ``folder``.
 
     Returns:
-        The paths written, by role: ``a``, ``b``, ``truth``.
+        The paths written, by role: ``a``, ``b``, ``truth``, ``lora``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -248,6 +249,7 @@ def write_demo_pair(folder: Path | str, config: DemoConfig = DemoConfig()) -> di
         "deleted_a": [key for key in source if key not in used],
     }
     paths["truth"].write_text(json.dumps(document, indent=1) + "\n")
+    paths["lora"] = write_demo_lora(folder / "wan_a_lora.safetensors", config)
     return paths
 
 
@@ -256,4 +258,41 @@ def write_twin(path: Path | str, config: DemoConfig, seed: int) -> Path:
     path = Path(path)
     tensors = wan_tensors(config, seed=seed)
     write_safetensors(path, [TensorSpec(k, config.dtype, s, m) for k, (s, m) in tensors.items()])
+    return path
+
+
+def write_demo_lora(path: Path | str, config: DemoConfig = DemoConfig(), rank: int = 8) -> Path:
+    """A ComfyUI-style bf16 LoRA for model A: attention and MLP of every block, alpha = rank/2."""
+    path = Path(path)
+    source = wan_tensors(config)
+    targets = [
+        key
+        for key in source
+        if key.endswith(".weight")
+        and any(f".{part}.weight" in key for part in ("q", "k", "v", "o", "0", "2"))
+        and (".self_attn." in key or ".cross_attn." in key or ".ffn." in key)
+    ]
+    specs = []
+    for key in targets:
+        shape = source[key][0]
+        module = "diffusion_model." + key[: -len(".weight")]
+        seed = _seed(config.seed, "lora", key)
+        specs.append(
+            TensorSpec(
+                f"{module}.lora_down.weight",
+                "BF16",
+                (rank, shape[1]),
+                lambda s=seed, n=shape[1]: _matrix(s, rank, n),
+            )
+        )
+        specs.append(
+            TensorSpec(
+                f"{module}.lora_up.weight",
+                "BF16",
+                (shape[0], rank),
+                lambda s=seed + 1, m=shape[0]: 0.1 * _matrix(s, m, rank),
+            )
+        )
+        specs.append(TensorSpec(f"{module}.alpha", "F32", (), lambda: np.array(rank / 2, dtype=np.float32)))
+    write_safetensors(path, specs, {"generator": "weightidx.demo", "target": "wan_a.safetensors"})
     return path
