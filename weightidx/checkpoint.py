@@ -19,7 +19,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from .errors import CheckpointError, InputError, OutputError
+from .atomic import atomic_path
+from .errors import CheckpointError, InputError
 
 #: Safetensors dtype name -> bytes per element, for every dtype weightidx decodes.
 SUPPORTED_DTYPES: dict[str, int] = {
@@ -136,6 +137,10 @@ def open_checkpoint(path: Path | str) -> Checkpoint:
         CheckpointError: a header or the shard index is malformed.
     """
     source = Path(path)
+    if source.is_symlink() and not source.exists():
+        raise InputError(
+            f"{source}: is a symbolic link that leads nowhere (dangling, or a loop); check the link"
+        )
     if not source.exists():
         raise InputError(f"{source}: no such file or directory; check the path")
     shard_paths, weight_map = _resolve_shards(source)
@@ -178,6 +183,10 @@ def _resolve_shards(source: Path) -> tuple[list[Path], dict[str, str] | None]:
         return files, None
     if source.name.endswith(".json"):
         return _shards_from_index(source)
+    if not source.is_file():
+        raise InputError(
+            f"{source}: not a regular file (a device, socket or pipe?); pass a .safetensors file"
+        )
     if source.name.endswith(_PICKLE_SUFFIXES):
         raise InputError(
             f"{source}: pickle checkpoints are not read (loading them can run code); "
@@ -201,7 +210,10 @@ def _shards_from_index(index_path: Path) -> tuple[list[Path], dict[str, str]]:
     shard_names = sorted(set(weight_map.values()))
     shards = []
     for name in shard_names:
-        shard = (index_path.parent / name).resolve()
+        try:
+            shard = (index_path.parent / name).resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            shard = index_path.parent / name
         if not shard.is_file():
             raise CheckpointError(
                 index_path, f"names shard '{name}', which does not exist", "restore the shard"
@@ -275,6 +287,10 @@ def _decode_header(path: Path, raw: bytes) -> dict:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
     except UnicodeDecodeError:
         raise CheckpointError(path, "header is not UTF-8", "the file is not safetensors") from None
+    except RecursionError:
+        raise CheckpointError(
+            path, "header JSON is nested too deeply", "the file is not safetensors"
+        ) from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(
             path, f"header is not valid JSON ({exc.msg})", "the file is corrupt or not safetensors"
@@ -450,19 +466,10 @@ def write_safetensors(
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(struct.pack("<Q", len(raw)) + raw)
-            for spec in specs:
-                values = np.asarray(spec.produce())
-                if values.shape != spec.shape:
-                    raise ValueError(f"{spec.key}: produced {values.shape}, declared {spec.shape}")
-                handle.write(encode(values, spec.dtype))
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        for spec in specs:
+            values = np.asarray(spec.produce())
+            if values.shape != spec.shape:
+                raise ValueError(f"{spec.key}: produced {values.shape}, declared {spec.shape}")
+            handle.write(encode(values, spec.dtype))

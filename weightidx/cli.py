@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from enum import StrEnum
@@ -56,6 +57,17 @@ def _user_errors() -> Iterator[None]:
             raise
         print("Interrupted: nothing was written.", file=sys.stderr)
         raise typer.Exit(130) from None
+    except _Terminated:
+        print("Terminated: nothing was written.", file=sys.stderr)
+        raise typer.Exit(143) from None
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised where the program is so that every temporary file is cleaned up."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 @contextlib.contextmanager
@@ -345,4 +357,5 @@ def lora_mapping_command(
 
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()

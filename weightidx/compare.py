@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .atomic import atomic_path
 from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
 from .errors import IndexFileError
 from .estimate import Sketches, same_layout, slice_scan, transposed
@@ -635,16 +636,7 @@ def compare_paths(
 
 def write_report(report: dict, out: Path | str) -> Path:
     """Write the report as strict JSON, atomically."""
-    from .errors import OutputError
-
     out = Path(out)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as temporary:
         temporary.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
-        os.replace(temporary, out)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(
-            f"{out}: cannot write the report ({exc.strerror or exc}); choose another -o"
-        ) from None
     return out

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from . import __version__, crc
 from ._blas import single_threaded_blas
 from ._worker import InlineReducer, ProcessReducer, TileJob
+from .atomic import atomic_path
 from .checkpoint import SUPPORTED_DTYPES, Checkpoint, TensorInfo, open_checkpoint
 from .errors import OutputError
 from .fingerprint import (
@@ -155,21 +156,15 @@ def index_checkpoint(
     _check_output(output, checkpoint)
     workers = workers or available_cores()
     schema = INDEX_SCHEMA.with_metadata({METADATA_KEY: json.dumps(_file_metadata(checkpoint, model))})
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        with pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
-            rows: list[dict] = []
-            for row in _fingerprint_rows(checkpoint, model, workers, progress):
-                rows.append(row)
-                if len(rows) >= _ROWS_PER_GROUP:
-                    writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
-                    rows.clear()
-            if rows:
+    with atomic_path(output) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+        rows: list[dict] = []
+        for row in _fingerprint_rows(checkpoint, model, workers, progress):
+            rows.append(row)
+            if len(rows) >= _ROWS_PER_GROUP:
                 writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
-        os.replace(temporary, output)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+                rows.clear()
+        if rows:
+            writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
     return IndexSummary(
         output=output,
         model=model,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .checkpoint import ShardReader, TensorSpec, decode, open_checkpoint, write_safetensors
 from .errors import InputError, WeightidxError
 from .fingerprint import view_2d
@@ -520,11 +520,8 @@ def _write(out: Path, modules: list[LoraModule], fmt: str, conversion: Conversio
     specs, config = lora_tensors(modules, fmt)
     sidecar = out.with_name(out.name + ".conversion.json")
     write_safetensors(out, specs, metadata)
-    temporary = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(conversion.as_json(), indent=1) + "\n")
-    os.replace(temporary, sidecar)
+    with atomic_path(sidecar) as temporary:
+        temporary.write_text(json.dumps(conversion.as_json(), indent=1) + "\n")
     if config is not None:
-        config_path = out.with_name("adapter_config.json")
-        temporary = config_path.with_name(f".{config_path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(config, indent=1) + "\n")
-        os.replace(temporary, config_path)
+        with atomic_path(out.with_name("adapter_config.json")) as temporary:
+            temporary.write_text(json.dumps(config, indent=1) + "\n")

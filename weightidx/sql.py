@@ -10,7 +10,6 @@ views and ``$named`` parameters, its columns). In a wheel the folder is packaged
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import IndexFileError, OutputError, WeightidxError
+from .atomic import atomic_path
+from .errors import IndexFileError, WeightidxError
 
 _READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -159,13 +159,5 @@ def _export_file(relation: duckdb.DuckDBPyRelation, format: str, out: Path | Non
 
 
 def _atomic(out: Path, write: Callable[[Path], None]) -> None:
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as temporary:
         write(temporary)
-        os.replace(temporary, out)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(f"{out}: cannot write ({exc.strerror or exc}); choose another -o") from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
