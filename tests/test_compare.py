@@ -319,3 +319,5 @@ def test_a_checkpoint_changed_after_indexing_is_refused(tmp_path: Path) -> None:
     ):
         compare_paths(ia, ib)
     assert compare_paths(ia, ib, index_only=True)["summary"]["scenario"] == "identical"
+    assert compare_paths(ia, ib, reindex=True)["summary"]["scenario"] == "identical"
+    assert compare_paths(ia, ib)["summary"]["scenario"] == "identical"  # the index was rebuilt in place

@@ -227,3 +227,100 @@ def test_interrupted_index_leaves_no_output_and_a_rerun_succeeds(
     rerun = subprocess.run([weightidx, "index", str(checkpoint), "-o", str(out), "-q"], capture_output=True)
     assert rerun.returncode == 0 and out.exists()
     assert list(tmp_path.glob(".*.tmp")) == []  # the killed run's temporary was cleaned up by the rerun
+
+
+def test_pickles_are_refused_by_default_with_the_way_out(tmp_path: Path) -> None:
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(b"\x80\x04K\x01.")
+    result = runner.invoke(app, ["index", str(path)])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: {path}: pickle checkpoints are not read (loading them can run code); convert it to "
+        ".safetensors first, or pass --allow-pickle to load it with torch's weights_only loader\n"
+    )
+
+
+def test_allow_pickle_without_torch_says_how_to_get_it(tmp_path: Path, monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch":
+            raise ImportError("no torch here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x80\x04K\x01.")
+    result = runner.invoke(app, ["index", str(path), "--allow-pickle"])
+    assert result.output == f"Error: {path}: --allow-pickle needs torch; pip install 'weightidx[torch]'\n"
+
+
+def test_allow_pickle_reads_tensors_and_refuses_code(tmp_path: Path, monkeypatch) -> None:
+    torch = pytest.importorskip(
+        "torch", reason="the torch extra is not installed (pip install 'weightidx[torch]')"
+    )
+    monkeypatch.setenv("WEIGHTIDX_CACHE", str(tmp_path / "cache"))
+    values = torch.randn(64, 32)
+    torch.save({"w": values, "b": values[0].to(torch.bfloat16)}, tmp_path / "model.pt")
+    summary = index_checkpoint(tmp_path / "model.pt", tmp_path / "model.parquet", allow_pickle=True)
+    import pyarrow.parquet as pq
+
+    rows = {r["key"]: r for r in pq.read_table(tmp_path / "model.parquet").to_pylist()}
+    assert summary.model == "model" and rows["b"]["dtype"] == "BF16"
+    assert rows["w"]["sum_x2"] == pytest.approx(float((values.double() ** 2).sum()), rel=1e-5)
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"w": Payload()}))
+    result = runner.invoke(app, ["index", str(evil), "--allow-pickle", "-o", str(tmp_path / "evil.parquet")])
+    assert result.exit_code == 2 and "torch.load(weights_only=True) refused it" in result.output
+    assert not marker.exists() and not (tmp_path / "evil.parquet").exists()
+
+
+def test_interrupted_compare_and_lora_conversion_write_nothing(
+    demo_pair, tmp_path: Path, monkeypatch
+) -> None:
+    from weightidx import compare as compare_module
+    from weightidx.compare import compare_paths, write_report
+    from weightidx.lora import convert_lora
+
+    report = compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path / "cache")
+    report_path = write_report(report, tmp_path / "report.json")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compare_module, "_exact_metrics", interrupt)
+        result = runner.invoke(
+            app,
+            ["compare", str(demo_pair["a"]), str(demo_pair["b"]), "-o", str(tmp_path / "r2.json")],
+            env={"WEIGHTIDX_CACHE": str(tmp_path / "cache")},
+        )
+    assert (result.exit_code, result.output) == (130, "Interrupted: nothing was written.\n")
+    assert not (tmp_path / "r2.json").exists()
+
+    from weightidx import checkpoint as checkpoint_module
+
+    real_encode = checkpoint_module.encode
+    calls = []
+
+    def encode_then_interrupt(values, dtype):
+        calls.append(dtype)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_encode(values, dtype)
+
+    monkeypatch.setattr(checkpoint_module, "encode", encode_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        convert_lora(demo_pair["lora"], report_path, tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "report.json"]

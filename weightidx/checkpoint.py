@@ -187,12 +187,18 @@ def _resolve_shards(source: Path) -> tuple[list[Path], dict[str, str] | None]:
         raise InputError(
             f"{source}: not a regular file (a device, socket or pipe?); pass a .safetensors file"
         )
-    if source.name.endswith(_PICKLE_SUFFIXES):
+    if is_pickle(source):
         raise InputError(
             f"{source}: pickle checkpoints are not read (loading them can run code); "
-            "convert it to .safetensors first"
+            "convert it to .safetensors first, or pass --allow-pickle to load it with torch's "
+            "weights_only loader"
         )
     return [source], None
+
+
+def is_pickle(path: Path) -> bool:
+    """Whether the file name says pickle (PyTorch .bin / .pt / .pth / .ckpt / .pkl)."""
+    return path.name.endswith(_PICKLE_SUFFIXES)
 
 
 def _shards_from_index(index_path: Path) -> tuple[list[Path], dict[str, str]]:

@@ -132,6 +132,13 @@ def index_command(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes (default: one per core).")
     ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Read .bin/.pt/.ckpt with torch.load(weights_only=True) (needs the torch extra).",
+        ),
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Fingerprint every tensor of a checkpoint into one Parquet file (stage 1)."""
@@ -144,6 +151,7 @@ def index_command(
             name=name,
             workers=workers,
             progress=(lambda p: update(p.bytes_done, p.bytes_total)) if update else None,
+            allow_pickle=allow_pickle,
         )
     if not quiet:
         rate = summary.bytes / summary.seconds if summary.seconds else 0.0
@@ -167,6 +175,9 @@ def compare_command(
     index_only: Annotated[
         bool, typer.Option("--index-only", help="Estimate metrics from the indexes; read no tensor values.")
     ] = False,
+    reindex: Annotated[
+        bool, typer.Option("--reindex", help="Rebuild an index whose checkpoint changed since it was built.")
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Which tensors of B come from which tensors of A, under what transform (stage 2)."""
@@ -174,7 +185,7 @@ def compare_command(
     from .render import render_report
 
     with _user_errors():
-        report = compare_paths(a, b, names=names, index_only=index_only)
+        report = compare_paths(a, b, names=names, index_only=index_only, reindex=reindex)
         if out is not None:
             write_report(report, out)
     if not quiet:

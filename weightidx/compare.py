@@ -65,25 +65,30 @@ class IndexedModel:
     def bytes(self) -> int:
         return sum(int(r["nbytes"]) for r in self.rows.values())
 
+    def stale_shards(self) -> list[Path]:
+        """Shards on disk whose size or mtime differ from what the index recorded."""
+        stale = []
+        for shard in self.shards:
+            path = self.root / shard["name"]
+            if path.is_file():
+                stat = path.stat()
+                if (stat.st_size, stat.st_mtime_ns) != (shard["size"], shard["mtime_ns"]):
+                    stale.append(path)
+        return stale
+
     def files_present(self) -> bool:
         """Whether every shard is on disk as it was indexed (False when one is missing).
 
         Raises:
             IndexFileError: a shard changed after indexing, so the recorded offsets are stale.
         """
-        present = True
-        for shard in self.shards:
-            path = self.root / shard["name"]
-            if not path.is_file():
-                present = False
-                continue
-            stat = path.stat()
-            if (stat.st_size, stat.st_mtime_ns) != (shard["size"], shard["mtime_ns"]):
-                raise IndexFileError(
-                    f"{path}: changed after {self.index} was built; re-index it with `weightidx index`, "
-                    "or pass --index-only"
-                )
-        return present
+        stale = self.stale_shards()
+        if stale:
+            raise IndexFileError(
+                f"{stale[0]}: changed after {self.index} was built; re-index it with `weightidx index`, "
+                "pass --reindex, or pass --index-only"
+            )
+        return all((self.root / shard["name"]).is_file() for shard in self.shards)
 
 
 def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
@@ -625,12 +630,23 @@ def compare_paths(
     names: tuple[str, str] | None = None,
     index_only: bool = False,
     cache: Path | None = None,
+    reindex: bool = False,
 ) -> dict:
-    """Compare two models given as index files or checkpoints (indexed on first use, then cached)."""
+    """Compare two models given as index files or checkpoints (indexed on first use, then cached).
+
+    With ``reindex``, an index whose checkpoint changed since it was built is rebuilt in place.
+    """
+    from .index import index_checkpoint
+
     sides = []
     for position, path in enumerate((Path(a), Path(b))):
+        name = names[position] if names else None
         index = path if is_index_file(path) else cached_index(path, cache)
-        sides.append(load_index(index, names[position] if names else None))
+        model = load_index(index, name)
+        if reindex and model.stale_shards():
+            index_checkpoint(model.source, index, name=model.name)
+            model = load_index(index, name)
+        sides.append(model)
     return compare_indexes(sides[0], sides[1], index_only=index_only)
 
 

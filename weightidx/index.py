@@ -26,7 +26,7 @@ from . import __version__, crc
 from ._blas import single_threaded_blas
 from ._worker import InlineReducer, ProcessReducer, TileJob
 from .atomic import atomic_path
-from .checkpoint import SUPPORTED_DTYPES, Checkpoint, TensorInfo, open_checkpoint
+from .checkpoint import SUPPORTED_DTYPES, Checkpoint, TensorInfo, is_pickle, open_checkpoint
 from .errors import OutputError
 from .fingerprint import (
     BLOCK,
@@ -131,6 +131,7 @@ def index_checkpoint(
     name: str | None = None,
     workers: int | None = None,
     progress: Callable[[IndexProgress], None] | None = None,
+    allow_pickle: bool = False,
 ) -> IndexSummary:
     """Fingerprint every tensor of a checkpoint into one Parquet file.
 
@@ -140,6 +141,8 @@ def index_checkpoint(
         name: the model name stored in the index; default from the file or folder name.
         workers: threads for reading and reducing tiles; default one per available core.
         progress: called with an ``IndexProgress`` as work completes.
+        allow_pickle: read a pickle checkpoint (.bin, .pt, .ckpt) through
+            ``torch.load(weights_only=True)`` (needs the torch extra); refused otherwise.
 
     Returns:
         An ``IndexSummary``. The file appears only when complete (temp file + rename).
@@ -150,6 +153,11 @@ def index_checkpoint(
         101
     """
     started = time.perf_counter()
+    if allow_pickle and is_pickle(Path(path)):
+        from .pickles import convert_pickle
+
+        name = name or Path(path).stem
+        path = convert_pickle(path)
     checkpoint = open_checkpoint(path)
     model = name or checkpoint.default_name()
     output = Path(out) if out is not None else default_output(checkpoint, model)
