@@ -321,3 +321,21 @@ def test_a_checkpoint_changed_after_indexing_is_refused(tmp_path: Path) -> None:
     assert compare_paths(ia, ib, index_only=True)["summary"]["scenario"] == "identical"
     assert compare_paths(ia, ib, reindex=True)["summary"]["scenario"] == "identical"
     assert compare_paths(ia, ib)["summary"]["scenario"] == "identical"  # the index was rebuilt in place
+
+
+def test_a_header_rewritten_with_the_same_size_and_mtime_is_still_stale(tmp_path: Path) -> None:
+    import os
+
+    from weightidx import index_checkpoint
+    from weightidx.compare import load_index
+
+    a = {"w": ("F32", np.ones((4, 4), np.float32)), "v": ("F32", np.zeros((4, 4), np.float32))}
+    path = write_tensors(tmp_path / "a.safetensors", a)
+    index = index_checkpoint(path, tmp_path / "a.parquet").output
+    stat = path.stat()
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b'"w"')
+    raw[at : at + 3] = b'"x"'  # a renamed tensor: same size
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load_index(index).stale_shards() == [path]

@@ -196,6 +196,14 @@ def _resolve_shards(source: Path) -> tuple[list[Path], dict[str, str] | None]:
     return [source], None
 
 
+def header_sha256(path: Path) -> str:
+    """SHA-256 of a safetensors file's length prefix and header, as recorded in an index."""
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+        return hashlib.sha256(prefix + handle.read(min(length, MAX_HEADER_BYTES))).hexdigest()
+
+
 def is_pickle(path: Path) -> bool:
     """Whether the file name says pickle (PyTorch .bin / .pt / .pth / .ckpt / .pkl)."""
     return path.name.endswith(_PICKLE_SUFFIXES)

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .atomic import atomic_path
-from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
+from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode, header_sha256
 from .errors import IndexFileError
 from .estimate import Sketches, same_layout, slice_scan, transposed
 from .fingerprint import BLOCK
@@ -66,14 +66,16 @@ class IndexedModel:
         return sum(int(r["nbytes"]) for r in self.rows.values())
 
     def stale_shards(self) -> list[Path]:
-        """Shards on disk whose size or mtime differ from what the index recorded."""
+        """Shards on disk whose size, mtime or header hash differ from what the index recorded."""
         stale = []
         for shard in self.shards:
             path = self.root / shard["name"]
-            if path.is_file():
-                stat = path.stat()
-                if (stat.st_size, stat.st_mtime_ns) != (shard["size"], shard["mtime_ns"]):
-                    stale.append(path)
+            if not path.is_file():
+                continue
+            stat = path.stat()
+            moved = (stat.st_size, stat.st_mtime_ns) != (shard["size"], shard["mtime_ns"])
+            if moved or header_sha256(path) != shard["header_sha256"]:
+                stale.append(path)
         return stale
 
     def files_present(self) -> bool:
