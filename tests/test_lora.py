@@ -298,3 +298,20 @@ def test_mapping_export(demo_pair, tmp_path: Path) -> None:
         "transform": ["rename", "concat:0"],
         "verdict": "match",
     }
+
+
+def test_a_checkpoint_changed_after_the_report_is_refused(tmp_path: Path) -> None:
+    import os
+
+    a = derive.toy_transformer(89)
+    report = make_pair(tmp_path, a, a)
+    lora = write_lora(
+        tmp_path / "in.safetensors", make_lora(a, ATTN[:1], seed=1, alpha=1.0), "comfyui", set(a)
+    )
+    b_file = tmp_path / "ab" / "b.safetensors"
+    os.utime(b_file, ns=(1, 1))
+    with pytest.raises(
+        LoraError, match=r"b\.safetensors: changed after the report was made; run `weightidx compare"
+    ):
+        convert_lora(lora, report, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()

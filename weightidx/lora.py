@@ -444,6 +444,12 @@ def convert_lora(
     report = _read_report(report_path)
     a = load_index(report["models"]["a"]["index"])
     b = load_index(report["models"]["b"]["index"])
+    for model in (a, b):
+        stale = model.stale_shards()
+        if stale:
+            raise LoraError(
+                f"{stale[0]}: changed after the report was made; run `weightidx compare --reindex` again"
+            )
     a_shapes = {k: tuple(r["shape"]) for k, r in a.rows.items()}
     b_shapes = {k: tuple(r["shape"]) for k, r in b.rows.items()}
     fmt_in, modules = read_lora(lora, set(a_shapes), source_format)
