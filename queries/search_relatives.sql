@@ -13,7 +13,7 @@
 -- > 1 and at least 4,096 values; identical means same dtype, shape, CRC-32 and power sums.
 WITH q AS (
     SELECT key, dtype, shape, rows, cols, crc32, sum_x2, sum_x4,
-           list_concat(row_sketch, col_sketch) AS sketch,
+           list_concat(row_sketch[:rows // 16 * 8], col_sketch[:cols // 16 * 8]) AS sketch,
            rows > 1 AND cols > 1 AND numel >= 4096 AS is_matrix
     FROM query WHERE supported AND numel > 0
 ), models AS (
@@ -26,7 +26,8 @@ WITH q AS (
     GROUP BY c.filename
 ), paired AS (
     SELECT c.filename,
-           abs(list_cosine_similarity(q.sketch, list_concat(c.row_sketch, c.col_sketch))) AS estimate
+           abs(list_cosine_similarity(
+               q.sketch, list_concat(c.row_sketch[:c.rows // 16 * 8], c.col_sketch[:c.cols // 16 * 8]))) AS estimate
     FROM catalog c JOIN q ON q.key = c.key AND q.rows = c.rows AND q.cols = c.cols
     WHERE q.is_matrix
 ), scores AS (

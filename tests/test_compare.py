@@ -182,6 +182,7 @@ def test_unrelated_twin_has_no_match_on_matrices_or_norm_weights(
     assert predicted(report) == set()
     assert report["summary"]["scenario"] == "unrelated"
     assert report["summary"]["matched_b_tensors"] == 0
+    assert report["summary"]["high_similarity_count"] == 0  # no pair even kept for verification
     # the trap: raw cosine of unrelated LayerNorm weights is > 0.99
     na, nb = a["layer.0.norm1.weight"][1], b["layer.0.norm1.weight"][1]
     assert float(na @ nb / np.linalg.norm(na) / np.linalg.norm(nb)) > 0.99

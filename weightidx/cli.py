@@ -169,6 +169,9 @@ def compare_command(
     ],
     b: Annotated[Path, typer.Argument(help="Model B: an index (.parquet) or a checkpoint.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON report here.")] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
+    ] = None,
     names: Annotated[
         tuple[str, str] | None, typer.Option("--names", help="Display names of A and B.")
     ] = None,
@@ -188,6 +191,10 @@ def compare_command(
         report = compare_paths(a, b, names=names, index_only=index_only, reindex=reindex)
         if out is not None:
             write_report(report, out)
+        if html is not None:
+            from .html import write_html
+
+            write_html(report, html)
     if not quiet:
         print(render_report(report))
 
@@ -289,6 +296,20 @@ def search_command(
     for r in relatives:
         estimate = "-" if r.mean_estimate is None else f"{r.mean_estimate:.4f}"
         print(f"{r.model:<32} {r.strong_share:>16.1%} {estimate:>14} {r.identical_share:>10.1%}  {r.index}")
+
+
+@app.command("report")
+def report_command(
+    report: Annotated[Path, typer.Argument(help="A JSON report written by `weightidx compare -o`.")],
+    html: Annotated[Path, typer.Option("--html", help="The HTML file to write.")],
+) -> None:
+    """Turn a JSON compare report into a self-contained HTML page (heatmap, histogram, tables)."""
+    from .html import write_html
+    from .lora import _read_report
+
+    with _user_errors():
+        write_html(_read_report(report), html)
+    print(f"{html}")
 
 
 @app.command("demo")

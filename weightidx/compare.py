@@ -30,7 +30,7 @@ from . import __version__
 from .atomic import atomic_path
 from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode, header_sha256
 from .errors import IndexFileError
-from .estimate import Sketches, same_layout, slice_scan, transposed
+from .estimate import Sketches, centred_values, same_layout, slice_scan, transposed
 from .fingerprint import BLOCK
 from .index import METADATA_KEY, SCHEMA_VERSION
 from .metrics import PairAccumulator, PairMetrics, lower_precision, pair_metrics
@@ -212,6 +212,8 @@ class Match:
 
     @property
     def strength(self) -> float:
+        if self.metrics.max_abs_diff == 0 and self.metrics.n:
+            return 1.0  # equal values: a match even where correlation is undefined (all zeros)
         return abs(self.metrics.correlation) if self.metrics.correlation is not None else 0.0
 
     @property
@@ -265,20 +267,42 @@ def _score_candidates(a: IndexedModel, b: IndexedModel) -> Iterator[Candidate]:
         return sketches[side, key]
 
     for a_key, b_key, relation, identical in pairs:
+        if relation == "same" and int(a.rows[a_key]["cols"]) == 1:
+            # A vector's sketch sees only variation inside blocks of 16 values, which misses smooth
+            # vectors (position ids); its sample holds up to 1,024 of its values, so use Pearson on that.
+            region_a, region_b = Region(a_key), Region(b_key)
+            probe = Candidate(region_a, region_b, relation, 0.0, 0, bool(identical))
+            va, vb = aligned_samples(a.rows[a_key], b.rows[b_key], probe)
+            estimate = _pearson(va, vb)
+            if estimate is not None or identical:
+                yield Candidate(
+                    region_a, region_b, relation, 1.0 if identical else estimate, va.size, bool(identical)
+                )
+            continue
         sa, sb = sketch("a", a_key), sketch("b", b_key)
         for a_region, b_region, estimate, values in _estimates(a_key, b_key, sa, sb, relation):
-            if estimate is None:
+            if estimate is None and not identical:
                 continue
-            yield Candidate(a_region, b_region, relation, estimate, values, bool(identical))
+            yield Candidate(
+                a_region, b_region, relation, 1.0 if identical else estimate, values, bool(identical)
+            )
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if x.size < 4:
+        return None
+    x, y = x - x.mean(), y - y.mean()
+    norm = float(np.sqrt((x @ x) * (y @ y)))
+    return float(x @ y) / norm if norm > 0 else None
 
 
 def _estimates(
     a_key: str, b_key: str, sa: Sketches, sb: Sketches, relation: str
 ) -> Iterator[tuple[Region, Region, float | None, int]]:
     if relation == "same":
-        yield Region(a_key), Region(b_key), same_layout(sa, sb), sa.row_sketch.size + sa.col_sketch.size
+        yield Region(a_key), Region(b_key), same_layout(sa, sb), centred_values(sa)
     elif relation == "transpose":
-        yield Region(a_key), Region(b_key), transposed(sa, sb), sa.row_sketch.size + sa.col_sketch.size
+        yield Region(a_key), Region(b_key), transposed(sa, sb), centred_values(sa)
     elif relation in ("a_in_b_rows", "a_in_b_cols", "b_in_a_rows", "b_in_a_cols"):
         axis = 0 if relation.endswith("rows") else 1
         part, whole = (sa, sb) if relation.startswith("a_in_b") else (sb, sa)

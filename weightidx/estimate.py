@@ -51,18 +51,43 @@ def _pooled(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
     return dot / norm if norm > 0 else None
 
 
+def _full(sketch: np.ndarray, length: int) -> np.ndarray:
+    """The blocks of a sketch that cover a whole block of ``BLOCK`` rows (or columns).
+
+    A partial last block is left out: its ``P`` weights do not sum to zero, so it carries the
+    mean and two unrelated vectors near 1 (LayerNorm weights) would look alike. A 1-D tensor's
+    column sketch is all such a block, so only its row sketch counts.
+    """
+    return sketch[: length // BLOCK]
+
+
 def same_layout(a: Sketches, b: Sketches) -> float | None:
     """Correlation of two tensors with the same 2-D view (same shape, or a reshape of it)."""
     if (a.rows, a.cols) != (b.rows, b.cols):
         raise ValueError(f"views differ: {(a.rows, a.cols)} vs {(b.rows, b.cols)}")
-    return _pooled([(a.row_sketch, b.row_sketch), (a.col_sketch, b.col_sketch)])
+    return _pooled(
+        [
+            (_full(a.row_sketch, a.rows), _full(b.row_sketch, b.rows)),
+            (_full(a.col_sketch, a.cols), _full(b.col_sketch, b.cols)),
+        ]
+    )
 
 
 def transposed(a: Sketches, b: Sketches) -> float | None:
     """Correlation of ``a`` with ``bᵀ``: a's row blocks are b's column blocks and vice versa."""
     if (a.rows, a.cols) != (b.cols, b.rows):
         raise ValueError(f"{(a.rows, a.cols)} is not the transpose of {(b.rows, b.cols)}")
-    return _pooled([(a.row_sketch, b.col_sketch), (a.col_sketch, b.row_sketch)])
+    return _pooled(
+        [
+            (_full(a.row_sketch, a.rows), _full(b.col_sketch, b.cols)),
+            (_full(a.col_sketch, a.cols), _full(b.row_sketch, b.rows)),
+        ]
+    )
+
+
+def centred_values(s: Sketches) -> int:
+    """How many sketch values the estimates use (the null spread is 1/sqrt of this)."""
+    return _full(s.row_sketch, s.rows).size + _full(s.col_sketch, s.cols).size
 
 
 def aligned(start: int) -> bool:
