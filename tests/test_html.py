@@ -119,6 +119,9 @@ def test_text_is_escaped(reports) -> None:
         ("x_embedder.proj.weight", "embeddings"),
         ("blocks.0.cross_attn.proj.weight", "attention out"),
         ("head.head.weight", "other"),
+        ("blocks.0.adaLN_modulation.1.weight", "other"),
+        ("encoder.layer.0.output.LayerNorm.weight", "norms"),
+        ("h.0.ln_1.weight", "norms"),
     ],
 )
 def test_tensor_types(key: str, kind: str) -> None:

@@ -16,7 +16,7 @@ from .compare import _block_of
 
 _BINS = 20
 _TYPES = (
-    ("norms", r"(norm|ln_|layernorm|\.ln\d?\.)"),
+    ("norms", r"(^|\.)(\w*norm\w*|ln_?\d*|ln_f)(\.|$)"),
     (
         "attention q/k/v",
         r"(attn|attention).*\.(q|k|v|qkv|kv|q_linear|kv_linear|query|key|value|q_proj|k_proj|v_proj)",
