@@ -328,7 +328,7 @@ def test_a_header_rewritten_with_the_same_size_and_mtime_is_still_stale(tmp_path
     import os
 
     from weightidx import index_checkpoint
-    from weightidx.compare import load_index
+    from weightidx.indexes import load_index
 
     a = {"w": ("F32", np.ones((4, 4), np.float32)), "v": ("F32", np.zeros((4, 4), np.float32))}
     path = write_tensors(tmp_path / "a.safetensors", a)

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from tests import derive
 from tests.conftest import write_tensors
 from weightidx.cli import app
-from weightidx.compare import compare_paths, write_report
+from weightidx.compare import compare_paths
 from weightidx.html import render_html, tensor_type
+from weightidx.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [

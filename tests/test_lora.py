@@ -13,9 +13,10 @@ from tests import derive
 from tests.conftest import trained_like, write_tensors
 from weightidx.checkpoint import TensorSpec, write_safetensors
 from weightidx.cli import app
-from weightidx.compare import compare_paths, write_report
+from weightidx.compare import compare_paths
 from weightidx.fingerprint import view_2d
 from weightidx.lora import LoraError, convert_lora, read_lora
+from weightidx.report import write_report
 
 RANK = 4
 

@@ -32,8 +32,8 @@ _EXPORTS = {
     "index_checkpoint": "index",
     "compare_indexes": "compare",
     "compare_paths": "compare",
-    "load_index": "compare",
-    "write_report": "compare",
+    "load_index": "indexes",
+    "write_report": "report",
     "run_query": "sql",
     "run_sql": "sql",
     "search_catalog": "catalog",
@@ -44,7 +44,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:  # re-exports for type checkers; at run time __getattr__ loads them
     from .catalog import search_catalog  # noqa: F401
     from .checkpoint import Checkpoint, TensorInfo, open_checkpoint  # noqa: F401
-    from .compare import compare_indexes, compare_paths, load_index, write_report  # noqa: F401
+    from .compare import compare_indexes, compare_paths  # noqa: F401
     from .errors import (  # noqa: F401
         CheckpointError,
         IndexFileError,
@@ -54,6 +54,8 @@ if TYPE_CHECKING:  # re-exports for type checkers; at run time __getattr__ loads
     )
     from .fingerprint import Fingerprint, fingerprint_array  # noqa: F401
     from .index import IndexProgress, IndexSummary, index_checkpoint  # noqa: F401
+    from .indexes import load_index  # noqa: F401
+    from .report import write_report  # noqa: F401
     from .sql import run_query, run_sql  # noqa: F401
 
 

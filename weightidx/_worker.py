@@ -14,6 +14,7 @@ untrusted is ever unpickled.
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -138,12 +139,15 @@ def serve(source: BinaryIO, sink: BinaryIO) -> None:
     while True:
         try:
             job = pickle.load(source)
-        except EOFError:
+        except (EOFError, pickle.UnpicklingError):  # closed, or cut off by a parent that died mid-job
             break
         try:
             message: tuple[str, object] = ("ok", reduce(job))
         except WeightidxError as exc:
             message = ("error", exc)
-        pickle.dump(message, sink, protocol=pickle.HIGHEST_PROTOCOL)
-        sink.flush()
+        try:
+            pickle.dump(message, sink, protocol=pickle.HIGHEST_PROTOCOL)
+            sink.flush()
+        except BrokenPipeError:  # the parent is gone (killed): leave without a traceback
+            os._exit(0)
     reduce.close()

@@ -184,8 +184,9 @@ def compare_command(
     quiet: QuietOption = False,
 ) -> None:
     """Which tensors of B come from which tensors of A, under what transform (stage 2)."""
-    from .compare import compare_paths, write_report
+    from .compare import compare_paths
     from .render import render_report
+    from .report import write_report
 
     with _user_errors():
         report = compare_paths(a, b, names=names, index_only=index_only, reindex=reindex)
@@ -287,7 +288,7 @@ def search_command(
 ) -> None:
     """Rank the models of a catalog by how much of MODEL they share (index-only)."""
     from .catalog import search_catalog
-    from .compare import cached_index, is_index_file
+    from .indexes import cached_index, is_index_file
 
     with _user_errors():
         query = model if is_index_file(model) else cached_index(model)
@@ -305,10 +306,10 @@ def report_command(
 ) -> None:
     """Turn a JSON compare report into a self-contained HTML page (heatmap, histogram, tables)."""
     from .html import write_html
-    from .lora import _read_report
+    from .report import read_report
 
     with _user_errors():
-        write_html(_read_report(report), html)
+        write_html(read_report(report), html)
     print(f"{html}")
 
 
@@ -379,10 +380,11 @@ def lora_mapping_command(
     """Export A key -> B key (+ slice + transform) from a compare report, for other tools."""
     import json
 
-    from .lora import _read_report, export_mapping
+    from .lora import export_mapping
+    from .report import read_report
 
     with _user_errors():
-        mapping = export_mapping(_read_report(report))
+        mapping = export_mapping(read_report(report))
         out.write_text(json.dumps(mapping, indent=1) + "\n")
     print(f"{len(mapping)} entries -> {out}")
 

@@ -12,162 +12,25 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from . import __version__
-from .atomic import atomic_path
-from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode, header_sha256
-from .errors import IndexFileError
+from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
 from .estimate import Sketches, centred_values, same_layout, slice_scan, transposed
 from .fingerprint import BLOCK
-from .index import METADATA_KEY, SCHEMA_VERSION
+from .indexes import IndexedModel, cached_index, is_index_file, load_index
 from .metrics import PairAccumulator, PairMetrics, lower_precision, pair_metrics
+from .report import MATCH, PARTIAL, build_report, is_matrix
 from .sql import run_query
 
-MATCH, PARTIAL = 0.95, 0.80
 _NULL_SIGMAS = 6.0  # a kept candidate's estimate must exceed 6x the null spread of its sketch
 _MIN_ESTIMATE = 0.2
 _CHUNK_ELEMS = 1 << 20  # per side; float32 chunk sums stay accurate to ~1e-6
-_WEAK_NUMEL = 4096
-_BLOCK_PATTERN = re.compile(
-    r"(?:^|\.)(?:blocks|layers|layer|h|block|transformer_blocks|single_blocks|double_blocks)\.(\d+)\."
-)
-
-
-@dataclass(frozen=True)
-class IndexedModel:
-    """One side of a comparison: its index rows and where its checkpoint lives."""
-
-    name: str
-    index: Path
-    root: Path
-    source: str
-    rows: dict[str, dict]
-    shards: tuple[dict, ...] = ()
-
-    @property
-    def parameters(self) -> int:
-        return sum(int(r["numel"]) for r in self.rows.values())
-
-    @property
-    def bytes(self) -> int:
-        return sum(int(r["nbytes"]) for r in self.rows.values())
-
-    def stale_shards(self) -> list[Path]:
-        """Shards on disk whose size, mtime or header hash differ from what the index recorded."""
-        stale = []
-        for shard in self.shards:
-            path = self.root / shard["name"]
-            if not path.is_file():
-                continue
-            stat = path.stat()
-            moved = (stat.st_size, stat.st_mtime_ns) != (shard["size"], shard["mtime_ns"])
-            if moved or header_sha256(path) != shard["header_sha256"]:
-                stale.append(path)
-        return stale
-
-    def files_present(self) -> bool:
-        """Whether every shard is on disk as it was indexed (False when one is missing).
-
-        Raises:
-            IndexFileError: a shard changed after indexing, so the recorded offsets are stale.
-        """
-        stale = self.stale_shards()
-        if stale:
-            raise IndexFileError(
-                f"{stale[0]}: changed after {self.index} was built; re-index it with `weightidx index`, "
-                "pass --reindex, or pass --index-only"
-            )
-        return all((self.root / shard["name"]).is_file() for shard in self.shards)
-
-
-def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
-    """The index of a checkpoint, built on first use and reused while its shards are unchanged.
-
-    Cached under ``cache`` (default ``$WEIGHTIDX_CACHE`` or ``~/.cache/weightidx``), keyed by the
-    checkpoint's absolute path; a stale entry (size, mtime or header hash differ) is rebuilt.
-    """
-    from .checkpoint import open_checkpoint
-    from .index import index_checkpoint
-
-    folder = cache or Path(os.environ.get("WEIGHTIDX_CACHE", Path.home() / ".cache" / "weightidx"))
-    opened = open_checkpoint(checkpoint)
-    digest = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:16]
-    target = folder / f"{opened.default_name()}-{digest}.parquet"
-    if target.exists():
-        meta = json.loads(pq.read_schema(target).metadata[METADATA_KEY])
-        recorded = [(s["name"], s["size"], s["mtime_ns"], s["header_sha256"]) for s in meta["shards"]]
-        current = [(s.name, s.size, s.mtime_ns, s.header_sha256) for s in opened.shards]
-        if recorded == current and meta.get("schema_version") == SCHEMA_VERSION:
-            return target
-    folder.mkdir(parents=True, exist_ok=True)
-    index_checkpoint(checkpoint, target)
-    return target
-
-
-def is_index_file(path: Path) -> bool:
-    """Whether ``path`` is a Parquet file (by its magic bytes), as opposed to a checkpoint."""
-    if not path.is_file():
-        return False
-    with path.open("rb") as handle:
-        return handle.read(4) == b"PAR1"
-
-
-def load_index(path: Path | str, name: str | None = None) -> IndexedModel:
-    """Read an index written by ``weightidx index``; raises ``IndexFileError`` when it is not one."""
-    path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as exc:
-        raise IndexFileError(
-            f"{path}: not a readable Parquet index ({exc}); run `weightidx index` first"
-        ) from None
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        raise IndexFileError(
-            f"{path}: not a weightidx index (no 'weightidx' metadata); run `weightidx index`"
-        )
-    meta = json.loads(raw)
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise IndexFileError(
-            f"{path}: index schema {meta.get('schema_version')}, this weightidx reads "
-            f"{SCHEMA_VERSION}; re-index the checkpoint"
-        )
-    return IndexedModel(
-        name=name or meta["model"],
-        index=path,
-        root=Path(meta["root"]),
-        source=meta["checkpoint"],
-        rows=_rows_with_arrays(table),
-        shards=tuple(meta["shards"]),
-    )
-
-
-_ARRAY_COLUMNS = ("row_sketch", "col_sketch", "sample")
-
-
-def _rows_with_arrays(table: pa.Table) -> dict[str, dict]:
-    """Index rows as dicts, the sketch and sample columns as numpy views (no Python floats)."""
-    rows = table.drop_columns(list(_ARRAY_COLUMNS)).to_pylist()
-    for name in _ARRAY_COLUMNS:
-        column = table.column(name).combine_chunks()
-        values = column.values.to_numpy(zero_copy_only=False)
-        offsets = column.offsets.to_numpy()
-        for i, row in enumerate(rows):
-            row[name] = values[offsets[i] : offsets[i + 1]]
-    return {row["key"]: row for row in rows}
 
 
 @dataclass(frozen=True)
@@ -251,7 +114,7 @@ def compare_indexes(
     for match in matches:
         match.transform = _transforms(a, b, match)
     comparable = any(
-        c.relation in ("same", "transpose") and _is_matrix(a.rows[c.a.key]) and _is_matrix(b.rows[c.b.key])
+        c.relation in ("same", "transpose") and is_matrix(a.rows[c.a.key]) and is_matrix(b.rows[c.b.key])
         for c in candidates
     )
     return build_report(a, b, matches, comparable)
@@ -480,175 +343,6 @@ def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[str]:
     return steps
 
 
-def _block_of(key: str) -> int | None:
-    found = _BLOCK_PATTERN.search(key)
-    return int(found.group(1)) if found else None
-
-
-def _is_matrix(row: dict) -> bool:
-    return int(row["rows"]) > 1 and int(row["cols"]) > 1 and int(row["numel"]) >= _WEAK_NUMEL
-
-
-def build_report(a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool) -> dict:
-    """The JSON report (schema_version 1) from the kept matches.
-
-    ``comparable``: whether any weight matrix of B shares a shape (or its transpose) with one of A.
-    """
-    matched_a = {m.candidate.a.key for m in matches if m.verdict != "different"}
-    matched_b = {m.candidate.b.key for m in matches if m.verdict != "different"}
-    cosines = [m.metrics.cosine for m in matches if m.metrics.cosine is not None]
-    summary = {
-        "mean_cosine_similarity": _clean(sum(cosines) / len(cosines)) if cosines else None,
-        "high_similarity_count": sum(1 for m in matches if (m.metrics.cosine or 0) > MATCH),
-        "medium_similarity_count": sum(1 for m in matches if PARTIAL <= (m.metrics.cosine or 0) <= MATCH),
-        "low_similarity_count": sum(1 for m in matches if (m.metrics.cosine or 0) < PARTIAL),
-        "matched_b_tensors": len(matched_b),
-        "unmatched_a": len(set(a.rows) - matched_a),
-        "unmatched_b": len(set(b.rows) - matched_b),
-    }
-    scenario, verdict = _scenario(a, b, matches, comparable)
-    summary.update(scenario=scenario, verdict=verdict)
-    return {
-        "schema_version": 1,
-        "tool": {"name": "weightidx", "version": __version__},
-        "models": {side: _model_json(model) for side, model in (("a", a), ("b", b))},
-        "summary": summary,
-        "matches": [_match_json(a, b, m) for m in matches],
-        "unmatched": {"a": sorted(set(a.rows) - matched_a), "b": sorted(set(b.rows) - matched_b)},
-        "blocks": _blocks(matches),
-        "shapes": [
-            {"shape": list(shape), "a_count": ac, "b_count": bc}
-            for shape, ac, bc in run_query("shape_table", [a.index, b.index]).fetchall()
-        ],
-    }
-
-
-def _model_json(model: IndexedModel) -> dict:
-    return {
-        "name": model.name,
-        "index": str(model.index),
-        "source": model.source,
-        "tensors": len(model.rows),
-        "parameters": model.parameters,
-        "bytes": model.bytes,
-    }
-
-
-def _clean(value: float | None) -> float | None:
-    """Strict JSON: no NaN or Inf."""
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _match_json(a: IndexedModel, b: IndexedModel, m: Match) -> dict:
-    metrics = m.metrics
-    identical = bool(
-        m.candidate.identical
-        or (
-            m.candidate.relation == "same"
-            and metrics.max_abs_diff == 0
-            and a.rows[m.candidate.a.key]["dtype"] == b.rows[m.candidate.b.key]["dtype"]
-        )
-    )
-    return {
-        "b": m.candidate.b.as_json(),
-        "a": m.candidate.a.as_json(),
-        "transform": m.transform,
-        "cosine": _clean(metrics.cosine),
-        "correlation": _clean(metrics.correlation),
-        "relative_l2": _clean(metrics.relative_l2),
-        "scale": _clean(metrics.scale),
-        "z_score": _clean(metrics.z_score),
-        "max_abs_diff": _clean(metrics.max_abs_diff),
-        "equal_after_cast": _clean(metrics.equal_after_cast),
-        "identical": identical,
-        "evidence": m.evidence,
-        "verdict": m.verdict,
-        "weak_evidence": not _is_matrix(b.rows[m.candidate.b.key]),
-        "estimated_correlation": _clean(m.candidate.estimate),
-    }
-
-
-def _blocks(matches: list[Match]) -> list[dict]:
-    cells: dict[tuple[int, int], list[float]] = defaultdict(list)
-    for m in matches:
-        a_block, b_block = _block_of(m.candidate.a.key), _block_of(m.candidate.b.key)
-        if a_block is not None and b_block is not None and m.metrics.correlation is not None:
-            cells[a_block, b_block].append(abs(m.metrics.correlation))
-    return [
-        {"a_block": ab, "b_block": bb, "tensors": len(v), "mean_correlation": _clean(sum(v) / len(v))}
-        for (ab, bb), v in sorted(cells.items(), key=lambda item: (item[0][1], item[0][0]))
-    ]
-
-
-def _scenario(a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool) -> tuple[str, str]:
-    b_matrices = [k for k, r in b.rows.items() if _is_matrix(r)]
-    matrix_matches = [m for m in matches if m.candidate.b.key in set(b_matrices)]
-    strong = [m for m in matrix_matches if m.verdict != "different"]
-    covered = {m.candidate.b.key for m in strong}
-    share = len(covered) / len(b_matrices) if b_matrices else 0.0
-    transforms = {t.split(":")[0] for m in strong for t in m.transform}
-    if not strong and not comparable:
-        return "incompatible", _incompatible_text(a, b)
-    if not strong:
-        return "unrelated", (
-            f"No matrix of {b.name} matches one of {a.name}: {len(matrix_matches)} shape-compatible "
-            "candidates all scored near zero. B's weights are not derived from A's (trained independently, "
-            "or fully re-initialised). A LoRA made for A cannot be converted to B; train a new one."
-        )
-    identical = len(a.rows) == len(b.rows) == len(matches) and all(
-        m.candidate.a.key == m.candidate.b.key and m.metrics.max_abs_diff == 0 for m in matches
-    )
-    if identical:
-        return "identical", f"{b.name} is {a.name}: the same tensors under the same names, byte for byte."
-    fine = [m for m in strong if m.verdict == "partial"]
-    if share < 0.5:
-        scenario = "partially_related"
-    elif fine and len(fine) >= len(strong) / 2:
-        scenario = "fine_tuned"
-    elif transforms & {"concat", "split", "reshape", "scale"}:
-        scenario = "transformed"
-    else:
-        scenario = "copied"
-    return scenario, _related_text(a, b, scenario, strong, share, transforms)
-
-
-def _related_text(a, b, scenario: str, strong: list[Match], share: float, transforms: set[str]) -> str:
-    matched = sum(1 for m in strong if m.verdict == "match")
-    partial = len(strong) - matched
-    how = ", ".join(sorted(transforms - {"rename"})) or "renaming only"
-    lora = (
-        "LoRAs for A convert to B by renaming keys"
-        if transforms <= {"rename", "cast"}
-        else f"LoRAs for A convert to B with these transforms ({how})"
-    )
-    if partial:
-        lora += f"; {partial} module(s) were changed by training, so expect those to transfer less well"
-    return (
-        f"{b.name} derives from {a.name} ({scenario.replace('_', ' ')}): {share:.0%} of B's weight matrices "
-        f"trace back to A ({matched} match, {partial} partial), under {how}. {lora}."
-    )
-
-
-def _incompatible_text(a: IndexedModel, b: IndexedModel) -> str:
-    def width(model: IndexedModel) -> int | None:
-        dims: dict[int, int] = defaultdict(int)
-        for r in model.rows.values():
-            if _is_matrix(r):
-                dims[int(r["rows"])] += 1
-                dims[int(r["cols"])] += 1
-        return max(dims, key=dims.get) if dims else None
-
-    def depth(model: IndexedModel) -> int:
-        return len({blk for k in model.rows if (blk := _block_of(k)) is not None})
-
-    return (
-        f"No tensor of {b.name} has a shape compatible with any tensor of {a.name}: hidden width "
-        f"{width(a)} vs {width(b)}, {depth(a)} vs {depth(b)} blocks. Per-tensor values cannot show "
-        "derivation across a width change, so this comparison cannot say whether B was trained from A; "
-        "LoRAs for A cannot be converted to B."
-    )
-
-
 def compare_paths(
     a: Path | str,
     b: Path | str,
@@ -674,11 +368,3 @@ def compare_paths(
             model = load_index(index, name)
         sides.append(model)
     return compare_indexes(sides[0], sides[1], index_only=index_only)
-
-
-def write_report(report: dict, out: Path | str) -> Path:
-    """Write the report as strict JSON, atomically."""
-    out = Path(out)
-    with atomic_path(out) as temporary:
-        temporary.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
-    return out

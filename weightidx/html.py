@@ -12,7 +12,7 @@ import json
 import re
 from collections import Counter, defaultdict
 
-from .compare import _block_of
+from .report import block_of
 
 _BINS = 20
 _TYPES = (
@@ -66,7 +66,7 @@ def heatmap_svg(report: dict) -> str:
         )
     tensors: dict[tuple[int, int], list[str]] = defaultdict(list)
     for match in report["matches"]:
-        a_block, b_block = _block_of(match["a"]["key"]), _block_of(match["b"]["key"])
+        a_block, b_block = block_of(match["a"]["key"]), block_of(match["b"]["key"])
         if a_block is not None and b_block is not None:
             tensors[a_block, b_block].append(f"{_slice(match['a'])} → {_slice(match['b'])}")
     a_count = max(b["a_block"] for b in blocks) + 1

@@ -27,8 +27,9 @@ import numpy as np
 
 from .atomic import atomic_path
 from .checkpoint import ShardReader, TensorSpec, decode, open_checkpoint, write_safetensors
-from .errors import InputError, WeightidxError
+from .errors import WeightidxError
 from .fingerprint import view_2d
+from .report import read_report
 
 FORMATS = ("comfyui", "kohya", "diffusers", "peft")
 _WRAPPERS = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.", "model.")
@@ -439,9 +440,9 @@ def convert_lora(
     Writes ``out`` (safetensors, atomically), ``out`` + ``.conversion.json`` (what was converted
     and what was refused, with reasons) and, for PEFT, ``adapter_config.json`` beside ``out``.
     """
-    from .compare import load_index
+    from .indexes import load_index
 
-    report = _read_report(report_path)
+    report = read_report(report_path)
     a = load_index(report["models"]["a"]["index"])
     b = load_index(report["models"]["b"]["index"])
     for model in (a, b):
@@ -508,18 +509,6 @@ def _as_written(module: LoraModule) -> LoraModule:
         return decode(encode(values, module.dtype), module.dtype).reshape(values.shape)
 
     return LoraModule(module.target, stored(module.down), stored(module.up), module.alpha, module.dtype)
-
-
-def _read_report(path: Path | str) -> dict:
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"{path}: not a readable compare report ({exc}); run `weightidx compare A B -o FILE`"
-        ) from None
-    if report.get("schema_version") != 1 or "matches" not in report:
-        raise InputError(f"{path}: not a weightidx compare report (schema_version 1)")
-    return report
 
 
 def _write(out: Path, modules: list[LoraModule], fmt: str, conversion: Conversion, metadata: dict) -> None:
