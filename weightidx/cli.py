@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeRemainingColumn,
@@ -71,18 +72,27 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _byte_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A bytes / throughput / ETA bar on stderr, only when stderr is a terminal."""
+def _progress(label: str, enabled: bool, unit: str = "bytes") -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr (bytes with throughput, or a count), only when stderr is a terminal."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
+    if unit == "bytes":
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+    else:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            TimeRemainingColumn(),
+        )
     with Progress(*columns, console=_stderr, transient=True) as bar:
         task = bar.add_task(label, total=None)
 
@@ -144,7 +154,7 @@ def index_command(
     """Fingerprint every tensor of a checkpoint into one Parquet file (stage 1)."""
     from .index import index_checkpoint
 
-    with _user_errors(), _byte_progress("indexing", not quiet) as update:
+    with _user_errors(), _progress("indexing", not quiet) as update:
         summary = index_checkpoint(
             path,
             out,
@@ -188,8 +198,8 @@ def compare_command(
     from .render import render_report
     from .report import write_report
 
-    with _user_errors():
-        report = compare_paths(a, b, names=names, index_only=index_only, reindex=reindex)
+    with _user_errors(), _progress("verifying", not quiet, unit="pairs") as update:
+        report = compare_paths(a, b, names=names, index_only=index_only, reindex=reindex, progress=update)
         if out is not None:
             write_report(report, out)
         if html is not None:

@@ -351,6 +351,7 @@ def compare_paths(
     index_only: bool = False,
     cache: Path | None = None,
     reindex: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Compare two models given as index files or checkpoints (indexed on first use, then cached).
 
@@ -367,4 +368,4 @@ def compare_paths(
             index_checkpoint(model.source, index, name=model.name)
             model = load_index(index, name)
         sides.append(model)
-    return compare_indexes(sides[0], sides[1], index_only=index_only)
+    return compare_indexes(sides[0], sides[1], index_only=index_only, progress=progress)
