@@ -10,7 +10,7 @@ result is a function of the values and the shape alone (not of thread count or
 read order). Each tile is reduced independently and the reductions are added in
 tile order, in float64.
 
-Sketch (version 1), with ``B = 32`` (block) and ``K = 8`` (projections per block):
+Sketch (version 1), with ``B = 16`` (block) and ``K = 8`` (projections per block):
 
 * ``Q[i, m] = ±1`` is a fixed hash of the absolute index ``i`` (splitmix64), so the
   vector for an axis of length ``n`` is a prefix of the one for any longer axis.
@@ -88,8 +88,9 @@ class Tile:
 def plan_tiles(rows: int, cols: int) -> list[Tile]:
     """Tiles covering the view in storage order, each a contiguous run of elements.
 
-    Whole groups of ``B`` rows while ``B`` rows fit in ``TILE_ELEMS``; otherwise one row
-    at a time, in column pieces of ``TILE_ELEMS`` (a multiple of ``B``).
+    Groups of whole rows (a multiple of ``B``, at least ``TILE_MIN_ROWS``) while such a group
+    stays within 8 x ``TILE_ELEMS``; wider rows go one at a time, in column pieces of
+    ``TILE_ELEMS`` (a multiple of ``B``). The geometry depends on the shape only.
     """
     if rows == 0 or cols == 0:
         return []
