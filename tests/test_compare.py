@@ -340,3 +340,14 @@ def test_a_header_rewritten_with_the_same_size_and_mtime_is_still_stale(tmp_path
     path.write_bytes(bytes(raw))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert load_index(index).stale_shards() == [path]
+
+
+def test_wan_style_twin_of_identical_architecture_is_unrelated(demo_pair, tmp_path: Path) -> None:
+    from weightidx.demo import DemoConfig, write_twin
+
+    config = DemoConfig(**json.loads(demo_pair["truth"].read_text())["config"])
+    twin = write_twin(tmp_path / "twin.safetensors", config, seed=12345)
+    report = compare_paths(demo_pair["a"], twin, cache=tmp_path / "cache")
+    assert report["summary"]["scenario"] == "unrelated"
+    assert predicted(report) == set() and report["matches"] == []
+    assert len(report["shapes"]) == len({tuple(s["shape"]) for s in report["shapes"]})  # same architecture
