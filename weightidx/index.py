@@ -1,8 +1,8 @@
 """Stage 1: stream a checkpoint once and write its per-tensor fingerprints to Parquet.
 
-Work is split into tiles (see ``fingerprint.plan_tiles``) that worker threads read
-with ``pread``, hash, decode and reduce; the main thread adds the results up in
-tile order, so the output does not depend on the number of threads. Rows are
+Work is split into tiles (see ``fingerprint.plan_tiles``) that worker processes read
+with ``pread``, hash, decode and reduce (``_worker.py``); this process adds the results
+up in tile order, so the output does not depend on the number of workers. Rows are
 streamed to a temporary Parquet file in small row groups and the file is renamed
 into place only when complete.
 """
@@ -139,7 +139,8 @@ def index_checkpoint(
         path: a ``.safetensors`` file, a folder of shards, or a ``*.safetensors.index.json``.
         out: the Parquet file to write; default ``<name>.weightidx.parquet`` in the cwd.
         name: the model name stored in the index; default from the file or folder name.
-        workers: threads for reading and reducing tiles; default one per available core.
+        workers: worker processes for reading and reducing tiles; default one per available
+            core (checkpoints under 64 MB, or ``workers=1``, are done in this process).
         progress: called with an ``IndexProgress`` as work completes.
         allow_pickle: read a pickle checkpoint (.bin, .pt, .ckpt) through
             ``torch.load(weights_only=True)`` (needs the torch extra); refused otherwise.
