@@ -351,3 +351,43 @@ def test_wan_style_twin_of_identical_architecture_is_unrelated(demo_pair, tmp_pa
     assert report["summary"]["scenario"] == "unrelated"
     assert predicted(report) == set() and report["matches"] == []
     assert len(report["shapes"]) == len({tuple(s["shape"]) for s in report["shapes"]})  # same architecture
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_permuted_neurons_and_heads_are_recovered(tmp_path: Path, seed: int) -> None:
+    a = derive.toy_transformer(70 + seed)
+    rng = np.random.default_rng(seed)
+    b = dict(a)
+    rows = rng.permutation(512)
+    b["layer.0.mlp.up.weight"] = ("F32", a["layer.0.mlp.up.weight"][1][rows])  # neurons reordered
+    b["layer.0.mlp.down.weight"] = ("F32", np.ascontiguousarray(a["layer.0.mlp.down.weight"][1][:, rows]))
+    heads = rng.permutation(4)  # 4 heads of 32 rows each
+    q = a["layer.1.attn.q.weight"][1].reshape(4, 32, 128)[heads].reshape(128, 128)
+    b["layer.1.attn.q.weight"] = ("F32", q)
+    report = compare(tmp_path, a, b)
+    found = {m["b"]["key"]: m for m in report["matches"] if "permutation" in m}
+    assert set(found) == {"layer.0.mlp.up.weight", "layer.0.mlp.down.weight", "layer.1.attn.q.weight"}
+    assert found["layer.0.mlp.up.weight"]["transform"] == ["permute:rows"]
+    assert found["layer.0.mlp.down.weight"]["transform"] == ["permute:cols"]
+    assert found["layer.0.mlp.up.weight"]["permutation"]["order"] == rows.tolist()
+    assert all(m["correlation"] == pytest.approx(1.0) and m["verdict"] == "match" for m in found.values())
+    assert found["layer.0.mlp.up.weight"]["a"]["key"] == "layer.0.mlp.up.weight"
+
+
+def test_twins_get_no_permutation_match(tmp_path: Path) -> None:
+    a, b = derive.toy_transformer(72), derive.toy_transformer(73)
+    report = compare(tmp_path, a, b)
+    assert report["matches"] == []
+
+
+def test_same_values_shuffled_elementwise_are_not_called_a_permutation(tmp_path: Path) -> None:
+    """The hard null: identical moments (same multiset of values), no row structure in common."""
+    a = derive.toy_transformer(74)
+    rng = np.random.default_rng(1)
+    b = dict(a)
+    for key in ("layer.0.mlp.up.weight", "layer.2.attn.v.weight"):
+        values = a[key][1]
+        b[key] = ("F32", rng.permutation(values.ravel()).reshape(values.shape))
+    report = compare(tmp_path, a, b)
+    assert not [m for m in report["matches"] if "permutation" in m]
+    assert {"layer.0.mlp.up.weight", "layer.2.attn.v.weight"} <= set(report["unmatched"]["b"])

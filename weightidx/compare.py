@@ -25,6 +25,8 @@ from .estimate import Sketches, centred_values, same_layout, slice_scan, transpo
 from .fingerprint import BLOCK
 from .indexes import IndexedModel, cached_index, is_index_file, load_index
 from .metrics import PairAccumulator, PairMetrics, lower_precision, pair_metrics
+from .permutation import MAX_VALUES, Permutation, moments_agree, recover
+from .permutation import apply as apply_permutation
 from .report import MATCH, PARTIAL, build_report, is_matrix
 from .sql import run_query
 
@@ -72,6 +74,7 @@ class Match:
     metrics: PairMetrics
     evidence: str
     transform: list[str] = field(default_factory=list)
+    permutation: Permutation | None = None
 
     @property
     def strength(self) -> float:
@@ -111,6 +114,8 @@ def compare_indexes(
             matches.append(Match(candidate, metrics, "exact" if exact else "estimated"))
             if progress is not None:
                 progress(done + 1, len(kept))
+        if exact:
+            matches += _permuted_matches(reader, a, b, kept)
     for match in matches:
         match.transform = _transforms(a, b, match)
     comparable = any(
@@ -118,6 +123,61 @@ def compare_indexes(
         for c in candidates
     )
     return build_report(a, b, matches, comparable)
+
+
+_MAX_PERMUTATION_PAIRS = 64
+
+
+def _permuted_matches(
+    reader: ShardReader, a: IndexedModel, b: IndexedModel, kept: list[Candidate]
+) -> list[Match]:
+    """Left-over matrices of B that are left-over matrices of A with rows or columns reordered."""
+    used_a = {c.a.key for c in kept}
+    used_b = {c.b.key for c in kept}
+    free_a = [k for k, r in a.rows.items() if k not in used_a and is_matrix(r) and r["supported"]]
+    matches: list[Match] = []
+    tried = 0
+    for b_key, row_b in b.rows.items():
+        if b_key in used_b or not is_matrix(row_b) or not row_b["supported"]:
+            continue
+        for a_key in free_a:
+            row_a = a.rows[a_key]
+            if (row_a["rows"], row_a["cols"]) != (row_b["rows"], row_b["cols"]) or not moments_agree(
+                row_a, row_b
+            ):
+                continue
+            if row_a["numel"] > MAX_VALUES or tried >= _MAX_PERMUTATION_PAIRS:
+                continue
+            tried += 1
+            match = _try_permutation(reader, a, b, a_key, b_key)
+            if match is not None:
+                matches.append(match)
+                free_a.remove(a_key)
+                break
+    return matches
+
+
+def _try_permutation(
+    reader: ShardReader, a: IndexedModel, b: IndexedModel, a_key: str, b_key: str
+) -> Match | None:
+    rows, cols = int(a.rows[a_key]["rows"]), int(a.rows[a_key]["cols"])
+    values_a = _view_reader(reader, a, a_key)(0, rows, 0, cols)
+    values_b = _view_reader(reader, b, b_key)(0, rows, 0, cols)
+    for axis in (0, 1):
+        found = recover(values_a, values_b, axis)
+        if found is None or found.moved == 0:
+            continue
+        accumulator = PairAccumulator(
+            lower_precision(a.rows[a_key]["dtype"], b.rows[b_key]["dtype"]),
+            a.rows[a_key]["dtype"] == b.rows[b_key]["dtype"],
+        )
+        accumulator.add(apply_permutation(values_a, found), values_b)
+        metrics = accumulator.finish()
+        if metrics.correlation is not None and abs(metrics.correlation) >= PARTIAL:
+            relation = "permute_rows" if axis == 0 else "permute_cols"
+            candidate = Candidate(Region(a_key), Region(b_key), relation, metrics.correlation, 0, False)
+            return Match(candidate, metrics, "exact", permutation=found)
+    return None
 
 
 def _score_candidates(a: IndexedModel, b: IndexedModel) -> Iterator[Candidate]:
@@ -329,7 +389,9 @@ def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[str]:
         steps.append("rename")
     if ra["dtype"] != rb["dtype"]:
         steps.append(f"cast:{ra['dtype'].lower()}->{rb['dtype'].lower()}")
-    if c.relation == "transpose":
+    if c.relation.startswith("permute"):
+        steps.append("permute:rows" if c.relation == "permute_rows" else "permute:cols")
+    elif c.relation == "transpose":
         steps.append("transpose")
     elif c.relation.startswith("a_in_b"):
         steps.append(f"concat:{c.b.axis}")

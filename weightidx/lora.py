@@ -291,6 +291,8 @@ def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tupl
         return "A has no weight of that name"
     if not targets:
         return "the report matches this weight to nothing in B"
+    if any(step.startswith("permute") for t in targets for step in t.transform):
+        return "its B weight is a permutation of it, which LoRA conversion does not handle yet"
     if all(t.verdict == "different" for t in targets):
         return "its best match in B is 'different' (|correlation| < 0.80): the weights were not carried over"
     rows, cols = view_2d(a_shapes[module.target])

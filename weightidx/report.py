@@ -95,7 +95,7 @@ def _match_json(a: IndexedModel, b: IndexedModel, m: Match) -> dict:
             and a.rows[m.candidate.a.key]["dtype"] == b.rows[m.candidate.b.key]["dtype"]
         )
     )
-    return {
+    entry = {
         "b": m.candidate.b.as_json(),
         "a": m.candidate.a.as_json(),
         "transform": m.transform,
@@ -112,6 +112,14 @@ def _match_json(a: IndexedModel, b: IndexedModel, m: Match) -> dict:
         "weak_evidence": not is_matrix(b.rows[m.candidate.b.key]),
         "estimated_correlation": _clean(m.candidate.estimate),
     }
+    if m.permutation is not None:
+        entry["permutation"] = {
+            "axis": m.permutation.axis,
+            "order": m.permutation.order.tolist(),
+            "one_to_one": m.permutation.one_to_one,
+            "moved": m.permutation.moved,
+        }
+    return entry
 
 
 def _blocks(matches: list[Match]) -> list[dict]:
