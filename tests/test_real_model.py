@@ -91,3 +91,22 @@ def test_minilm_against_a_same_shape_random_model_is_unrelated(minilm_tensors: d
     report = compare(tmp_path, minilm_tensors, twin)
     assert predicted(report) == set()
     assert report["summary"]["scenario"] == "unrelated"
+
+
+@pytest.mark.slow
+def test_minilm_pruned_to_a_smaller_width_is_traced_across_the_width_change(
+    minilm_tensors: dict, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    keep = np.sort(rng.choice(384, 256, replace=False))
+    pruned = {}
+    for key, (dtype, values) in minilm_tensors.items():
+        for axis, size in enumerate(values.shape):
+            if size == 384:
+                values = np.take(values, keep, axis=axis)
+        pruned[key] = (dtype, np.ascontiguousarray(values))
+    report = compare(tmp_path, minilm_tensors, pruned)
+    assert report["summary"]["scenario"] == "incompatible"
+    axes = {(x["side"], x["size"]): x for x in report["lineage"]["axes"]}
+    assert axes["output", 1536]["z_score"] > 5 and axes["input", 1536]["z_score"] > 5
+    assert "derived from A's" in report["lineage"]["verdict"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import lineage
 from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
 from .estimate import Sketches, centred_values, same_layout, slice_scan, transposed
 from .fingerprint import BLOCK
@@ -122,7 +123,17 @@ def compare_indexes(
         c.relation in ("same", "transpose") and is_matrix(a.rows[c.a.key]) and is_matrix(b.rows[c.b.key])
         for c in candidates
     )
-    return build_report(a, b, matches, comparable)
+    report = build_report(a, b, matches, comparable)
+    if exact and not any(is_matrix(b.rows[m.candidate.b.key]) and m.verdict != "different" for m in matches):
+        with ShardReader() as reader:
+            report["lineage"] = lineage.analyse(a, b, lambda model, key: _whole_view(reader, model, key))
+        report["summary"]["verdict"] += " Across the width change: " + report["lineage"]["verdict"]
+    return report
+
+
+def _whole_view(reader: ShardReader, model: IndexedModel, key: str) -> np.ndarray:
+    row = model.rows[key]
+    return _view_reader(reader, model, key)(0, int(row["rows"]), 0, int(row["cols"]))
 
 
 _MAX_PERMUTATION_PAIRS = 64
