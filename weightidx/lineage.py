@@ -95,10 +95,24 @@ def gram_signature(values: np.ndarray, side: str) -> np.ndarray:
     gram = matrix.T @ matrix
     scale = np.sqrt(np.clip(np.diag(gram), 1e-30, None))
     gram = gram / scale[:, None] / scale[None, :]
-    entries = gram[np.triu_indices(gram.shape[0], k=1)].astype(np.float64)
+    rows, cols = _pairs(gram.shape[0])
+    entries = gram[rows, cols].astype(np.float64)
     entries -= entries.mean()
     norm = np.linalg.norm(entries)
     return entries / norm if norm > 0 else entries
+
+
+_MAX_ENTRIES = 1 << 18
+
+
+def _pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Off-diagonal positions (i < j) of a size x size Gram matrix: all of them, or a fixed
+    random 262,144 of them for wide axes, so a signature stays 2 MB whatever the axis."""
+    rows, cols = np.triu_indices(size, k=1)
+    if rows.size > _MAX_ENTRIES:
+        keep = np.sort(np.random.default_rng(size).choice(rows.size, _MAX_ENTRIES, replace=False))
+        rows, cols = rows[keep], cols[keep]
+    return rows, cols
 
 
 def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
