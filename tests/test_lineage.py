@@ -81,3 +81,24 @@ def test_independent_twins_stay_inside_the_null(tmp_path: Path, seed: int) -> No
     report = lineage_of(tmp_path, a, twin)
     assert all(x["z_score"] is None or x["z_score"] < 5 for x in report["lineage"]["axes"])
     assert "no sign that B was initialised from A" in report["lineage"]["verdict"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_width_projected_derivation_is_traced(tmp_path: Path, seed: int) -> None:
+    """B's hidden space is a random 96-dim projection of A's 128 (not a subset of units)."""
+    rng = np.random.default_rng(seed)
+    a = model(rng, 128, INPUTS)
+    basis, _ = np.linalg.qr(rng.standard_normal((128, 128)))
+    project = basis[:96].astype(np.float32)
+    b = {}
+    for key, (dtype, values) in a.items():
+        if key.startswith("head"):
+            values = values @ project.T
+        elif key.startswith("blocks"):
+            key, values = key.replace("blocks.", "layers."), project @ values @ project.T
+        else:
+            values = project @ values
+        b[key] = (dtype, np.ascontiguousarray(values, dtype=np.float32))
+    report = lineage_of(tmp_path, a, b)
+    assert all(x["z_score"] > 5 for x in report["lineage"]["axes"] if x["side"] == "input")
+    assert "derived from A's" in report["lineage"]["verdict"]
