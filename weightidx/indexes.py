@@ -64,6 +64,11 @@ class IndexedModel:
         return all((self.root / shard["name"]).is_file() for shard in self.shards)
 
 
+def cache_folder() -> Path:
+    """Where weightidx keeps indexes (and converted pickles) it builds on demand."""
+    return Path(os.environ.get("WEIGHTIDX_CACHE", Path.home() / ".cache" / "weightidx"))
+
+
 def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
     """The index of a checkpoint, built on first use and reused while its shards are unchanged.
 
@@ -73,7 +78,7 @@ def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
     from .checkpoint import open_checkpoint
     from .index import index_checkpoint
 
-    folder = cache or Path(os.environ.get("WEIGHTIDX_CACHE", Path.home() / ".cache" / "weightidx"))
+    folder = cache or cache_folder()
     opened = open_checkpoint(checkpoint)
     digest = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:16]
     target = folder / f"{opened.default_name()}-{digest}.parquet"

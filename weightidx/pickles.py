@@ -10,7 +10,6 @@ imported only here, and only then: it is an optional extra.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from .checkpoint import TensorSpec, write_safetensors
 from .errors import CheckpointError, InputError
+from .indexes import cache_folder
 
 _DTYPES = {
     "float64": "F64",
@@ -49,7 +49,7 @@ def convert_pickle(path: Path | str, cache: Path | None = None) -> Path:
         raise InputError(f"{path}: --allow-pickle needs torch; pip install 'weightidx[torch]'") from None
     stat = path.stat()
     digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = cache or Path(os.environ.get("WEIGHTIDX_CACHE", Path.home() / ".cache" / "weightidx"))
+    folder = cache or cache_folder()
     target = folder / "converted" / f"{path.stem}-{digest}.safetensors"
     if target.exists():
         return target
