@@ -316,3 +316,13 @@ def test_a_checkpoint_changed_after_the_report_is_refused(tmp_path: Path) -> Non
     ):
         convert_lora(lora, report, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_mapping_to_a_missing_folder_is_one_line(demo_pair, tmp_path: Path) -> None:
+    report = write_report(
+        compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path / "c"), tmp_path / "r.json"
+    )
+    out = tmp_path / "no" / "map.json"
+    result = CliRunner().invoke(app, ["lora", "mapping", str(report), "-o", str(out)])
+    assert result.exit_code == 3
+    assert result.output == f"Error: {out}: cannot write (No such file or directory); choose another -o\n"

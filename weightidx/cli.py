@@ -390,12 +390,14 @@ def lora_mapping_command(
     """Export A key -> B key (+ slice + transform) from a compare report, for other tools."""
     import json
 
+    from .atomic import atomic_path
     from .lora import export_mapping
     from .report import read_report
 
     with _user_errors():
         mapping = export_mapping(read_report(report))
-        out.write_text(json.dumps(mapping, indent=1) + "\n")
+        with atomic_path(out) as temporary:
+            temporary.write_text(json.dumps(mapping, indent=1) + "\n")
     print(f"{len(mapping)} entries -> {out}")
 
 
