@@ -164,3 +164,13 @@ def test_compare_rejects_a_parquet_file_that_is_not_an_index(tmp_path: Path) -> 
     assert result.output == (
         f"Error: {other}: not a weightidx index (no 'weightidx' metadata); run `weightidx index`\n"
     )
+
+
+def test_demo_into_an_impossible_folder_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run("demo", str(blocker / "demo"))
+    assert (result.exit_code, result.output) == (
+        3,
+        f"Error: {blocker / 'demo'}: cannot create the folder (Not a directory); choose another\n",
+    )

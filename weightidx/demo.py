@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import TensorSpec, decode, encode, write_safetensors
+from .errors import OutputError
 
 Maker = Callable[[], np.ndarray]
 
@@ -229,7 +230,12 @@ def write_demo_pair(folder: Path | str, config: DemoConfig = DemoConfig()) -> di
         The paths written, by role: ``a``, ``b``, ``truth``, ``lora``.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{folder}: cannot create the folder ({exc.strerror or exc}); choose another"
+        ) from None
     source = wan_tensors(config)
     derived, truth = longcat_tensors(config, source)
     paths = {
