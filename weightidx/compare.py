@@ -25,7 +25,7 @@ from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
 from .estimate import Sketches, centred_values, same_layout, slice_scan, transposed
 from .fingerprint import BLOCK
 from .indexes import IndexedModel, cached_index, is_index_file, load_index
-from .metrics import PairAccumulator, PairMetrics, lower_precision, pair_metrics
+from .metrics import PairAccumulator, PairMetrics, lower_precision, pair_metrics, z_score
 from .permutation import MAX_VALUES, Permutation, moments_agree, recover
 from .permutation import apply as apply_permutation
 from .report import MATCH, PARTIAL, build_report, is_matrix
@@ -106,7 +106,7 @@ def compare_indexes(
     kept = _assign(candidates, tie_key=lambda key: _content_key(b.rows[key]))
     exact = not index_only and a.files_present() and b.files_present()
     matches = []
-    with ShardReader() as reader:
+    with ShardReader() as reader:  # one set of open shard files for verification, permutations, lineage
         for done, candidate in enumerate(kept):
             if exact:
                 metrics = _exact_metrics(reader, a, b, candidate)
@@ -117,17 +117,18 @@ def compare_indexes(
                 progress(done + 1, len(kept))
         if exact:
             matches += _permuted_matches(reader, a, b, kept)
-    for match in matches:
-        match.transform = _transforms(a, b, match)
-    comparable = any(
-        c.relation in ("same", "transpose") and is_matrix(a.rows[c.a.key]) and is_matrix(b.rows[c.b.key])
-        for c in candidates
-    )
-    report = build_report(a, b, matches, comparable)
-    if exact and not any(is_matrix(b.rows[m.candidate.b.key]) and m.verdict != "different" for m in matches):
-        with ShardReader() as reader:
+        for match in matches:
+            match.transform = _transforms(a, b, match)
+        comparable = any(
+            c.relation in ("same", "transpose") and is_matrix(a.rows[c.a.key]) and is_matrix(b.rows[c.b.key])
+            for c in candidates
+        )
+        report = build_report(a, b, matches, comparable)
+        if exact and not any(
+            is_matrix(b.rows[m.candidate.b.key]) and m.verdict != "different" for m in matches
+        ):
             report["lineage"] = lineage.analyse(a, b, lambda model, key: _whole_view(reader, model, key))
-        report["summary"]["verdict"] += " Across the width change: " + report["lineage"]["verdict"]
+            report["summary"]["verdict"] += " Across the width change: " + report["lineage"]["verdict"]
     return report
 
 
@@ -171,9 +172,7 @@ def _permuted_matches(
 def _try_permutation(
     reader: ShardReader, a: IndexedModel, b: IndexedModel, a_key: str, b_key: str
 ) -> Match | None:
-    rows, cols = int(a.rows[a_key]["rows"]), int(a.rows[a_key]["cols"])
-    values_a = _view_reader(reader, a, a_key)(0, rows, 0, cols)
-    values_b = _view_reader(reader, b, b_key)(0, rows, 0, cols)
+    values_a, values_b = _whole_view(reader, a, a_key), _whole_view(reader, b, b_key)
     for axis in (0, 1):
         found = recover(values_a, values_b, axis)
         if found is None or found.moved == 0:
@@ -363,7 +362,7 @@ def _estimated_metrics(a: IndexedModel, b: IndexedModel, c: Candidate) -> PairMe
         scale=1.0 if c.identical else sample.scale,
         max_abs_diff=0.0 if c.identical else sample.max_abs_diff,
         equal_after_cast=1.0 if c.identical else None,
-        z_score=pair_metrics(c.sketch_values, 0, 0, 1, 1, c.estimate, 0, None, None).z_score,
+        z_score=z_score(c.estimate, c.sketch_values),
     )
 
 

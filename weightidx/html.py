@@ -12,6 +12,7 @@ import json
 import re
 from collections import Counter, defaultdict
 
+from .render import region_text
 from .report import block_of
 
 _BINS = 20
@@ -46,13 +47,6 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _slice(region: dict) -> str:
-    s = region["slice"]
-    if s is None:
-        return region["key"]
-    return f"{region['key']}[{'' if s['axis'] == 0 else ':, '}{s['start']}:{s['stop']}]"
-
-
 def _number(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -68,7 +62,7 @@ def heatmap_svg(report: dict) -> str:
     for match in report["matches"]:
         a_block, b_block = block_of(match["a"]["key"]), block_of(match["b"]["key"])
         if a_block is not None and b_block is not None:
-            tensors[a_block, b_block].append(f"{_slice(match['a'])} → {_slice(match['b'])}")
+            tensors[a_block, b_block].append(f"{region_text(match['a'])} → {region_text(match['b'])}")
     a_count = max(b["a_block"] for b in blocks) + 1
     b_count = max(b["b_block"] for b in blocks) + 1
     cell = max(6, min(24, 640 // max(a_count, b_count)))
@@ -156,8 +150,8 @@ def _match_table(report: dict) -> str:
     rows = []
     for m in report["matches"]:
         rows.append(
-            f'<tr class="{m["verdict"]}"><td>{_esc(m["verdict"])}</td><td>{_esc(_slice(m["a"]))}</td>'
-            f"<td>{_esc(_slice(m['b']))}</td><td>{_esc(', '.join(m['transform']) or '–')}</td>"
+            f'<tr class="{m["verdict"]}"><td>{_esc(m["verdict"])}</td><td>{_esc(region_text(m["a"]))}</td>'
+            f"<td>{_esc(region_text(m['b']))}</td><td>{_esc(', '.join(m['transform']) or '–')}</td>"
             f'<td data-v="{m["correlation"] if m["correlation"] is not None else ""}">{_number(m["correlation"])}</td>'
             f'<td data-v="{m["cosine"] if m["cosine"] is not None else ""}">{_number(m["cosine"])}</td>'
             f'<td data-v="{m["relative_l2"] if m["relative_l2"] is not None else ""}">{_number(m["relative_l2"])}</td>'

@@ -161,7 +161,7 @@ def _resolver(a_keys: set[str], kohya: bool):
     """Module name in the LoRA -> A's weight key; kohya names are looked up, never guessed."""
     underscored: dict[str, list[str]] = defaultdict(list)
     for key in a_keys:
-        module = key[: -len(".weight")] if key.endswith(".weight") else key
+        module = _module_name(key)
         underscored[module.replace(".", "_")].append(key)
 
     def resolve(name: str) -> str:

@@ -6,7 +6,8 @@ _SYMBOL = {"match": "✓ MATCH", "partial": "~ PARTIAL", "different": "✗ DIFFE
 _MAX_SHAPES, _MAX_MATCHES = 12, 60
 
 
-def _slice(region: dict) -> str:
+def region_text(region: dict) -> str:
+    """``key`` or ``key[start:stop]`` / ``key[:, start:stop]`` for a report region."""
     s = region["slice"]
     return (
         region["key"]
@@ -40,7 +41,7 @@ def render_report(report: dict) -> str:
             lines.append(f"{row['b_block']:>8} <- {row['a_block']:<8} {row['tensors']:>8} {correlation:>10}")
     lines.append("")
     for match in report["matches"][:_MAX_MATCHES]:
-        lines.append(f"{_SYMBOL[match['verdict']]}: {_slice(match['a'])} -> {_slice(match['b'])}")
+        lines.append(f"{_SYMBOL[match['verdict']]}: {region_text(match['a'])} -> {region_text(match['b'])}")
         transform = ", ".join(match["transform"]) or "none"
         lines.append(
             f"    corr {_number(match['correlation'])}  cosine {_number(match['cosine'])}  "
