@@ -8,7 +8,7 @@ DEMO := build/demo
 
 .PHONY: setup test lint browser demo bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml weightidx/_fused.c
 	@$(PYTHON) -c 'import sys; sys.exit("weightidx needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

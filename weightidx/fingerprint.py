@@ -36,9 +36,17 @@ the same elements can be found again inside a slice or after a transpose.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
+
+try:  # the optional compiled kernel (weightidx/_fused.c); numpy does the same work without it
+    from . import _fused
+except ImportError:
+    _fused = None
+if os.environ.get("WEIGHTIDX_KERNEL") == "numpy":  # forces the numpy path (tests, benchmarks)
+    _fused = None
 
 SKETCH_VERSION = 1
 BLOCK = 16
@@ -124,20 +132,39 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def _signs(start: int, stop: int) -> np.ndarray:
+    if _fused is not None:
+        out = np.empty((stop - start, K), dtype=np.float32)
+        _fused.signs(start, stop, _SEED_Q, out)
+        return out
     index = np.arange(start * K, stop * K, dtype=np.uint64) + np.uint64(_SEED_Q)
     bits = (_splitmix64(index) >> np.uint64(63)).astype(np.float32)
     return (1.0 - 2.0 * bits).reshape(stop - start, K)
 
 
-_q_prefix = _signs(0, _Q_CACHE_ROWS)
-_q_prefix.flags.writeable = False
+_q_prefix: np.ndarray | None = None  # Q[:_Q_CACHE_ROWS], made on first use
+_q_prefix_t: np.ndarray | None = None  # its transpose, contiguous, for the compiled kernel
 
 
 def q_rows(start: int, stop: int) -> np.ndarray:
     """``Q[start:stop]``: the fixed ±1 vectors of absolute axis positions."""
-    if stop <= _Q_CACHE_ROWS:
-        return _q_prefix[start:stop]
-    return _signs(start, stop)
+    global _q_prefix
+    if stop > _Q_CACHE_ROWS:
+        return _signs(start, stop)
+    if _q_prefix is None:
+        _q_prefix = _signs(0, _Q_CACHE_ROWS)
+        _q_prefix.flags.writeable = False
+    return _q_prefix[start:stop]
+
+
+def q_rows_t(start: int, stop: int) -> np.ndarray:
+    """``Q[start:stop].T`` as a (K, n) view with unit column stride."""
+    global _q_prefix_t
+    if stop > _Q_CACHE_ROWS:
+        return np.ascontiguousarray(_signs(start, stop).T)
+    if _q_prefix_t is None:
+        _q_prefix_t = np.ascontiguousarray(q_rows(0, _Q_CACHE_ROWS).T)
+        _q_prefix_t.flags.writeable = False
+    return _q_prefix_t[:, start:stop]
 
 
 def _balanced_p() -> np.ndarray:
@@ -293,6 +320,56 @@ def reduce_tile(
         col_block0=tile.col0 // BLOCK,
         col_sketch=_fold_blocks(col_part.T, tile.col0),
         sample=_tile_sample(matrix, tile, strides),
+    )
+
+
+_FUSED_KINDS = {"F32": 0, "BF16": 1, "F16": 2}
+
+
+def kernel_name() -> str:
+    """Which code reduces tiles in this process: ``"fused-c"`` or ``"numpy"``."""
+    return "fused-c" if _fused is not None else "numpy"
+
+
+def reduce_raw_tile(
+    raw: np.ndarray, dtype: str, tile: Tile, strides: tuple[int, int], workspace: Workspace
+) -> tuple[int, TileResult] | None:
+    """``(zlib crc32 of raw, reduction)`` of a tile in one compiled pass over its bytes, or
+    ``None`` when the numpy path must do it.
+
+    ``None`` when the kernel is not built, the dtype is not F32/BF16/F16, or the tile holds
+    NaN, Inf or values whose fourth power overflows float32 (the numpy path counts and
+    drops those). The reduction matches ``reduce_tile`` to float32 rounding.
+    """
+    kind = _FUSED_KINDS.get(dtype)
+    if _fused is None or kind is None or tile.numel < _fused.MIN_ELEMENTS:
+        return None
+    n_rows, n_cols = tile.row1 - tile.row0, tile.col1 - tile.col0
+    row_sketch = np.zeros(((tile.row1 - 1) // BLOCK - tile.row0 // BLOCK + 1, K), dtype=np.float64)
+    col_sketch = np.zeros(((tile.col1 - 1) // BLOCK - tile.col0 // BLOCK + 1, K), dtype=np.float64)
+    values = workspace.array("values", tile.numel, np.float32)
+    checksum, s1, s2, s3, s4, lowest, highest, zeros, nonfinite = _fused.reduce_tile(
+        raw, kind, n_rows, n_cols, tile.row0, tile.col0,
+        q_rows_t(tile.col0, tile.col1), q_rows(tile.row0, tile.row1), P, values,
+        workspace.array("row_part", n_rows * K, np.float32),
+        workspace.array("col_part", n_cols * K, np.float32),
+        row_sketch, col_sketch,
+    )  # fmt: skip
+    if nonfinite:
+        return None
+    return checksum, TileResult(
+        power_sums=np.array([s1, s2, s3, s4], dtype=np.float64),
+        minimum=lowest,
+        maximum=highest,
+        zeros=zeros,
+        nans=0,
+        posinf=0,
+        neginf=0,
+        row_block0=tile.row0 // BLOCK,
+        row_sketch=row_sketch,
+        col_block0=tile.col0 // BLOCK,
+        col_sketch=col_sketch,
+        sample=_tile_sample(values.reshape(n_rows, n_cols), tile, strides),
     )
 
 

@@ -18,9 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from . import __version__, crc
 from ._blas import single_threaded_blas
@@ -37,56 +35,73 @@ from .fingerprint import (
     K,
     TensorAccumulator,
     Tile,
+    kernel_name,
     plan_tiles,
     view_2d,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"weightidx"
 _ROWS_PER_GROUP = 128
 
-INDEX_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("key", pa.string()),
-        ("shard", pa.string()),
-        ("dtype", pa.string()),
-        ("shape", pa.list_(pa.int64())),
-        ("ndim", pa.int32()),
-        ("numel", pa.int64()),
-        ("nbytes", pa.int64()),
-        ("data_begin", pa.int64()),
-        ("data_end", pa.int64()),
-        ("supported", pa.bool_()),
-        ("unsupported_reason", pa.string()),
-        ("rows", pa.int64()),
-        ("cols", pa.int64()),
-        ("finite", pa.int64()),
-        ("sum_x", pa.float64()),
-        ("sum_x2", pa.float64()),
-        ("sum_x3", pa.float64()),
-        ("sum_x4", pa.float64()),
-        ("mean", pa.float64()),
-        ("std", pa.float64()),
-        ("kurtosis", pa.float64()),
-        ("l2_norm", pa.float64()),
-        ("min", pa.float64()),
-        ("max", pa.float64()),
-        ("absmax", pa.float64()),
-        ("zeros", pa.int64()),
-        ("nans", pa.int64()),
-        ("posinf", pa.int64()),
-        ("neginf", pa.int64()),
-        ("crc32", pa.string()),
-        ("row_sketch", pa.list_(pa.float32())),
-        ("col_sketch", pa.list_(pa.float32())),
-        ("sample", pa.list_(pa.float32())),
-        ("sample_stride_rows", pa.int32()),
-        ("sample_stride_cols", pa.int32()),
-        ("sample_rows", pa.int32()),
-        ("sample_cols", pa.int32()),
-    ]
-)
+
+def _index_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("model", pa.string()),
+            ("key", pa.string()),
+            ("shard", pa.string()),
+            ("dtype", pa.string()),
+            ("shape", pa.list_(pa.int64())),
+            ("ndim", pa.int32()),
+            ("numel", pa.int64()),
+            ("nbytes", pa.int64()),
+            ("data_begin", pa.int64()),
+            ("data_end", pa.int64()),
+            ("supported", pa.bool_()),
+            ("unsupported_reason", pa.string()),
+            ("rows", pa.int64()),
+            ("cols", pa.int64()),
+            ("finite", pa.int64()),
+            ("sum_x", pa.float64()),
+            ("sum_x2", pa.float64()),
+            ("sum_x3", pa.float64()),
+            ("sum_x4", pa.float64()),
+            ("mean", pa.float64()),
+            ("std", pa.float64()),
+            ("kurtosis", pa.float64()),
+            ("l2_norm", pa.float64()),
+            ("min", pa.float64()),
+            ("max", pa.float64()),
+            ("absmax", pa.float64()),
+            ("zeros", pa.int64()),
+            ("nans", pa.int64()),
+            ("posinf", pa.int64()),
+            ("neginf", pa.int64()),
+            ("crc32", pa.string()),
+            ("row_sketch", pa.list_(pa.float32())),
+            ("col_sketch", pa.list_(pa.float32())),
+            ("sample", pa.list_(pa.float32())),
+            ("sample_stride_rows", pa.int32()),
+            ("sample_stride_cols", pa.int32()),
+            ("sample_rows", pa.int32()),
+            ("sample_cols", pa.int32()),
+        ]
+    )
+
+
+def __getattr__(name: str) -> object:
+    # INDEX_SCHEMA is built on first use: importing pyarrow costs 0.1 s, which the index
+    # stage spends only after its worker processes have started.
+    if name == "INDEX_SCHEMA":
+        return _index_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -164,16 +179,18 @@ def index_checkpoint(
     output = Path(out) if out is not None else default_output(checkpoint, model)
     _check_output(output, checkpoint)
     workers = workers or available_cores()
-    schema = INDEX_SCHEMA.with_metadata({METADATA_KEY: json.dumps(_file_metadata(checkpoint, model))})
-    with atomic_path(output) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
-        rows: list[dict] = []
-        for row in _fingerprint_rows(checkpoint, model, workers, progress):
-            rows.append(row)
-            if len(rows) >= _ROWS_PER_GROUP:
-                writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
-                rows.clear()
-        if rows:
-            writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+    metadata = json.dumps(_file_metadata(checkpoint, model))
+    with single_threaded_blas(), _reducer(workers, checkpoint.total_bytes) as reducer:
+        # Imported only now, while the workers start: pyarrow takes 0.1 s to import, and 0.2 s
+        # more at its first conversion when pandas is installed (it imports pandas then).
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = _index_schema().with_metadata({METADATA_KEY: metadata})
+        pa.RecordBatch.from_pylist([], schema=schema)
+        rows = _fingerprint_rows(checkpoint, model, reducer, progress)
+        with atomic_path(output) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as out:
+            _write_rows(out, schema, rows)
     return IndexSummary(
         output=output,
         model=model,
@@ -183,6 +200,20 @@ def index_checkpoint(
         bytes=checkpoint.total_bytes,
         seconds=time.perf_counter() - started,
     )
+
+
+def _write_rows(writer: pq.ParquetWriter, schema: pa.Schema, rows: Iterator[dict]) -> None:
+    """Stream rows into the writer in row groups of ``_ROWS_PER_GROUP``."""
+    import pyarrow as pa
+
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= _ROWS_PER_GROUP:
+            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+            batch.clear()
+    if batch:
+        writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
 
 
 def _check_output(output: Path, checkpoint: Checkpoint) -> None:
@@ -207,6 +238,7 @@ def _file_metadata(checkpoint: Checkpoint, model: str) -> dict:
             "view": "leading size-1 dims dropped; rows = dim 0, cols = product of the rest",
         },
         "hash": "crc32 (zlib) of the raw tensor bytes",
+        "kernel": kernel_name(),
         "tool": {"name": "weightidx", "version": __version__},
         "model": model,
         "checkpoint": str(checkpoint.source.resolve()),
@@ -233,13 +265,14 @@ class _TensorState:
 
 
 _PROCESS_POOL_MIN_BYTES = 64 << 20
-_JOB_ELEMS = 1 << 20
+_JOB_ELEMS = 1 << 21
+_WINDOW_PER_WORKER = 16  # jobs in flight per worker: keeps workers busy while this process writes Parquet
 
 
 def _fingerprint_rows(
     checkpoint: Checkpoint,
     model: str,
-    workers: int,
+    reducer: InlineReducer | ProcessReducer,
     progress: Callable[[IndexProgress], None] | None,
 ) -> Iterator[dict]:
     """Rows in file order: workers reduce tiles, this process adds them up in tile order."""
@@ -247,7 +280,7 @@ def _fingerprint_rows(
     done_bytes = done_tensors = 0
     window: deque[tuple[_TensorState, TileJob | None]] = deque()
 
-    def settle(reducer: InlineReducer | ProcessReducer) -> Iterator[dict]:
+    def settle() -> Iterator[dict]:
         nonlocal done_bytes, done_tensors
         state, job = window.popleft()
         if job is not None and state.accumulator is not None:
@@ -261,15 +294,14 @@ def _fingerprint_rows(
         if progress is not None:
             progress(IndexProgress(done_bytes, total, done_tensors, len(checkpoint.tensors)))
 
-    with single_threaded_blas(), _reducer(workers, total) as reducer:
-        for state, job in _jobs(checkpoint):
-            if job is not None:
-                reducer.submit(job)
-            window.append((state, job))
-            while len(window) > 4 * workers:
-                yield from settle(reducer)
-        while window:
-            yield from settle(reducer)
+    for state, job in _jobs(checkpoint):
+        if job is not None:
+            reducer.submit(job)
+        window.append((state, job))
+        while len(window) > _WINDOW_PER_WORKER * reducer.workers:
+            yield from settle()
+    while window:
+        yield from settle()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,575 @@
+/* One pass over a tile of raw tensor bytes: decode, power sums, min/max, zeros, both sketch GEMMs.
+ *
+ * The numpy path in fingerprint.py makes about ten passes over each tile (decode, min,
+ * max, ==0, four power sums, two GEMMs); this does the same work in one, while the tile
+ * is in cache. It is optional: when it is not built, fingerprint.py uses numpy.
+ *
+ * Determinism. Every floating-point sum here has an order fixed by this code, never by
+ * the compiler or the CPU: sums are split into 16 explicit lanes (element j goes to lane
+ * j % 16) and the lanes are added in order at the end. Compiled with -ffp-contract=off
+ * and without -ffast-math, the vectorised clones (AVX-512, AVX2) and the plain one give
+ * bit-identical results, so the fingerprint is the same on every x86-64 machine.
+ * Sketch products are exact (Q is +-1), so only the additions round.
+ *
+ * Accuracy. Power sums run in float32 over 128 values per lane, then in float64 (the
+ * numpy path: float32 runs of 2048 values), so the two paths agree to float32 rounding,
+ * not bit for bit; tests pin that agreement.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_CLMUL_X86 1
+#endif
+
+#define K 8  /* projections per block: fingerprint.K */
+
+#ifndef CLONES /* tests define it empty to build one plain variant and compare */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+#endif
+/* The sketches multiply by Q = +-1, an exact product, so a fused multiply-add rounds
+ * exactly as a multiply then an add: contraction is safe there (and halves the work),
+ * and only there. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define EXACT_PRODUCTS __attribute__((optimize("fp-contract=fast")))
+#else
+#define EXACT_PRODUCTS
+#endif
+
+enum { SRC_F32 = 0, SRC_BF16 = 1, SRC_F16 = 2 };
+
+typedef struct {
+    double sums[4];
+    float lowest, highest;
+    long long zeros;
+    int nonfinite;
+} Stats;
+
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exponent = (h >> 10) & 0x1fu;
+    uint32_t mantissa = h & 0x3ffu;
+    uint32_t bits;
+    if (exponent == 0x1f) {
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {
+        bits = sign;
+    } else { /* subnormal half: exact in float32 */
+        float value = (float)mantissa * (1.0f / 16777216.0f);
+        memcpy(&bits, &value, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+/* Decode n values of one row into out (float32). */
+CLONES static void decode_row(const void *src, int kind, Py_ssize_t n, float *restrict out) {
+    if (kind == SRC_F32) {
+        memcpy(out, src, (size_t)n * 4);
+    } else if (kind == SRC_BF16) {
+        const uint16_t *s = (const uint16_t *)src;
+        uint32_t *o = (uint32_t *)out;
+        for (Py_ssize_t j = 0; j < n; j++) o[j] = (uint32_t)s[j] << 16;
+    } else {
+        const uint16_t *s = (const uint16_t *)src;
+        for (Py_ssize_t j = 0; j < n; j++) out[j] = half_to_float(s[j]);
+    }
+}
+
+/* Sixteen explicit lanes: element j of a row (or t of the tile, for the statistics) is
+ * summed in lane j % 16, and lanes are added in a fixed order at the end. GCC lowers these
+ * vector types to one AVX-512 register, two AVX2 registers or four SSE registers; the
+ * arithmetic, and so every result, is the same. */
+#define L 16
+typedef float vf __attribute__((vector_size(L * 4)));
+typedef int32_t vi __attribute__((vector_size(L * 4)));
+typedef double vd8 __attribute__((vector_size(64)));
+
+#define RUN 128 /* vector steps (L values each) summed in float32 before float64 takes over */
+#define GROUP_ELEMS 8192 /* values decoded and reduced together (32 KiB of float32) */
+
+static inline vf loadv(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void storev(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf vmin(vf a, vf b) { vi m = a < b; return (vf)((m & (vi)a) | (~m & (vi)b)); }
+static inline vf vmax(vf a, vf b) { vi m = a > b; return (vf)((m & (vi)a) | (~m & (vi)b)); }
+/* The last n < L values of a row, zero-padded: the padding adds +0.0 to lanes it reaches. */
+static inline vf load_tail(const float *p, Py_ssize_t n) {
+    float padded[L] = {0};
+    memcpy(padded, p, (size_t)n * sizeof(float));
+    return loadv(padded);
+}
+static inline float lane_sum(vf v) {
+    float total = v[0];
+    for (int u = 1; u < L; u++) total += v[u];
+    return total;
+}
+
+/* Running statistics of a tile, fed one group of rows at a time. */
+typedef struct {
+    vd8 d[4][2]; /* float64 power sums per lane */
+    vf lo, hi;
+    vi zeros;
+    double tail[4]; /* values after a group's last whole vector */
+    float tail_lo, tail_hi;
+    long long tail_zeros;
+} StatsAcc;
+
+static void stats_start(StatsAcc *acc) {
+    memset(acc, 0, sizeof *acc);
+    acc->lo = (vf){0} + INFINITY;
+    acc->hi = (vf){0} - INFINITY;
+    acc->tail_lo = INFINITY;
+    acc->tail_hi = -INFINITY;
+}
+
+/* Adds n values: whole vectors of L go to lanes (float32 runs of RUN vectors, then
+ * float64), the rest one at a time to the tail sums. */
+CLONES static void stats_add(StatsAcc *acc, const float *restrict x, Py_ssize_t n) {
+    Py_ssize_t full = n / L * L;
+    vf lo = acc->lo, hi = acc->hi;
+    vi zeros = acc->zeros;
+    for (Py_ssize_t t0 = 0; t0 < full; t0 += RUN * L) {
+        Py_ssize_t stop = t0 + RUN * L < full ? t0 + RUN * L : full;
+        vf f1 = {0}, f2 = {0}, f3 = {0}, f4 = {0};
+        for (Py_ssize_t t = t0; t < stop; t += L) {
+            vf v = loadv(x + t), v2 = v * v;
+            f1 += v;
+            f2 += v2;
+            f3 += v2 * v;
+            f4 += v2 * v2;
+            lo = vmin(v, lo);
+            hi = vmax(v, hi);
+            zeros -= (v == 0.0f);
+        }
+        vf f[4] = {f1, f2, f3, f4};
+        for (int k = 0; k < 4; k++) {
+            acc->d[k][0] += __builtin_convertvector(__builtin_shufflevector(f[k], f[k], 0, 1, 2, 3, 4, 5, 6, 7), vd8);
+            acc->d[k][1] += __builtin_convertvector(__builtin_shufflevector(f[k], f[k], 8, 9, 10, 11, 12, 13, 14, 15), vd8);
+        }
+    }
+    acc->lo = lo;
+    acc->hi = hi;
+    acc->zeros = zeros;
+    for (Py_ssize_t t = full; t < n; t++) {
+        float v = x[t];
+        double e = v, q = e * e;
+        acc->tail[0] += e;
+        acc->tail[1] += q;
+        acc->tail[2] += q * e;
+        acc->tail[3] += q * q;
+        acc->tail_lo = v < acc->tail_lo ? v : acc->tail_lo;
+        acc->tail_hi = v > acc->tail_hi ? v : acc->tail_hi;
+        acc->tail_zeros += v == 0.0f;
+    }
+}
+
+static void stats_finish(const StatsAcc *acc, Stats *stats) {
+    double s[4] = {0, 0, 0, 0};
+    float lowest = acc->tail_lo, highest = acc->tail_hi;
+    long long zero_count = acc->tail_zeros;
+    for (int u = 0; u < L; u++) {
+        for (int k = 0; k < 4; k++) s[k] += acc->d[k][u / 8][u % 8];
+        lowest = acc->lo[u] < lowest ? acc->lo[u] : lowest;
+        highest = acc->hi[u] > highest ? acc->hi[u] : highest;
+        zero_count += acc->zeros[u];
+    }
+    int nonfinite = 0;
+    for (int k = 0; k < 4; k++) {
+        s[k] += acc->tail[k];
+        /* A NaN or Inf anywhere makes the sums non-finite, as does a float32 run that overflowed. */
+        nonfinite |= !isfinite(s[k]);
+    }
+    memcpy(stats->sums, s, sizeof s);
+    stats->lowest = lowest;
+    stats->highest = highest;
+    stats->zeros = zero_count;
+    stats->nonfinite = nonfinite;
+}
+
+/* Row sketch: row_out[i * K + m] = sum_j x[i, j] * qt[m * qt_stride + j], two rows per
+ * load of qt. qt is Q of the tile's columns, transposed (K rows of qt_stride floats). */
+CLONES EXACT_PRODUCTS static void row_sketch(const float *restrict x, Py_ssize_t rows, Py_ssize_t cols,
+                              const float *restrict qt, Py_ssize_t qt_stride, float *restrict row_out) {
+    Py_ssize_t full = cols / L * L;
+    Py_ssize_t i = 0;
+    if (cols < L) { /* one partial vector per row: its lane sum is this sum, in this order */
+        for (; i < rows; i++)
+            for (int m = 0; m < K; m++) {
+                float total = 0.0f;
+                for (Py_ssize_t j = 0; j < cols; j++) total += x[i * cols + j] * qt[m * qt_stride + j];
+                row_out[i * K + m] = total;
+            }
+        return;
+    }
+    for (; i + 2 <= rows; i += 2) {
+        const float *x0 = x + i * cols, *x1 = x0 + cols;
+        vf a0[K], a1[K];
+        for (int m = 0; m < K; m++) a0[m] = a1[m] = (vf){0};
+        for (Py_ssize_t j = 0; j < full; j += L) {
+            vf v0 = loadv(x0 + j), v1 = loadv(x1 + j);
+            for (int m = 0; m < K; m++) {
+                vf q = loadv(qt + m * qt_stride + j);
+                a0[m] += v0 * q;
+                a1[m] += v1 * q;
+            }
+        }
+        if (full < cols) {
+            vf v0 = load_tail(x0 + full, cols - full), v1 = load_tail(x1 + full, cols - full);
+            for (int m = 0; m < K; m++) {
+                vf q = load_tail(qt + m * qt_stride + full, cols - full);
+                a0[m] += v0 * q;
+                a1[m] += v1 * q;
+            }
+        }
+        for (int m = 0; m < K; m++) {
+            row_out[i * K + m] = lane_sum(a0[m]);
+            row_out[(i + 1) * K + m] = lane_sum(a1[m]);
+        }
+    }
+    for (; i < rows; i++) {
+        const float *x0 = x + i * cols;
+        vf a0[K];
+        for (int m = 0; m < K; m++) a0[m] = (vf){0};
+        for (Py_ssize_t j = 0; j < full; j += L) {
+            vf v0 = loadv(x0 + j);
+            for (int m = 0; m < K; m++) a0[m] += v0 * loadv(qt + m * qt_stride + j);
+        }
+        if (full < cols) {
+            vf v0 = load_tail(x0 + full, cols - full);
+            for (int m = 0; m < K; m++) a0[m] += v0 * load_tail(qt + m * qt_stride + full, cols - full);
+        }
+        for (int m = 0; m < K; m++) row_out[i * K + m] = lane_sum(a0[m]);
+    }
+}
+
+/* Column sketch, transposed: col_t[m * cols + j] += sum_i qr[i * K + m] * x[i, j], rows
+ * added in order, four rows per load and store of col_t. */
+CLONES EXACT_PRODUCTS static void col_sketch(const float *restrict x, Py_ssize_t rows, Py_ssize_t cols,
+                              const float *restrict qr, float *restrict col_t) {
+    Py_ssize_t full = cols / L * L;
+    Py_ssize_t i = 0;
+    for (; i + 4 <= rows; i += 4) {
+        const float *x0 = x + i * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
+        const float *q = qr + i * K;
+        for (int m = 0; m < K; m++) {
+            float q0 = q[m], q1 = q[K + m], q2 = q[2 * K + m], q3 = q[3 * K + m];
+            float *c = col_t + m * cols;
+            for (Py_ssize_t j = 0; j < full; j += L) {
+                vf acc = loadv(c + j);
+                acc += loadv(x0 + j) * q0;
+                acc += loadv(x1 + j) * q1;
+                acc += loadv(x2 + j) * q2;
+                acc += loadv(x3 + j) * q3;
+                storev(c + j, acc);
+            }
+            for (Py_ssize_t j = full; j < cols; j++) {
+                float acc = c[j];
+                acc += x0[j] * q0;
+                acc += x1[j] * q1;
+                acc += x2[j] * q2;
+                acc += x3[j] * q3;
+                c[j] = acc;
+            }
+        }
+    }
+    for (; i < rows; i++) {
+        const float *x0 = x + i * cols;
+        for (int m = 0; m < K; m++) {
+            float q0 = qr[i * K + m], *c = col_t + m * cols;
+            for (Py_ssize_t j = 0; j < cols; j++) c[j] += x0[j] * q0;
+        }
+    }
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t need, const char *what) {
+    /* need < 0: a strided 2-D buffer whose shape the caller has checked */
+    int layout = need < 0 ? PyBUF_STRIDES : PyBUF_C_CONTIGUOUS;
+    if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | layout) < 0) return -1;
+    if (view->len < need) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, needs %zd", what, view->len, need);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- CRC-32 (zlib's polynomial, reflected 0xEDB88320) ------------------------------------
+ * The index stores zlib.crc32 of each tensor's bytes. zlib 1.2 computes it at about 5 GB/s;
+ * folding with carry-less multiplies (Gopal et al., "Fast CRC Computation for Generic
+ * Polynomials Using PCLMULQDQ", Intel 2009; the constants are those of its CRC-32 example)
+ * is several times faster, and is done here on the tile's bytes while they are in cache.
+ * Tests check it against zlib.crc32 for every length 0..300 and random buffers. */
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+/* crc here is the running register (already inverted), as in zlib's inner loop. */
+static uint32_t crc_bytes(uint32_t crc, const unsigned char *buf, size_t len) {
+    while (len--) crc = crc_table[(crc ^ *buf++) & 0xff] ^ (crc >> 8);
+    return crc;
+}
+
+#ifdef HAVE_CLMUL_X86
+__attribute__((target("pclmul,sse4.1"))) static uint32_t crc_fold(uint32_t crc, const unsigned char *buf,
+                                                                 size_t len) {
+    /* len >= 64 and a multiple of 16 */
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4);
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
+    const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124);
+    const __m128i poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
+    __m128i x0, x1, x2, x3, x4, x5, x6, x7, x8;
+    x1 = _mm_loadu_si128((const __m128i *)(buf + 0x00));
+    x2 = _mm_loadu_si128((const __m128i *)(buf + 0x10));
+    x3 = _mm_loadu_si128((const __m128i *)(buf + 0x20));
+    x4 = _mm_loadu_si128((const __m128i *)(buf + 0x30));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    x0 = k1k2;
+    buf += 64;
+    len -= 64;
+    while (len >= 64) {
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
+        x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
+        x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
+        x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
+        x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), _mm_loadu_si128((const __m128i *)(buf + 0x00)));
+        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), _mm_loadu_si128((const __m128i *)(buf + 0x10)));
+        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), _mm_loadu_si128((const __m128i *)(buf + 0x20)));
+        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), _mm_loadu_si128((const __m128i *)(buf + 0x30)));
+        buf += 64;
+        len -= 64;
+    }
+    x0 = k3k4;
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, x0, 0x11), x2), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, x0, 0x11), x3), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, x0, 0x11), x4), x5);
+    while (len >= 16) {
+        x2 = _mm_loadu_si128((const __m128i *)buf);
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, x0, 0x11), x2), x5);
+        buf += 16;
+        len -= 16;
+    }
+    /* 128 -> 64 bits */
+    x2 = _mm_clmulepi64_si128(x1, x0, 0x10);
+    x3 = _mm_setr_epi32(~0, 0, ~0, 0);
+    x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), x2);
+    x0 = k5k0;
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_and_si128(x1, x3);
+    x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, x0, 0x00), x2);
+    /* Barrett reduction to 32 bits */
+    x0 = poly;
+    x2 = _mm_and_si128(x1, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x10);
+    x2 = _mm_and_si128(x2, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+
+static int have_clmul = 0;
+#endif
+
+/* zlib.crc32(buf, crc) */
+static uint32_t crc32_update(uint32_t crc, const unsigned char *buf, size_t len) {
+    uint32_t c = ~crc;
+#ifdef HAVE_CLMUL_X86
+    if (have_clmul && len >= 64) {
+        size_t bulk = len & ~(size_t)15;
+        c = crc_fold(c, buf, bulk);
+        buf += bulk;
+        len -= bulk;
+    }
+#endif
+    return ~crc_bytes(c, buf, len);
+}
+
+/* ---- Block folding ------------------------------------------------------------------------
+ * part[t * t_step + m * m_step]: projections of consecutive axis positions first, first+1, ...;
+ * adds P[(first + t) % BLOCK] * part[t] into out[(first + t) / BLOCK - first / BLOCK] in
+ * float64, positions in order: the sums of fingerprint._fold_blocks. */
+#define BLOCK 16
+static void fold_blocks(const float *part, Py_ssize_t n, Py_ssize_t t_step, Py_ssize_t m_step, Py_ssize_t first,
+                        const float *p, double *out) {
+    Py_ssize_t base = first / BLOCK;
+    for (Py_ssize_t t = 0; t < n; t++) {
+        Py_ssize_t position = first + t;
+        const float *weights = p + (position % BLOCK) * K;
+        double *o = out + (position / BLOCK - base) * K;
+        for (int m = 0; m < K; m++) o[m] += (double)(part[t * t_step + m * m_step] * weights[m]);
+    }
+}
+
+PyDoc_STRVAR(reduce_tile_doc,
+"reduce_tile(raw, kind, rows, cols, row0, col0, q_cols_t, q_rows, p, values, row_part, col_part,\n"
+"            row_sketch, col_sketch) -> (crc32, s1, s2, s3, s4, lowest, highest, zeros, nonfinite)\n\n"
+"raw: the tile's little-endian bytes; kind 0 = F32, 1 = BF16, 2 = F16. q_cols_t: Q of the\n"
+"tile's columns transposed, K x (row stride) float32, a 2-D buffer. Writes the decoded float32\n"
+"values, the projections (row_part rows x K, col_part K x cols, scratch) and adds\n"
+"the block-folded sketches into row_sketch and col_sketch (float64, zeroed by the caller).\n"
+"crc32 is zlib.crc32(raw). When nonfinite is True the statistics are not meaningful: use\n"
+"the numpy path.");
+
+static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
+    PyObject *raw_o, *qc_o, *qr_o, *p_o, *values_o, *row_o, *col_o, *rs_o, *cs_o;
+    int kind;
+    Py_ssize_t rows, cols, row0, col0;
+    if (!PyArg_ParseTuple(args, "OinnnnOOOOOOOO", &raw_o, &kind, &rows, &cols, &row0, &col0, &qc_o, &qr_o,
+                          &p_o, &values_o, &row_o, &col_o, &rs_o, &cs_o))
+        return NULL;
+    if (kind < SRC_F32 || kind > SRC_F16 || rows < 0 || cols < 0 || row0 < 0 || col0 < 0 || rows * cols < L) {
+        PyErr_SetString(PyExc_ValueError, "bad kind or shape");
+        return NULL;
+    }
+    Py_ssize_t n = rows * cols, itemsize = kind == SRC_F32 ? 4 : 2, qt_stride = 0;
+    Py_ssize_t row_blocks = (row0 + rows - 1) / BLOCK - row0 / BLOCK + 1;
+    Py_ssize_t col_blocks = (col0 + cols - 1) / BLOCK - col0 / BLOCK + 1;
+    {
+        Py_buffer probe;
+        if (PyObject_GetBuffer(qc_o, &probe, PyBUF_STRIDES) < 0) return NULL;
+        int ok = probe.ndim == 2 && probe.shape[0] == K && probe.shape[1] >= cols && probe.strides[1] == 4;
+        qt_stride = ok ? probe.strides[0] / 4 : 0;
+        PyBuffer_Release(&probe);
+        if (!ok) {
+            PyErr_SetString(PyExc_ValueError, "q_cols_t must be K x cols float32 with unit column stride");
+            return NULL;
+        }
+    }
+    Py_buffer b[10];
+    PyObject *objects[10] = {raw_o, qc_o, qr_o, p_o, values_o, row_o, col_o, rs_o, cs_o, NULL};
+    const Py_ssize_t need[9] = {n * itemsize, -1, rows * K * 4, BLOCK * K * 4, n * 4,
+                                rows * K * 4, cols * K * 4, row_blocks * K * 8, col_blocks * K * 8};
+    const char *names[9] = {"raw", "q_cols", "q_rows", "p", "values", "row_part", "col_part",
+                            "row_sketch", "col_sketch"};
+    int got = 0;
+    for (; got < 9; got++)
+        if (get_buffer(objects[got], &b[got], got >= 4, need[got], names[got]) < 0) break;
+    if (got < 9) {
+        while (got--) PyBuffer_Release(&b[got]);
+        return NULL;
+    }
+    Stats stats;
+    uint32_t crc;
+    Py_BEGIN_ALLOW_THREADS
+    crc = crc32_update(0, (const unsigned char *)b[0].buf, (size_t)b[0].len < (size_t)(n * itemsize)
+                                                                 ? (size_t)b[0].len : (size_t)(n * itemsize));
+    /* Groups of rows small enough to stay in L1 while decoded, summarised and projected.
+     * The group size depends on cols only; the sketches do not depend on it at all (each
+     * sum runs over one row, or over rows in order). */
+    Py_ssize_t group = cols >= GROUP_ELEMS ? 1 : GROUP_ELEMS / cols / 4 * 4;
+    if (group == 0) group = 1;
+    float *x = (float *)b[4].buf;
+    StatsAcc acc;
+    stats_start(&acc);
+    memset(b[6].buf, 0, (size_t)cols * K * sizeof(float));
+    for (Py_ssize_t i0 = 0; i0 < rows; i0 += group) {
+        Py_ssize_t g = rows - i0 < group ? rows - i0 : group;
+        float *xg = x + i0 * cols;
+        for (Py_ssize_t i = 0; i < g; i++)
+            decode_row((const char *)b[0].buf + (i0 + i) * cols * itemsize, kind, cols, xg + i * cols);
+        stats_add(&acc, xg, g * cols);
+        row_sketch(xg, g, cols, (const float *)b[1].buf, qt_stride, (float *)b[5].buf + i0 * K);
+        col_sketch(xg, g, cols, (const float *)b[2].buf + i0 * K, (float *)b[6].buf);
+    }
+    stats_finish(&acc, &stats);
+    if (!stats.nonfinite) {
+        fold_blocks((const float *)b[5].buf, rows, K, 1, row0, (const float *)b[3].buf, (double *)b[7].buf);
+        fold_blocks((const float *)b[6].buf, cols, 1, cols, col0, (const float *)b[3].buf, (double *)b[8].buf);
+    }
+    Py_END_ALLOW_THREADS
+    for (int k = 8; k >= 0; k--) PyBuffer_Release(&b[k]);
+    return Py_BuildValue("kddddddLO", (unsigned long)crc, stats.sums[0], stats.sums[1], stats.sums[2],
+                         stats.sums[3], (double)stats.lowest, (double)stats.highest, stats.zeros,
+                         stats.nonfinite ? Py_True : Py_False);
+}
+
+PyDoc_STRVAR(crc32_doc, "crc32(data, value=0) -> int: the same as zlib.crc32, faster on x86-64 with PCLMUL.");
+
+static PyObject *py_crc32(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    unsigned long value = 0;
+    if (!PyArg_ParseTuple(args, "y*|k", &data, &value)) return NULL;
+    uint32_t crc;
+    Py_BEGIN_ALLOW_THREADS
+    crc = crc32_update((uint32_t)value, (const unsigned char *)data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+PyDoc_STRVAR(signs_doc,
+"signs(start, stop, seed, out): out[(i - start) * 8 + m] = +-1 from splitmix64(i * 8 + m + seed),\n"
+"the sign of its top bit (fingerprint._signs without the numpy temporaries).");
+
+static PyObject *py_signs(PyObject *self, PyObject *args) {
+    Py_ssize_t start, stop;
+    unsigned long long seed;
+    PyObject *out_o;
+    if (!PyArg_ParseTuple(args, "nnKO", &start, &stop, &seed, &out_o)) return NULL;
+    if (start < 0 || stop < start) {
+        PyErr_SetString(PyExc_ValueError, "bad range");
+        return NULL;
+    }
+    Py_buffer out;
+    if (get_buffer(out_o, &out, 1, (stop - start) * K * 4, "out") < 0) return NULL;
+    float *o = (float *)out.buf;
+    for (Py_ssize_t t = 0; t < (stop - start) * K; t++) {
+        uint64_t z = (uint64_t)(start * K + t) + seed + 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        o[t] = (z >> 63) ? -1.0f : 1.0f;
+    }
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"reduce_tile", py_reduce_tile, METH_VARARGS, reduce_tile_doc},
+    {"crc32", py_crc32, METH_VARARGS, crc32_doc},
+    {"signs", py_signs, METH_VARARGS, signs_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fused", "Fused tile reduction for weightidx (optional; numpy is the fallback).",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__fused(void) {
+    crc_init();
+#ifdef HAVE_CLMUL_X86
+    __builtin_cpu_init();
+    have_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "MIN_ELEMENTS", L) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
