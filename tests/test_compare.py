@@ -11,6 +11,7 @@ import pytest
 from tests import derive
 from tests.conftest import trained_like, write_tensors
 from weightidx.compare import compare_paths
+from weightidx.html import render_html
 
 Key = tuple[str, tuple | None, str, tuple | None]
 
@@ -372,6 +373,9 @@ def test_permuted_neurons_and_heads_are_recovered(tmp_path: Path, seed: int) -> 
     assert found["layer.0.mlp.up.weight"]["permutation"]["order"] == rows.tolist()
     assert all(m["correlation"] == pytest.approx(1.0) and m["verdict"] == "match" for m in found.values())
     assert found["layer.0.mlp.up.weight"]["a"]["key"] == "layer.0.mlp.up.weight"
+    page = render_html(report)
+    assert page.count("<li>layer.") >= 3 and 'id="permutations"' in page
+    assert "layer.0.mlp.up.weight = layer.0.mlp.up.weight with its rows reordered" in page
 
 
 def test_twins_get_no_permutation_match(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import trained_like, write_tensors
 from weightidx.compare import compare_paths
+from weightidx.demo import write_seed_pair
+from weightidx.html import render_html
 
 
 def model(rng: np.random.Generator, width: int, inputs: dict[str, int]) -> dict:
@@ -72,6 +74,8 @@ def test_width_pruned_derivation_stands_far_above_the_controls(
     assert next(x for x in axes if x["side"] == "output")["z_score"] is None  # one head: no controls
     assert "derived from A's" in report["lineage"]["verdict"]
     assert "Across the width change" in report["summary"]["verdict"]
+    page = render_html(report)
+    assert 'id="lineage-verdict"' in page and page.count("<tr><td>input</td>") == 3
 
 
 @pytest.mark.parametrize("seed", [2, 3])
@@ -102,3 +106,22 @@ def test_width_projected_derivation_is_traced(tmp_path: Path, seed: int) -> None
     report = lineage_of(tmp_path, a, b)
     assert all(x["z_score"] > 5 for x in report["lineage"]["axes"] if x["side"] == "input")
     assert "derived from A's" in report["lineage"]["verdict"]
+
+
+def test_seed_pair_shapes_verdicts_name_the_axes(tmp_path: Path) -> None:
+    """The Wan-vs-LongCat case at reduced width: no weight shape shared, the text axis (= B's width)
+    and the timestep, patch-in and patch-out axes compared; derived is called derived, the
+    independent model is not."""
+    paths = write_seed_pair(tmp_path, blocks=2, wide=160, narrow=128, text_dim=128)
+    derived = compare_paths(paths["a"], paths["derived"], cache=tmp_path / "cache")
+    independent = compare_paths(paths["a"], paths["independent"], cache=tmp_path / "cache")
+    for report in (derived, independent):
+        assert report["summary"]["scenario"] == "incompatible"
+        sizes = {(x["side"], x["size"]) for x in report["lineage"]["axes"]}
+        assert {("input", 128), ("input", 256), ("input", 64), ("output", 64)} <= sizes
+        assert "input axis of size 128 (text_embedding.0.weight vs " in report["lineage"]["verdict"]
+    text = next(x for x in derived["lineage"]["axes"] if x["size"] == 128)
+    assert text["b"] == "y_embedder.y_proj.0.weight" and text["z_score"] > 5 and text["mantel_p"] <= 0.01
+    assert "derived from A's" in derived["lineage"]["verdict"]
+    assert all(x["mantel_z"] < 5 for x in independent["lineage"]["axes"])
+    assert "derived from A's" not in independent["lineage"]["verdict"]

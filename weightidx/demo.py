@@ -222,13 +222,7 @@ def longcat_tensors(
     return out, truth
 
 
-def write_demo_pair(folder: Path | str, config: DemoConfig = DemoConfig()) -> dict[str, Path]:
-    """Write ``wan_a.safetensors``, ``longcat_b.safetensors``, ``truth.json`` and a LoRA for A
-    (``wan_a_lora.safetensors``) into ``folder``.
-
-    Returns:
-        The paths written, by role: ``a``, ``b``, ``truth``, ``lora``.
-    """
+def _make_folder(folder: Path | str) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -236,6 +230,17 @@ def write_demo_pair(folder: Path | str, config: DemoConfig = DemoConfig()) -> di
         raise OutputError(
             f"{folder}: cannot create the folder ({exc.strerror or exc}); choose another"
         ) from None
+    return folder
+
+
+def write_demo_pair(folder: Path | str, config: DemoConfig = DemoConfig()) -> dict[str, Path]:
+    """Write ``wan_a.safetensors``, ``longcat_b.safetensors``, ``truth.json`` and a LoRA for A
+    (``wan_a_lora.safetensors``) into ``folder``.
+
+    Returns:
+        The paths written, by role: ``a``, ``b``, ``truth``, ``lora``.
+    """
+    folder = _make_folder(folder)
     source = wan_tensors(config)
     derived, truth = longcat_tensors(config, source)
     paths = {
@@ -256,6 +261,67 @@ def write_demo_pair(folder: Path | str, config: DemoConfig = DemoConfig()) -> di
     }
     paths["truth"].write_text(json.dumps(document, indent=1) + "\n")
     paths["lora"] = write_demo_lora(folder / "wan_a_lora.safetensors", config)
+    return paths
+
+
+def pruned_wan_tensors(
+    source: dict[str, tuple[tuple[int, ...], Maker]], config: DemoConfig, narrow: DemoConfig, level: float
+) -> dict[str, tuple[tuple[int, ...], Maker]]:
+    """A's Wan-style tensors cut down to ``narrow``'s width: a fixed random choice of hidden
+    units (and of FFN units) is kept on every axis of that size, then fine-tuning noise
+    ``level`` is added. Interface axes (text, timestep, patch) keep their size."""
+    rng = np.random.default_rng(_seed(config.seed, "prune", narrow.width))
+    keep = np.sort(rng.choice(config.width, narrow.width, replace=False))
+    keep_ffn = np.sort(rng.choice(config.ffn_width, narrow.ffn_width, replace=False))
+    by_size = {
+        config.width: keep,
+        config.ffn_width: keep_ffn,
+        6 * config.width: np.concatenate([keep + k * config.width for k in range(6)]),
+    }
+    out: dict[str, tuple[tuple[int, ...], Maker]] = {}
+    for key, (shape, maker) in source.items():
+        block = key.split(".")[1] if key.startswith("blocks.") else None
+        if block is not None and int(block) >= narrow.blocks:
+            continue
+        cuts = [(axis, by_size[size]) for axis, size in enumerate(shape) if size in by_size]
+        new_shape = tuple(len(by_size[size]) if size in by_size else size for size in shape)
+
+        def make(maker: Maker = maker, cuts: list = cuts, key: str = key) -> np.ndarray:
+            values = maker()
+            for axis, kept in cuts:
+                values = np.take(values, kept, axis=axis)
+            return _finetuned(lambda: values, level, _seed(config.seed, "prune-tune", key))()
+
+        out[key] = (new_shape, make)
+    return out
+
+
+def write_seed_pair(
+    folder: Path | str, blocks: int = 2, wide: int = 5120, narrow: int = 4096, text_dim: int = 4096
+) -> dict[str, Path]:
+    """The seed's hard case at full width, few blocks: a Wan2.1-style A (width ``wide``) and two
+    LongCat-style models of width ``narrow``: ``derived`` (A's hidden units pruned, fine-tuned
+    with noise 0.3, renamed and fused as LongCat) and ``independent`` (same recipe, its own
+    initialisation, one block deeper). No weight matrix shape is shared across the widths.
+
+    Returns:
+        The paths written, by role: ``a``, ``derived``, ``independent``.
+    """
+    folder = _make_folder(folder)
+    config_a = DemoConfig(width=wide, blocks=blocks, text_dim=text_dim)
+    config_b = DemoConfig(width=narrow, blocks=blocks, text_dim=text_dim)
+    source = wan_tensors(config_a)
+    derived, _ = longcat_tensors(config_b, pruned_wan_tensors(source, config_a, config_b, level=0.3))
+    twin_config = DemoConfig(width=narrow, blocks=blocks + 1, text_dim=text_dim, seed=1)
+    independent, _ = longcat_tensors(twin_config, wan_tensors(twin_config))
+    paths = {
+        "a": folder / "wan_like.safetensors",
+        "derived": folder / "longcat_like_pruned_from_a.safetensors",
+        "independent": folder / "longcat_like_independent.safetensors",
+    }
+    write_safetensors(paths["a"], [TensorSpec(k, config_a.dtype, s, m) for k, (s, m) in source.items()])
+    for role, tensors in (("derived", derived), ("independent", independent)):
+        write_safetensors(paths[role], [TensorSpec(k, dt, s, m) for k, (s, m, dt) in tensors.items()])
     return paths
 
 

@@ -165,6 +165,44 @@ def _match_table(report: dict) -> str:
     )
 
 
+def _lineage(report: dict) -> str:
+    """The cross-width section (present only when compare looked across a width change)."""
+    lineage = report.get("lineage")
+    if not lineage:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_esc(axis['side'])}</td><td>{axis['size']}</td><td>{_esc(axis['a'])}</td>"
+        f"<td>{_esc(axis['b'])}</td><td>{_number(axis['score'], 3)}</td>"
+        f"<td>{_number(axis['null_mean'], 3)} ± {_number(axis['null_std'], 3)} ({axis['null_pairs']})</td>"
+        f"<td>{_number(axis['z_score'], 1)}</td></tr>"
+        for axis in lineage["axes"]
+    )
+    table = (
+        '<table id="lineage"><thead><tr><th>side</th><th>axis size</th><th>A tensor</th><th>B tensor</th>'
+        "<th>Gram correlation</th><th>controls (pairs)</th><th>z</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+        if rows
+        else ""
+    )
+    return (
+        "<h2>Lineage across the width change</h2>"
+        f'<div class="verdict" id="lineage-verdict">{_esc(lineage["verdict"])}</div>{table}'
+    )
+
+
+def _permutations(report: dict) -> str:
+    permuted = [m for m in report["matches"] if m.get("permutation")]
+    if not permuted:
+        return ""
+    items = "".join(
+        f"<li>{_esc(region_text(m['b']))} = {_esc(region_text(m['a']))} with its "
+        f"{'rows' if m['permutation']['axis'] == 0 else 'columns'} reordered "
+        f"({m['permutation']['moved']:.0%} of them moved), correlation {_number(m['correlation'], 3)}</li>"
+        for m in permuted
+    )
+    return f'<h2>Permuted neurons or heads</h2><ul id="permutations">{items}</ul>'
+
+
 def _unmatched(report: dict) -> str:
     columns = []
     for side in ("a", "b"):
@@ -251,6 +289,8 @@ def render_html(report: dict) -> str:
 {_type_table(report)}
 <h2>Matches</h2>
 {_match_table(report)}
+{_permutations(report)}
+{_lineage(report)}
 <h2>Unmatched tensors</h2>
 {_unmatched(report)}
 <p class="empty">weightidx {_esc(report["tool"]["version"])} · report schema {report["schema_version"]}</p>

@@ -42,6 +42,8 @@ class AxisResult:
     null_std: float | None
     null_pairs: int
     z_score: float | None
+    mantel_z: float  # the score against the same pair with B's axis shuffled (a Mantel test)
+    mantel_p: float
 
     def as_json(self) -> dict:
         return {
@@ -54,6 +56,8 @@ class AxisResult:
             "null_std": _round(self.null_std),
             "null_pairs": self.null_pairs,
             "z_score": _round(self.z_score),
+            "mantel_z": _round(self.mantel_z),
+            "mantel_p": _round(self.mantel_p),
         }
 
 
@@ -86,20 +90,51 @@ def shared_axes(a: IndexedModel, b: IndexedModel) -> dict[tuple[str, int], tuple
     return found
 
 
-def gram_signature(values: np.ndarray, side: str) -> np.ndarray:
-    """Off-diagonal entries of the Gram matrix over the shared axis, centred and unit-norm."""
+def gram_matrix(values: np.ndarray, side: str) -> np.ndarray:
+    """The correlation matrix over the shared axis (axis x axis, float32), columns centred."""
     matrix = values.astype(np.float32)
     if side == "output":
         matrix = matrix.T
     matrix = matrix - matrix.mean(axis=0, keepdims=True)
     gram = matrix.T @ matrix
     scale = np.sqrt(np.clip(np.diag(gram), 1e-30, None))
-    gram = gram / scale[:, None] / scale[None, :]
+    return gram / scale[:, None] / scale[None, :]
+
+
+def signature(gram: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Off-diagonal entries of a Gram matrix (its axis reordered by ``order``), centred, unit-norm."""
     rows, cols = _pairs(gram.shape[0])
+    if order is not None:
+        rows, cols = order[rows], order[cols]
     entries = gram[rows, cols].astype(np.float64)
     entries -= entries.mean()
     norm = np.linalg.norm(entries)
     return entries / norm if norm > 0 else entries
+
+
+def gram_signature(values: np.ndarray, side: str) -> np.ndarray:
+    """Off-diagonal entries of the Gram matrix over the shared axis, centred and unit-norm."""
+    return signature(gram_matrix(values, side))
+
+
+_PERMUTATIONS = 99
+
+
+def mantel(gram_a: np.ndarray, gram_b: np.ndarray, score: float, seed: int) -> tuple[float, float]:
+    """z-score and p-value of ``score`` against B's axis shuffled (Mantel's permutation test).
+
+    Shuffling the axis keeps each matrix's own structure and destroys only the
+    correspondence between A's position i and B's position i, which is what derivation keeps.
+    """
+    target = signature(gram_a)
+    rng = np.random.default_rng(seed)
+    null = np.array(
+        [float(target @ signature(gram_b, rng.permutation(gram_b.shape[0]))) for _ in range(_PERMUTATIONS)]
+    )
+    spread = max(float(null.std()), 1e-12)
+    z = (abs(score) - abs(float(null.mean()))) / spread
+    p = (1 + int(np.count_nonzero(np.abs(null) >= abs(score)))) / (1 + _PERMUTATIONS)
+    return z, p
 
 
 _MAX_ENTRIES = 1 << 18
@@ -129,6 +164,9 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
             ((float(sa @ sb), ka, kb) for ka, sa in signatures_a.items() for kb, sb in signatures_b.items()),
             key=lambda item: abs(item[0]),
         )
+        mantel_z, mantel_p = mantel(
+            gram_matrix(read(a, best[1]), side), gram_matrix(read(b, best[2]), side), best[0], seed=size
+        )
         null = [
             float(s1 @ s2)
             for signatures in (signatures_a, signatures_b)
@@ -143,7 +181,9 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
             # A few controls can agree by chance; never trust a spread below the statistic's own
             # sampling spread for independent matrices, about 1/sqrt(axis size).
             z = (abs(best[0]) - abs(mean)) / max(std, 1 / math.sqrt(size))
-        results.append(AxisResult(side, size, best[1], best[2], best[0], mean, std, len(null), z))
+        results.append(
+            AxisResult(side, size, best[1], best[2], best[0], mean, std, len(null), z, mantel_z, mantel_p)
+        )
     return {"axes": [r.as_json() for r in results], "verdict": _verdict(results)}
 
 
@@ -160,6 +200,7 @@ def _verdict(results: list[AxisResult]) -> str:
             if r.z_score is not None
             else f", too few within-model controls ({r.null_pairs}) to judge"
         )
+        + f", axis-shuffle z = {r.mantel_z:.1f} (p = {r.mantel_p:.2f})"
         for r in results
     )
     decided = [r for r in results if r.z_score is not None and r.z_score >= _DECIDE_Z and abs(r.score) > 0.5]
@@ -172,7 +213,9 @@ def _verdict(results: list[AxisResult]) -> str:
         )
     if undecided and len(undecided) == len(results):
         return (
-            f"Compared the axes both models share ({described}); without controls the evidence cannot decide."
+            f"Compared the axes both models share ({described}). Without within-model controls the "
+            "evidence cannot decide: an axis-shuffle test shows whether positions correspond, but "
+            "models trained on the same inputs (the same text encoder, say) can correspond too."
         )
     return (
         f"Compared the axes both models share ({described}). None stands clear of the within-model "

@@ -1,0 +1,40 @@
+"""The seed's pair at full width: Wan2.1-style (5120) vs LongCat-style (4096), two blocks each.
+
+Writes the pair once (build/seed_pair, about 3.5 GB in bf16), then compares A with a
+LongCat-style model pruned from it and with an independently initialised one, and prints
+each lineage verdict. Not part of `make test` (it takes minutes); run it with
+`.venv/bin/python tests/benchmarks/seed_pair.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from weightidx.compare import compare_paths
+from weightidx.demo import write_seed_pair
+
+FOLDER = Path(__file__).resolve().parents[2] / "build" / "seed_pair"
+
+
+def main() -> None:
+    paths = {
+        "a": FOLDER / "wan_like.safetensors",
+        "derived": FOLDER / "longcat_like_pruned_from_a.safetensors",
+        "independent": FOLDER / "longcat_like_independent.safetensors",
+    }
+    if not all(path.exists() for path in paths.values()):
+        print("generating the full-width pair (5120 vs 4096, two blocks) ...", flush=True)
+        paths = write_seed_pair(FOLDER)
+    for role in ("derived", "independent"):
+        started = time.perf_counter()
+        report = compare_paths(paths["a"], paths[role], cache=FOLDER / "cache")
+        print(f"\n== A vs {paths[role].name}: {time.perf_counter() - started:.0f} s ==")
+        print("scenario:", report["summary"]["scenario"])
+        print(json.dumps(report["lineage"]["axes"], indent=1))
+        print(report["lineage"]["verdict"])
+
+
+if __name__ == "__main__":
+    main()
