@@ -445,38 +445,30 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bad kind or shape");
         return NULL;
     }
-    Py_ssize_t n = rows * cols, itemsize = kind == SRC_F32 ? 4 : 2, qt_stride = 0;
+    Py_ssize_t n = rows * cols, itemsize = kind == SRC_F32 ? 4 : 2;
     Py_ssize_t row_blocks = (row0 + rows - 1) / BLOCK - row0 / BLOCK + 1;
     Py_ssize_t col_blocks = (col0 + cols - 1) / BLOCK - col0 / BLOCK + 1;
-    {
-        Py_buffer probe;
-        if (PyObject_GetBuffer(qc_o, &probe, PyBUF_STRIDES) < 0) return NULL;
-        int ok = probe.ndim == 2 && probe.shape[0] == K && probe.shape[1] >= cols && probe.strides[1] == 4;
-        qt_stride = ok ? probe.strides[0] / 4 : 0;
-        PyBuffer_Release(&probe);
-        if (!ok) {
-            PyErr_SetString(PyExc_ValueError, "q_cols_t must be K x cols float32 with unit column stride");
-            return NULL;
-        }
-    }
-    Py_buffer b[10];
-    PyObject *objects[10] = {raw_o, qc_o, qr_o, p_o, values_o, row_o, col_o, rs_o, cs_o, NULL};
+    Py_buffer b[9];
+    PyObject *objects[9] = {raw_o, qc_o, qr_o, p_o, values_o, row_o, col_o, rs_o, cs_o};
     const Py_ssize_t need[9] = {n * itemsize, -1, rows * K * 4, BLOCK * K * 4, n * 4,
                                 rows * K * 4, cols * K * 4, row_blocks * K * 8, col_blocks * K * 8};
     const char *names[9] = {"raw", "q_cols", "q_rows", "p", "values", "row_part", "col_part",
                             "row_sketch", "col_sketch"};
     int got = 0;
-    for (; got < 9; got++)
-        if (get_buffer(objects[got], &b[got], got >= 4, need[got], names[got]) < 0) break;
-    if (got < 9) {
+    while (got < 9 && get_buffer(objects[got], &b[got], got >= 4, need[got], names[got]) == 0) got++;
+    /* q_cols_t is a strided view of the cached transposed Q: K rows of unit-stride floats. */
+    int valid = got == 9 && b[1].ndim == 2 && b[1].shape[0] == K && b[1].shape[1] >= cols && b[1].strides[1] == 4;
+    if (got == 9 && !valid)
+        PyErr_SetString(PyExc_ValueError, "q_cols_t must be K x cols float32 with unit column stride");
+    if (!valid) {
         while (got--) PyBuffer_Release(&b[got]);
         return NULL;
     }
+    Py_ssize_t qt_stride = b[1].strides[0] / 4;
     Stats stats;
     uint32_t crc;
     Py_BEGIN_ALLOW_THREADS
-    crc = crc32_update(0, (const unsigned char *)b[0].buf, (size_t)b[0].len < (size_t)(n * itemsize)
-                                                                 ? (size_t)b[0].len : (size_t)(n * itemsize));
+    crc = crc32_update(0, (const unsigned char *)b[0].buf, (size_t)(n * itemsize));
     /* Groups of rows small enough to stay in L1 while decoded, summarised and projected.
      * The group size depends on cols only; the sketches do not depend on it at all (each
      * sum runs over one row, or over rows in order). */

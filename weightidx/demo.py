@@ -286,13 +286,13 @@ def pruned_wan_tensors(
         cuts = [(axis, by_size[size]) for axis, size in enumerate(shape) if size in by_size]
         new_shape = tuple(len(by_size[size]) if size in by_size else size for size in shape)
 
-        def make(maker: Maker = maker, cuts: list = cuts, key: str = key) -> np.ndarray:
+        def cut(maker: Maker = maker, cuts: list = cuts) -> np.ndarray:
             values = maker()
             for axis, kept in cuts:
                 values = np.take(values, kept, axis=axis)
-            return _finetuned(lambda: values, level, _seed(config.seed, "prune-tune", key))()
+            return values
 
-        out[key] = (new_shape, make)
+        out[key] = (new_shape, _finetuned(cut, level, _seed(config.seed, "prune-tune", key)))
     return out
 
 

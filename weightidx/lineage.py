@@ -120,13 +120,13 @@ def gram_signature(values: np.ndarray, side: str) -> np.ndarray:
 _PERMUTATIONS = 99
 
 
-def mantel(gram_a: np.ndarray, gram_b: np.ndarray, score: float, seed: int) -> tuple[float, float]:
-    """z-score and p-value of ``score`` against B's axis shuffled (Mantel's permutation test).
+def mantel(target: np.ndarray, gram_b: np.ndarray, score: float, seed: int) -> tuple[float, float]:
+    """z-score and p-value of ``score = target @ signature(gram_b)`` against B's axis shuffled
+    (Mantel's permutation test); ``target`` is A's signature.
 
     Shuffling the axis keeps each matrix's own structure and destroys only the
     correspondence between A's position i and B's position i, which is what derivation keeps.
     """
-    target = signature(gram_a)
     rng = np.random.default_rng(seed)
     null = np.array(
         [float(target @ signature(gram_b, rng.permutation(gram_b.shape[0]))) for _ in range(_PERMUTATIONS)]
@@ -164,9 +164,10 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
             ((float(sa @ sb), ka, kb) for ka, sa in signatures_a.items() for kb, sb in signatures_b.items()),
             key=lambda item: abs(item[0]),
         )
-        mantel_z, mantel_p = mantel(
-            gram_matrix(read(a, best[1]), side), gram_matrix(read(b, best[2]), side), best[0], seed=size
-        )
+        # B's Gram matrix is rebuilt (one read) rather than kept for every candidate: at axis 4096
+        # each is 64 MB. A's side needs only its signature, already computed.
+        gram_b = gram_matrix(read(b, best[2]), side)
+        mantel_z, mantel_p = mantel(signatures_a[best[1]], gram_b, best[0], seed=size)
         null = [
             float(s1 @ s2)
             for signatures in (signatures_a, signatures_b)
