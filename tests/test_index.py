@@ -171,7 +171,7 @@ def test_fingerprints_do_not_depend_on_tensor_order_or_worker_count(
     forward = write("forward.safetensors", tensors)
     backward = write("backward.safetensors", dict(reversed(tensors.items())))
     index_checkpoint(forward, tmp_path / "inline.parquet", workers=1)
-    monkeypatch.setattr(index_module, "_PROCESS_POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(index_module, "PROCESS_POOL_MIN_BYTES", 0)
     index_checkpoint(backward, tmp_path / "pool.parquet", workers=2)
     inline, pool = read_rows(tmp_path / "inline.parquet"), read_rows(tmp_path / "pool.parquet")
     for key in tensors:
@@ -199,3 +199,72 @@ def test_output_folder_must_exist(demo_pair, tmp_path: Path) -> None:
 
     with pytest.raises(OutputError, match=r"folder .* does not exist; create it or choose another -o"):
         index_checkpoint(demo_pair["a"], tmp_path / "missing" / "a.parquet")
+
+
+def test_record_batch_matches_pyarrow_from_pylist() -> None:
+    import pyarrow as pa
+
+    from weightidx._arrow import record_batch
+
+    rows = [
+        {"key": "blocks.0.ß", "shape": [4, 2], "numel": 8, "supported": True, "mean": 0.5,
+         "row_sketch": np.arange(3, dtype=np.float32), "sample_rows": 2},
+        {"key": "b", "shape": [], "numel": None, "supported": False, "unsupported_reason": "F4",
+         "row_sketch": None},
+        {"key": "", "shape": [7], "numel": 7, "supported": True, "mean": None,
+         "row_sketch": np.zeros(0, dtype=np.float32), "sample_rows": None},
+    ]  # fmt: skip
+    expected = pa.RecordBatch.from_pylist(
+        [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in row.items()} for row in rows],
+        schema=INDEX_SCHEMA,
+    )
+    built = record_batch(rows, INDEX_SCHEMA)
+    built.validate(full=True)
+    assert built.equals(expected)
+    assert record_batch([], INDEX_SCHEMA).equals(pa.RecordBatch.from_pylist([], schema=INDEX_SCHEMA))
+
+
+def test_index_stage_does_not_import_pandas(demo_pair, tmp_path: Path) -> None:
+    # pyarrow imports pandas at its first conversion from Python objects: 0.2 s of the run.
+    code = (
+        "import sys; from weightidx import index_checkpoint; "
+        f"index_checkpoint({str(demo_pair['a'])!r}, {str(tmp_path / 'a.parquet')!r}); "
+        "print('pandas' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout == "False\n"
+
+
+def test_cli_starts_workers_only_for_checkpoints_worth_them(tmp_path: Path) -> None:
+    from weightidx._spawn import PROCESS_POOL_MIN_BYTES, planned_workers
+
+    small, large = tmp_path / "small.safetensors", tmp_path / "shards" / "a.safetensors"
+    small.write_bytes(b"x" * 1000)
+    large.parent.mkdir()
+    with large.open("wb") as handle:  # sparse: the size is what counts
+        handle.truncate(PROCESS_POOL_MIN_BYTES)
+    assert planned_workers(small, 2) == 0
+    assert planned_workers(large, 1) == 0
+    assert planned_workers(large, 2) == 2
+    assert planned_workers(large.parent, 3) == 3  # a folder of shards
+    assert planned_workers(tmp_path / "missing.safetensors", 2) == 0  # the index stage reports it
+
+
+def test_prestarted_workers_are_used_or_stopped(demo_pair, tmp_path: Path, monkeypatch) -> None:
+    from weightidx import _spawn
+
+    with _spawn.prestarted(1):
+        (unused,) = _spawn._prestarted
+    assert unused.poll() is not None and not _spawn._prestarted  # not taken: stopped on exit
+    monkeypatch.setattr(index_module, "PROCESS_POOL_MIN_BYTES", 0)
+    with _spawn.prestarted(2):
+        ready = list(_spawn._prestarted)
+        index_checkpoint(demo_pair["a"], tmp_path / "a.parquet", workers=2)
+        assert not _spawn._prestarted  # both taken by the index stage
+    assert all(proc.poll() == 0 for proc in ready)
+    index_checkpoint(demo_pair["a"], tmp_path / "inline.parquet", workers=1)
+    assert (
+        pq.read_table(tmp_path / "a.parquet")
+        .drop(["model"])
+        .equals(pq.read_table(tmp_path / "inline.parquet").drop(["model"]))
+    )

@@ -8,6 +8,7 @@ by compiling a plain variant (no AVX clones) and comparing bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import json
@@ -42,7 +43,11 @@ fused = fingerprint._fused
 needs_kernel = pytest.mark.skipif(fused is None, reason="the compiled kernel is not built (no C compiler)")
 SOURCE = Path(fingerprint.__file__).with_name("_fused.c")
 
-SHAPES = [(128, 2048), (64, 4096), (37, 53), (5120, 1), (1, 300_000), (3, 7), (16, 16), (200, 130)]
+SHAPES = [
+    (128, 2048), (64, 4096), (37, 53), (5120, 1), (1, 300_000), (3, 7), (16, 16), (200, 130),
+    (41, 1000),  # several column chunks, a remainder of rows and of columns
+    (9, 70_000),  # rows wider than a block
+]  # fmt: skip
 
 
 def tile_of(rows: int, cols: int, row0: int = 0, col0: int = 0) -> Tile:
@@ -215,3 +220,36 @@ def test_index_with_and_without_the_kernel_agree(demo_pair: dict[str, Path], tmp
         json.loads(pq.read_schema(path).metadata[METADATA_KEY])["kernel"] for path in (with_kernel, without)
     ]
     assert kernels == ["fused-c", "numpy"]
+
+
+# sha256 (first 16 hex digits) of every kernel output for a fixed input, per dtype. Computed with
+# the first kernel of sketch version 1 and unchanged since: a faster kernel must keep the bits
+# (the sums' order is part of the fingerprint), or the sketch version must change.
+KERNEL_DIGESTS = {"F32": "415bc07dba93c4d5", "BF16": "34ea87f90e78ec21", "F16": "0e52d7c6cd11fa8d"}
+DIGEST_SHAPES = [*SHAPES, (1024, 256), (300, 5120)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", sorted(KERNEL_DIGESTS))
+def test_kernel_output_bits_are_pinned(dtype: str) -> None:
+    digest = hashlib.sha256()
+    for shape in DIGEST_SHAPES:
+        index = np.arange(shape[0] * shape[1], dtype=np.int64)  # integer arithmetic: no libm, no RNG
+        values = ((index * 2654435761 % 65521) / 65521.0 - 0.5).astype(np.float32).reshape(shape)
+        raw = np.frombuffer(encode(values, dtype), dtype=np.uint8)
+        tile = tile_of(*shape)
+        if tile.numel < fused.MIN_ELEMENTS:
+            continue
+        reduced = reduce_raw_tile(raw, dtype, tile, sample_strides(*shape), Workspace())
+        assert reduced is not None
+        crc, result = reduced
+        for part in (
+            np.array([crc]),
+            result.power_sums,
+            result.row_sketch,
+            result.col_sketch,
+            result.sample,
+            np.array([result.minimum, result.maximum, result.zeros]),
+        ):
+            digest.update(np.ascontiguousarray(part).tobytes())
+    assert digest.hexdigest()[:16] == KERNEL_DIGESTS[dtype]

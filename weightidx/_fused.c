@@ -197,14 +197,24 @@ static void stats_finish(const StatsAcc *acc, Stats *stats) {
     stats->nonfinite = nonfinite;
 }
 
-/* Row sketch: row_out[i * K + m] = sum_j x[i, j] * qt[m * qt_stride + j], two rows per
- * load of qt. qt is Q of the tile's columns, transposed (K rows of qt_stride floats). */
+/* Both sketches walk the rows of a block (SKETCH_ELEMS values) one chunk of CHUNK columns
+ * at a time, with the chunk's K rows of Q (row sketch) or of column sums (column sketch)
+ * copied next to each other: they stay in L1 while every row of the block passes over
+ * them. In place, those K rows lie a power of two apart (1 MiB in the Q cache, cols floats
+ * in col_t) and evict each other from the same L1 sets. The order of every sum is unchanged
+ * by the chunking: each lane, or column, still adds its terms in increasing column, or row,
+ * order, so the results are those of a plain loop. */
+#define CHUNK 256
+#define SKETCH_ELEMS 65536 /* 256 KiB of float32: a block stays in L2 */
+
+/* Row sketch: row_out[i * K + m] = sum_j x[i, j] * qt[m * qt_stride + j]. qt is Q of the
+ * tile's columns, transposed (K rows of qt_stride floats). state holds each row's 16 lane
+ * sums per projection between chunks (rows * K * L floats). */
 CLONES EXACT_PRODUCTS static void row_sketch(const float *restrict x, Py_ssize_t rows, Py_ssize_t cols,
-                              const float *restrict qt, Py_ssize_t qt_stride, float *restrict row_out) {
-    Py_ssize_t full = cols / L * L;
-    Py_ssize_t i = 0;
+                                             const float *restrict qt, Py_ssize_t qt_stride,
+                                             float *restrict state, float *restrict row_out) {
     if (cols < L) { /* one partial vector per row: its lane sum is this sum, in this order */
-        for (; i < rows; i++)
+        for (Py_ssize_t i = 0; i < rows; i++)
             for (int m = 0; m < K; m++) {
                 float total = 0.0f;
                 for (Py_ssize_t j = 0; j < cols; j++) total += x[i * cols + j] * qt[m * qt_stride + j];
@@ -212,83 +222,92 @@ CLONES EXACT_PRODUCTS static void row_sketch(const float *restrict x, Py_ssize_t
             }
         return;
     }
-    for (; i + 2 <= rows; i += 2) {
-        const float *x0 = x + i * cols, *x1 = x0 + cols;
-        vf a0[K], a1[K];
-        for (int m = 0; m < K; m++) a0[m] = a1[m] = (vf){0};
-        for (Py_ssize_t j = 0; j < full; j += L) {
-            vf v0 = loadv(x0 + j), v1 = loadv(x1 + j);
+    Py_ssize_t full = cols / L * L;
+    memset(state, 0, (size_t)rows * K * L * sizeof(float));
+    float qc[K * CHUNK]; /* this chunk of qt, its K rows CHUNK floats apart */
+    for (Py_ssize_t c0 = 0; c0 < full; c0 += CHUNK) {
+        Py_ssize_t c1 = c0 + CHUNK < full ? c0 + CHUNK : full;
+        for (int m = 0; m < K; m++) memcpy(qc + m * CHUNK, qt + m * qt_stride + c0, (size_t)(c1 - c0) * sizeof(float));
+        Py_ssize_t i = 0;
+        for (; i + 2 <= rows; i += 2) { /* two rows per load of qc */
+            const float *x0 = x + i * cols, *x1 = x0 + cols;
+            float *s0 = state + i * K * L, *s1 = s0 + K * L;
+            vf a0[K], a1[K];
             for (int m = 0; m < K; m++) {
-                vf q = loadv(qt + m * qt_stride + j);
-                a0[m] += v0 * q;
-                a1[m] += v1 * q;
+                a0[m] = loadv(s0 + m * L);
+                a1[m] = loadv(s1 + m * L);
+            }
+            for (Py_ssize_t j = c0; j < c1; j += L) {
+                vf v0 = loadv(x0 + j), v1 = loadv(x1 + j);
+                for (int m = 0; m < K; m++) {
+                    vf q = loadv(qc + m * CHUNK + (j - c0));
+                    a0[m] += v0 * q;
+                    a1[m] += v1 * q;
+                }
+            }
+            for (int m = 0; m < K; m++) {
+                storev(s0 + m * L, a0[m]);
+                storev(s1 + m * L, a1[m]);
             }
         }
-        if (full < cols) {
-            vf v0 = load_tail(x0 + full, cols - full), v1 = load_tail(x1 + full, cols - full);
-            for (int m = 0; m < K; m++) {
-                vf q = load_tail(qt + m * qt_stride + full, cols - full);
-                a0[m] += v0 * q;
-                a1[m] += v1 * q;
+        for (; i < rows; i++) {
+            const float *x0 = x + i * cols;
+            float *s0 = state + i * K * L;
+            vf a0[K];
+            for (int m = 0; m < K; m++) a0[m] = loadv(s0 + m * L);
+            for (Py_ssize_t j = c0; j < c1; j += L) {
+                vf v0 = loadv(x0 + j);
+                for (int m = 0; m < K; m++) a0[m] += v0 * loadv(qc + m * CHUNK + (j - c0));
             }
+            for (int m = 0; m < K; m++) storev(s0 + m * L, a0[m]);
         }
+    }
+    for (Py_ssize_t i = 0; i < rows; i++)
         for (int m = 0; m < K; m++) {
-            row_out[i * K + m] = lane_sum(a0[m]);
-            row_out[(i + 1) * K + m] = lane_sum(a1[m]);
+            vf a = loadv(state + (i * K + m) * L);
+            if (full < cols) /* the row's last values, zero-padded */
+                a += load_tail(x + i * cols + full, cols - full) * load_tail(qt + m * qt_stride + full, cols - full);
+            row_out[i * K + m] = lane_sum(a);
         }
-    }
-    for (; i < rows; i++) {
-        const float *x0 = x + i * cols;
-        vf a0[K];
-        for (int m = 0; m < K; m++) a0[m] = (vf){0};
-        for (Py_ssize_t j = 0; j < full; j += L) {
-            vf v0 = loadv(x0 + j);
-            for (int m = 0; m < K; m++) a0[m] += v0 * loadv(qt + m * qt_stride + j);
-        }
-        if (full < cols) {
-            vf v0 = load_tail(x0 + full, cols - full);
-            for (int m = 0; m < K; m++) a0[m] += v0 * load_tail(qt + m * qt_stride + full, cols - full);
-        }
-        for (int m = 0; m < K; m++) row_out[i * K + m] = lane_sum(a0[m]);
-    }
 }
 
 /* Column sketch, transposed: col_t[m * cols + j] += sum_i qr[i * K + m] * x[i, j], rows
- * added in order, four rows per load and store of col_t. */
+ * added in order, eight rows per load and store of col_t. */
 CLONES EXACT_PRODUCTS static void col_sketch(const float *restrict x, Py_ssize_t rows, Py_ssize_t cols,
-                              const float *restrict qr, float *restrict col_t) {
-    Py_ssize_t full = cols / L * L;
-    Py_ssize_t i = 0;
-    for (; i + 4 <= rows; i += 4) {
-        const float *x0 = x + i * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
-        const float *q = qr + i * K;
-        for (int m = 0; m < K; m++) {
-            float q0 = q[m], q1 = q[K + m], q2 = q[2 * K + m], q3 = q[3 * K + m];
-            float *c = col_t + m * cols;
-            for (Py_ssize_t j = 0; j < full; j += L) {
-                vf acc = loadv(c + j);
-                acc += loadv(x0 + j) * q0;
-                acc += loadv(x1 + j) * q1;
-                acc += loadv(x2 + j) * q2;
-                acc += loadv(x3 + j) * q3;
-                storev(c + j, acc);
-            }
-            for (Py_ssize_t j = full; j < cols; j++) {
-                float acc = c[j];
-                acc += x0[j] * q0;
-                acc += x1[j] * q1;
-                acc += x2[j] * q2;
-                acc += x3[j] * q3;
-                c[j] = acc;
+                                             const float *restrict qr, float *restrict col_t) {
+    float cc[K * CHUNK]; /* this chunk of col_t, its K rows CHUNK floats apart */
+    for (Py_ssize_t c0 = 0; c0 < cols; c0 += CHUNK) {
+        Py_ssize_t c1 = c0 + CHUNK < cols ? c0 + CHUNK : cols;
+        Py_ssize_t vector_end = c0 + (c1 - c0) / L * L;
+        for (int m = 0; m < K; m++) memcpy(cc + m * CHUNK, col_t + m * cols + c0, (size_t)(c1 - c0) * sizeof(float));
+        Py_ssize_t i = 0;
+        for (; i + 8 <= rows; i += 8) {
+            const float *xr[8];
+            for (int r = 0; r < 8; r++) xr[r] = x + (i + r) * cols;
+            for (int m = 0; m < K; m++) {
+                float q[8];
+                for (int r = 0; r < 8; r++) q[r] = qr[(i + r) * K + m];
+                float *c = cc + m * CHUNK; /* column j is c[j - c0] */
+                for (Py_ssize_t j = c0; j < vector_end; j += L) {
+                    vf acc = loadv(c + (j - c0));
+                    for (int r = 0; r < 8; r++) acc += loadv(xr[r] + j) * q[r];
+                    storev(c + (j - c0), acc);
+                }
+                for (Py_ssize_t j = vector_end; j < c1; j++) {
+                    float acc = c[j - c0];
+                    for (int r = 0; r < 8; r++) acc += xr[r][j] * q[r];
+                    c[j - c0] = acc;
+                }
             }
         }
-    }
-    for (; i < rows; i++) {
-        const float *x0 = x + i * cols;
-        for (int m = 0; m < K; m++) {
-            float q0 = qr[i * K + m], *c = col_t + m * cols;
-            for (Py_ssize_t j = 0; j < cols; j++) c[j] += x0[j] * q0;
+        for (; i < rows; i++) {
+            const float *x0 = x + i * cols;
+            for (int m = 0; m < K; m++) {
+                float q0 = qr[i * K + m], *c = cc + m * CHUNK;
+                for (Py_ssize_t j = c0; j < c1; j++) c[j - c0] += x0[j] * q0;
+            }
         }
+        for (int m = 0; m < K; m++) memcpy(col_t + m * cols + c0, cc + m * CHUNK, (size_t)(c1 - c0) * sizeof(float));
     }
 }
 
@@ -415,21 +434,33 @@ static uint32_t crc32_update(uint32_t crc, const unsigned char *buf, size_t len)
 #define BLOCK 16
 static void fold_blocks(const float *part, Py_ssize_t n, Py_ssize_t t_step, Py_ssize_t m_step, Py_ssize_t first,
                         const float *p, double *out) {
-    Py_ssize_t base = first / BLOCK;
+    /* A block's K sums are kept in registers and stored once: the same additions in the same
+     * order as adding into out (zeroed by the caller), without K store-to-load chains through
+     * memory per position. */
+    Py_ssize_t base = first / BLOCK, block = 0;
+    double total[K] = {0};
     for (Py_ssize_t t = 0; t < n; t++) {
         Py_ssize_t position = first + t;
+        if (position / BLOCK - base != block) {
+            for (int m = 0; m < K; m++) {
+                out[block * K + m] += total[m];
+                total[m] = 0.0;
+            }
+            block = position / BLOCK - base;
+        }
         const float *weights = p + (position % BLOCK) * K;
-        double *o = out + (position / BLOCK - base) * K;
-        for (int m = 0; m < K; m++) o[m] += (double)(part[t * t_step + m * m_step] * weights[m]);
+        for (int m = 0; m < K; m++) total[m] += (double)(part[t * t_step + m * m_step] * weights[m]);
     }
+    for (int m = 0; m < K; m++) out[block * K + m] += total[m];
 }
 
 PyDoc_STRVAR(reduce_tile_doc,
 "reduce_tile(raw, kind, rows, cols, row0, col0, q_cols_t, q_rows, p, values, row_part, col_part,\n"
 "            row_sketch, col_sketch) -> (crc32, s1, s2, s3, s4, lowest, highest, zeros, nonfinite)\n\n"
 "raw: the tile's little-endian bytes; kind 0 = F32, 1 = BF16, 2 = F16. q_cols_t: Q of the\n"
-"tile's columns transposed, K x (row stride) float32, a 2-D buffer. Writes the decoded float32\n"
-"values, the projections (row_part rows x K, col_part K x cols, scratch) and adds\n"
+"tile's columns transposed, K x (row stride) float32, a 2-D buffer. values: scratch for a\n"
+"block of decoded rows, min(rows * cols, max(SCRATCH_ELEMENTS, cols)) float32. Writes the\n"
+"projections (row_part rows x K, col_part K x cols, scratch) and adds\n"
 "the block-folded sketches into row_sketch and col_sketch (float64, zeroed by the caller).\n"
 "crc32 is zlib.crc32(raw). When nonfinite is True the statistics are not meaningful: use\n"
 "the numpy path.");
@@ -450,7 +481,13 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
     Py_ssize_t col_blocks = (col0 + cols - 1) / BLOCK - col0 / BLOCK + 1;
     Py_buffer b[9];
     PyObject *objects[9] = {raw_o, qc_o, qr_o, p_o, values_o, row_o, col_o, rs_o, cs_o};
-    const Py_ssize_t need[9] = {n * itemsize, -1, rows * K * 4, BLOCK * K * 4, n * 4,
+    /* Rows are decoded, summarised and projected a block at a time (see below): the decoded
+     * values of one block, not the tile's, so they stay in L2 and never go back to memory. */
+    Py_ssize_t group = cols >= GROUP_ELEMS ? 1 : GROUP_ELEMS / cols / 4 * 4;
+    if (group == 0) group = 1;
+    Py_ssize_t block = SKETCH_ELEMS / (group * cols) > 1 ? SKETCH_ELEMS / (group * cols) * group : group;
+    if (block > rows) block = rows;
+    const Py_ssize_t need[9] = {n * itemsize, -1, rows * K * 4, BLOCK * K * 4, block * cols * 4,
                                 rows * K * 4, cols * K * 4, row_blocks * K * 8, col_blocks * K * 8};
     const char *names[9] = {"raw", "q_cols", "q_rows", "p", "values", "row_part", "col_part",
                             "row_sketch", "col_sketch"};
@@ -465,27 +502,35 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_ssize_t qt_stride = b[1].strides[0] / 4;
+    float *state = PyMem_RawMalloc((size_t)block * K * L * sizeof(float)); /* the row sketch's lane sums */
+    if (state == NULL) {
+        for (int k = 8; k >= 0; k--) PyBuffer_Release(&b[k]);
+        return PyErr_NoMemory();
+    }
     Stats stats;
     uint32_t crc;
     Py_BEGIN_ALLOW_THREADS
     crc = crc32_update(0, (const unsigned char *)b[0].buf, (size_t)(n * itemsize));
-    /* Groups of rows small enough to stay in L1 while decoded, summarised and projected.
-     * The group size depends on cols only; the sketches do not depend on it at all (each
-     * sum runs over one row, or over rows in order). */
-    Py_ssize_t group = cols >= GROUP_ELEMS ? 1 : GROUP_ELEMS / cols / 4 * 4;
-    if (group == 0) group = 1;
     float *x = (float *)b[4].buf;
     StatsAcc acc;
     stats_start(&acc);
     memset(b[6].buf, 0, (size_t)cols * K * sizeof(float));
-    for (Py_ssize_t i0 = 0; i0 < rows; i0 += group) {
-        Py_ssize_t g = rows - i0 < group ? rows - i0 : group;
-        float *xg = x + i0 * cols;
-        for (Py_ssize_t i = 0; i < g; i++)
-            decode_row((const char *)b[0].buf + (i0 + i) * cols * itemsize, kind, cols, xg + i * cols);
-        stats_add(&acc, xg, g * cols);
-        row_sketch(xg, g, cols, (const float *)b[1].buf, qt_stride, (float *)b[5].buf + i0 * K);
-        col_sketch(xg, g, cols, (const float *)b[2].buf + i0 * K, (float *)b[6].buf);
+    /* Groups of rows small enough to stay in L1 while decoded and summarised, in blocks of
+     * groups that stay in L2 while projected. The sizes depend on cols only, and the
+     * sketches do not depend on the blocks at all (each sum runs over one row, or over
+     * rows in order). The statistics' float32 runs restart at each group. */
+    for (Py_ssize_t i0 = 0; i0 < rows; i0 += block) {
+        Py_ssize_t n_block = rows - i0 < block ? rows - i0 : block;
+        float *xb = x;
+        for (Py_ssize_t g0 = 0; g0 < n_block; g0 += group) {
+            Py_ssize_t g = n_block - g0 < group ? n_block - g0 : group;
+            float *xg = xb + g0 * cols;
+            for (Py_ssize_t i = 0; i < g; i++)
+                decode_row((const char *)b[0].buf + (i0 + g0 + i) * cols * itemsize, kind, cols, xg + i * cols);
+            stats_add(&acc, xg, g * cols);
+        }
+        row_sketch(xb, n_block, cols, (const float *)b[1].buf, qt_stride, state, (float *)b[5].buf + i0 * K);
+        col_sketch(xb, n_block, cols, (const float *)b[2].buf + i0 * K, (float *)b[6].buf);
     }
     stats_finish(&acc, &stats);
     if (!stats.nonfinite) {
@@ -493,6 +538,7 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         fold_blocks((const float *)b[6].buf, cols, 1, cols, col0, (const float *)b[3].buf, (double *)b[8].buf);
     }
     Py_END_ALLOW_THREADS
+    PyMem_RawFree(state);
     for (int k = 8; k >= 0; k--) PyBuffer_Release(&b[k]);
     return Py_BuildValue("kddddddLO", (unsigned long)crc, stats.sums[0], stats.sums[1], stats.sums[2],
                          stats.sums[3], (double)stats.lowest, (double)stats.highest, stats.zeros,
@@ -559,7 +605,8 @@ PyMODINIT_FUNC PyInit__fused(void) {
     have_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
 #endif
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "MIN_ELEMENTS", L) < 0) {
+    if (m != NULL && (PyModule_AddIntConstant(m, "MIN_ELEMENTS", L) < 0 ||
+                      PyModule_AddIntConstant(m, "SCRATCH_ELEMENTS", SKETCH_ELEMS) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -15,11 +15,8 @@ untrusted is ever unpickled.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import pickle
-import subprocess
-import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ._spawn import stop, take
 from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
 from .crc import combine, crc32
 from .errors import WeightidxError
@@ -105,12 +103,7 @@ class ProcessReducer:
     """
 
     def __init__(self, workers: int) -> None:
-        command = [sys.executable, "-m", "weightidx._worker_main"]
-        self._procs = [
-            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(workers)
-        ]
-        for proc in self._procs:
-            _widen_pipe(proc.stdout)
+        self._procs = take(workers)
         self.workers = workers
         self._pending = [0] * workers  # elements submitted to each worker and not yet read back
         self._order: deque[tuple[int, int]] = deque()  # (worker, elements) per job, in submission order
@@ -141,30 +134,12 @@ class ProcessReducer:
         return payload
 
     def close(self) -> None:
-        for proc in self._procs:
+        for proc in self._procs:  # all first, so that they leave together
             if proc.stdin is not None:
-                proc.stdin.close()
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
         for proc in self._procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-
-
-_PIPE_BYTES = 1 << 20
-
-
-def _widen_pipe(stream: BinaryIO | None) -> None:
-    """Let a worker queue up to 1 MiB of results (Linux's default pipe holds 64 KiB, about
-    three results) so it keeps working while this process is busy writing Parquet."""
-    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if stream is None or set_size is None:
-        return
-    with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size; the default works too
-        fcntl.fcntl(stream.fileno(), set_size, _PIPE_BYTES)
+            stop(proc)
 
 
 def serve(source: BinaryIO, sink: BinaryIO) -> None:

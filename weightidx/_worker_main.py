@@ -1,5 +1,6 @@
 """Entry point of an index worker process (see ``_worker.py``); not imported by the package."""
 
+import os
 import signal
 import sys
 
@@ -11,3 +12,6 @@ from weightidx._worker import serve
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 set_blas_threads(1)
 serve(sys.stdin.buffer, sys.stdout.buffer)
+# Every result is flushed and nothing else needs tearing down: skipping the interpreter's
+# shutdown (20 ms, mostly numpy's) lets the parent finish that much sooner.
+os._exit(0)

@@ -17,16 +17,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from . import __version__
 from .errors import WeightidxError
@@ -38,7 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-_stderr = Console(stderr=True)
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary line.")]
 
@@ -77,6 +66,18 @@ def _progress(label: str, enabled: bool, unit: str = "bytes") -> Iterator[Callab
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    # Imported here: rich takes 30 ms to import, which every command would pay before its work.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     if unit == "bytes":
         columns = (
             TextColumn("{task.description}"),
@@ -93,7 +94,7 @@ def _progress(label: str, enabled: bool, unit: str = "bytes") -> Iterator[Callab
             TextColumn(unit),
             TimeRemainingColumn(),
         )
-    with Progress(*columns, console=_stderr, transient=True) as bar:
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
@@ -152,17 +153,21 @@ def index_command(
     quiet: QuietOption = False,
 ) -> None:
     """Fingerprint every tensor of a checkpoint into one Parquet file (stage 1)."""
-    from .index import index_checkpoint
+    from ._spawn import planned_workers, prestarted
 
-    with _user_errors(), _progress("indexing", not quiet) as update:
-        summary = index_checkpoint(
-            path,
-            out,
-            name=name,
-            workers=workers,
-            progress=(lambda p: update(p.bytes_done, p.bytes_total)) if update else None,
-            allow_pickle=allow_pickle,
-        )
+    # The workers start importing now, while this process imports the index stage.
+    with _user_errors(), prestarted(planned_workers(path, workers)):
+        from .index import index_checkpoint
+
+        with _progress("indexing", not quiet) as update:
+            summary = index_checkpoint(
+                path,
+                out,
+                name=name,
+                workers=workers,
+                progress=(lambda p: update(p.bytes_done, p.bytes_total)) if update else None,
+                allow_pickle=allow_pickle,
+            )
     if not quiet:
         rate = summary.bytes / summary.seconds if summary.seconds else 0.0
         unsupported = f", {summary.unsupported} unsupported" if summary.unsupported else ""

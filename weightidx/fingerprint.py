@@ -39,6 +39,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 try:  # the optional compiled kernel (weightidx/_fused.c); numpy does the same work without it
@@ -324,6 +325,7 @@ def reduce_tile(
 
 
 _FUSED_KINDS = {"F32": 0, "BF16": 1, "F16": 2}
+_RAW_TYPES = {"F32": np.dtype("<f4"), "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype("<f2")}
 
 
 def kernel_name() -> str:
@@ -347,7 +349,7 @@ def reduce_raw_tile(
     n_rows, n_cols = tile.row1 - tile.row0, tile.col1 - tile.col0
     row_sketch = np.zeros(((tile.row1 - 1) // BLOCK - tile.row0 // BLOCK + 1, K), dtype=np.float64)
     col_sketch = np.zeros(((tile.col1 - 1) // BLOCK - tile.col0 // BLOCK + 1, K), dtype=np.float64)
-    values = workspace.array("values", tile.numel, np.float32)
+    values = workspace.array("values", min(tile.numel, max(_fused.SCRATCH_ELEMENTS, n_cols)), np.float32)
     checksum, s1, s2, s3, s4, lowest, highest, zeros, nonfinite = _fused.reduce_tile(
         raw, kind, n_rows, n_cols, tile.row0, tile.col0,
         q_rows_t(tile.col0, tile.col1), q_rows(tile.row0, tile.row1), P, values,
@@ -369,7 +371,8 @@ def reduce_raw_tile(
         row_sketch=row_sketch,
         col_block0=tile.col0 // BLOCK,
         col_sketch=col_sketch,
-        sample=_tile_sample(values.reshape(n_rows, n_cols), tile, strides),
+        # Picked from the raw bytes: the kernel keeps only one block of decoded values.
+        sample=_tile_sample(raw.view(_RAW_TYPES[dtype]).reshape(n_rows, n_cols), tile, strides),
     )
 
 

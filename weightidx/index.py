@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, crc
+from ._arrow import record_batch
 from ._blas import single_threaded_blas
+from ._spawn import PROCESS_POOL_MIN_BYTES, available_cores
 from ._worker import InlineReducer, ProcessReducer, TileJob
 from .atomic import atomic_path
 from .checkpoint import SUPPORTED_DTYPES, Checkpoint, TensorInfo, is_pickle, open_checkpoint
@@ -127,13 +129,6 @@ class IndexSummary:
     seconds: float
 
 
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's total)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
 def default_output(checkpoint: Checkpoint, name: str | None = None) -> Path:
     """``<name>.weightidx.parquet`` in the current directory."""
     return Path(f"{name or checkpoint.default_name()}.weightidx.parquet")
@@ -181,16 +176,16 @@ def index_checkpoint(
     workers = workers or available_cores()
     metadata = json.dumps(_file_metadata(checkpoint, model))
     with single_threaded_blas(), _reducer(workers, checkpoint.total_bytes) as reducer:
-        # Imported only now, while the workers start: pyarrow takes 0.1 s to import, and 0.2 s
-        # more at its first conversion when pandas is installed (it imports pandas then).
-        import pyarrow as pa
+        pipeline = _Pipeline(checkpoint, model, reducer, progress)
+        pipeline.fill()
+        # Imported only now, while the workers start on their first jobs: pyarrow takes 0.1 s
+        # to import. Rows are converted by _arrow.record_batch, which keeps pyarrow from
+        # importing pandas (0.2 s more).
         import pyarrow.parquet as pq
 
         schema = _index_schema().with_metadata({METADATA_KEY: metadata})
-        pa.RecordBatch.from_pylist([], schema=schema)
-        rows = _fingerprint_rows(checkpoint, model, reducer, progress)
         with atomic_path(output) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as out:
-            _write_rows(out, schema, rows)
+            _write_rows(out, schema, pipeline.rows())
     return IndexSummary(
         output=output,
         model=model,
@@ -204,16 +199,14 @@ def index_checkpoint(
 
 def _write_rows(writer: pq.ParquetWriter, schema: pa.Schema, rows: Iterator[dict]) -> None:
     """Stream rows into the writer in row groups of ``_ROWS_PER_GROUP``."""
-    import pyarrow as pa
-
     batch: list[dict] = []
     for row in rows:
         batch.append(row)
         if len(batch) >= _ROWS_PER_GROUP:
-            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+            writer.write_batch(record_batch(batch, schema))
             batch.clear()
     if batch:
-        writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+        writer.write_batch(record_batch(batch, schema))
 
 
 def _check_output(output: Path, checkpoint: Checkpoint) -> None:
@@ -264,51 +257,68 @@ class _TensorState:
     crc: int = 0
 
 
-_PROCESS_POOL_MIN_BYTES = 64 << 20
 _JOB_ELEMS = 1 << 21
 _WINDOW_PER_WORKER = 16  # jobs in flight per worker: keeps workers busy while this process writes Parquet
 
 
-def _fingerprint_rows(
-    checkpoint: Checkpoint,
-    model: str,
-    reducer: InlineReducer | ProcessReducer,
-    progress: Callable[[IndexProgress], None] | None,
-) -> Iterator[dict]:
-    """Rows in file order: workers reduce tiles, this process adds them up in tile order."""
-    total = checkpoint.total_bytes
-    done_bytes = done_tensors = 0
-    window: deque[tuple[_TensorState, TileJob | None]] = deque()
+class _Pipeline:
+    """Jobs out to the reducer, rows back in file order: workers reduce tiles, this process
+    adds them up in tile order. ``fill`` can send the first jobs before anything else is
+    ready (the workers start on them while this process imports pyarrow)."""
 
-    def settle() -> Iterator[dict]:
-        nonlocal done_bytes, done_tensors
-        state, job = window.popleft()
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        model: str,
+        reducer: InlineReducer | ProcessReducer,
+        progress: Callable[[IndexProgress], None] | None,
+    ) -> None:
+        self._checkpoint = checkpoint
+        self._model = model
+        self._reducer = reducer
+        self._progress = progress
+        self._jobs = _jobs(checkpoint)
+        self._window: deque[tuple[_TensorState, TileJob | None]] = deque()
+        self._done_bytes = self._done_tensors = 0
+
+    def fill(self) -> None:
+        """Sends jobs until ``_WINDOW_PER_WORKER`` per worker are in flight or none are left."""
+        while len(self._window) < _WINDOW_PER_WORKER * self._reducer.workers:
+            item = next(self._jobs, None)
+            if item is None:
+                return
+            state, job = item
+            if job is not None:
+                self._reducer.submit(job)
+            self._window.append((state, job))
+
+    def rows(self) -> Iterator[dict]:
+        """Every tensor's row, in file order."""
+        self.fill()
+        while self._window:
+            yield from self._settle()
+            self.fill()
+
+    def _settle(self) -> Iterator[dict]:
+        state, job = self._window.popleft()
         if job is not None and state.accumulator is not None:
-            job_crc, length, result = reducer.next_result()
+            job_crc, length, result = self._reducer.next_result()
             state.crc = crc.combine(state.crc, job_crc, length)
             state.accumulator.add(result)
-            done_bytes += length
+            self._done_bytes += length
         else:
-            done_tensors += 1
-            yield _row(model, state)
-        if progress is not None:
-            progress(IndexProgress(done_bytes, total, done_tensors, len(checkpoint.tensors)))
-
-    for state, job in _jobs(checkpoint):
-        if job is not None:
-            reducer.submit(job)
-        window.append((state, job))
-        while len(window) > _WINDOW_PER_WORKER * reducer.workers:
-            yield from settle()
-    while window:
-        yield from settle()
+            self._done_tensors += 1
+            yield _row(self._model, state)
+        if self._progress is not None:
+            total_bytes, total_tensors = self._checkpoint.total_bytes, len(self._checkpoint.tensors)
+            self._progress(IndexProgress(self._done_bytes, total_bytes, self._done_tensors, total_tensors))
 
 
 @contextlib.contextmanager
 def _reducer(workers: int, total_bytes: int) -> Iterator[InlineReducer | ProcessReducer]:
     """Worker processes, or this process when one worker or a small checkpoint would not
     repay their start-up (about 0.2 s)."""
-    if workers <= 1 or total_bytes < _PROCESS_POOL_MIN_BYTES:
+    if workers <= 1 or total_bytes < PROCESS_POOL_MIN_BYTES:
         reducer: InlineReducer | ProcessReducer = InlineReducer()
     else:
         reducer = ProcessReducer(workers)
