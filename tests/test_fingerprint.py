@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import trained_like
+from weightidx import index_checkpoint
 from weightidx.estimate import Sketches, col_slice, row_slice, same_layout, transposed
-from weightidx.fingerprint import BLOCK, SAMPLE_CAP, fingerprint_array, plan_tiles, sample_strides, view_2d
+from weightidx.fingerprint import (
+    BLOCK,
+    GRAM_DIM,
+    GRAM_PROJECTIONS,
+    SAMPLE_CAP,
+    fingerprint_array,
+    plan_tiles,
+    q_rows,
+    sample_strides,
+    view_2d,
+)
 from weightidx.index import moments
 
 
@@ -211,3 +224,45 @@ def test_unrelated_vectors_near_one_do_not_look_alike() -> None:
         estimates.append(same_layout(sketches(a), sketches(b)))
     assert max(abs(e) for e in estimates) < 0.35 and abs(float(np.mean(estimates))) < 0.1
     assert same_layout(sketches(a), sketches(a * 1.5)) == pytest.approx(1.0)
+
+
+def _gram_by_definition(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Σ v vᵀ and Σ v with v[m * 16 + u] = Σ_{j ≡ u (mod 16)} Q[j, m] W[i, j], written out."""
+    rows, cols = matrix.shape
+    q = q_rows(0, cols).astype(np.float64)
+    v = np.zeros((rows, GRAM_DIM))
+    for m in range(GRAM_PROJECTIONS):
+        for u in range(16):
+            v[:, m * 16 + u] = matrix[:, u::16].astype(np.float64) @ q[u::16, m]
+    return v.T @ v, v.sum(axis=0)
+
+
+@pytest.mark.parametrize("shape", [(300, 2048), (37, 53), (64, 16), (5, 3), (2000, 96)])
+def test_input_gram_sketch_matches_its_definition(tmp_path: Path, write, shape: tuple[int, int]) -> None:
+    values = trained_like(np.random.default_rng(sum(shape)), *shape)
+    index = tmp_path / "m.parquet"
+    index_checkpoint(write("m.safetensors", {"w": ("F32", values)}), index)
+    row = pq.read_table(index).to_pylist()[0]
+    gram, lanes = _gram_by_definition(values)
+    upper = gram[np.triu_indices(GRAM_DIM)]
+    np.testing.assert_allclose(row["input_gram"], upper, rtol=1e-4, atol=1e-4 * np.abs(upper).max())
+    np.testing.assert_allclose(row["input_lanes"], lanes, rtol=1e-4, atol=1e-4 * np.abs(lanes).max())
+
+
+def test_input_gram_sketch_ignores_the_order_of_rows(tmp_path: Path, write) -> None:
+    rng = np.random.default_rng(4)
+    values = trained_like(rng, 512, 384)
+    shuffled = values[rng.permutation(512)]
+    index = tmp_path / "m.parquet"
+    index_checkpoint(write("m.safetensors", {"w": ("BF16", values), "shuffled": ("BF16", shuffled)}), index)
+    rows = {r["key"]: r for r in pq.read_table(index).to_pylist()}
+    np.testing.assert_allclose(rows["w"]["input_gram"], rows["shuffled"]["input_gram"], rtol=1e-5, atol=1e-3)
+    assert rows["w"]["row_sketch"] != rows["shuffled"]["row_sketch"]  # the value sketches do see it
+
+
+def test_input_gram_sketch_is_null_when_rows_are_cut(tmp_path: Path, write) -> None:
+    index = tmp_path / "m.parquet"
+    wide = np.ones((2, 20_000), dtype=np.float32)  # rows longer than 16,384 go in column pieces
+    index_checkpoint(write("m.safetensors", {"wide": ("F32", wide)}), index)
+    row = pq.read_table(index).to_pylist()[0]
+    assert row["input_gram"] is None and row["input_lanes"] is None and row["row_sketch"]

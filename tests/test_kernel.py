@@ -29,6 +29,7 @@ from weightidx import fingerprint
 from weightidx.checkpoint import decode, encode
 from weightidx.fingerprint import (
     BLOCK,
+    GramSums,
     K,
     Tile,
     TileResult,
@@ -69,7 +70,12 @@ def assert_close(fused_result: TileResult, reference: TileResult) -> None:
     assert abs(fused_result.power_sums[0] - reference.power_sums[0]) <= 1e-5 * scale * 100
     assert fused_result.row_block0 == reference.row_block0
     assert fused_result.col_block0 == reference.col_block0
-    pairs = [(fused_result.row_sketch, reference.row_sketch), (fused_result.col_sketch, reference.col_sketch)]
+    pairs = [
+        (fused_result.row_sketch, reference.row_sketch),
+        (fused_result.col_sketch, reference.col_sketch),
+        (fused_result.gram.gram, reference.gram.gram),
+        (fused_result.gram.lanes, reference.gram.lanes),
+    ]
     for ours, theirs in pairs:
         assert ours.shape == theirs.shape
         np.testing.assert_allclose(ours, theirs, atol=1e-5 * float(np.abs(theirs).max() + 1e-30))
@@ -113,7 +119,9 @@ def test_tiles_with_nonfinite_or_huge_values_go_to_the_numpy_path(bad: float) ->
     values = np.ones((64, 64), dtype=np.float32)
     values[10, 10] = bad
     raw = np.frombuffer(values.tobytes(), dtype=np.uint8)
-    assert reduce_raw_tile(raw, "F32", tile_of(64, 64), (1, 1), Workspace()) is None
+    gram = GramSums()
+    assert reduce_raw_tile(raw, "F32", tile_of(64, 64), (1, 1), Workspace(), gram) is None
+    assert not gram.gram.any() and not gram.lanes.any()  # the numpy path adds the tile, not both
 
 
 @needs_kernel
@@ -190,6 +198,8 @@ def test_vectorised_and_plain_builds_give_the_same_bits(
         assert ours.power_sums.tobytes() == theirs.power_sums.tobytes(), shape
         assert ours.row_sketch.tobytes() == theirs.row_sketch.tobytes(), shape
         assert ours.col_sketch.tobytes() == theirs.col_sketch.tobytes(), shape
+        assert ours.gram.gram.tobytes() == theirs.gram.gram.tobytes(), shape
+        assert ours.gram.lanes.tobytes() == theirs.gram.lanes.tobytes(), shape
         assert (ours.minimum, ours.maximum, ours.zeros) == (theirs.minimum, theirs.maximum, theirs.zeros)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import trained_like, write_tensors
+from weightidx import index_checkpoint
 from weightidx.compare import compare_paths
 from weightidx.demo import write_seed_pair
 from weightidx.html import render_html
@@ -125,3 +127,80 @@ def test_seed_pair_shapes_verdicts_name_the_axes(tmp_path: Path) -> None:
     assert "derived from A's" in derived["lineage"]["verdict"]
     assert all(x["mantel_z"] < 5 for x in independent["lineage"]["axes"])
     assert "derived from A's" not in independent["lineage"]["verdict"]
+
+
+def sketched_lineage_of(tmp_path: Path, a: dict, b: dict) -> dict:
+    """The lineage section from the indexes alone (``--index-only``)."""
+    pa = write_tensors(tmp_path / "a.safetensors", a)
+    pb = write_tensors(tmp_path / "b.safetensors", b)
+    lineage = compare_paths(pa, pb, cache=tmp_path / "cache", index_only=True)["lineage"]
+    assert lineage["method"] == "index sketches"
+    assert all(x["side"] == "input" and x["mantel_z"] is None for x in lineage["axes"])
+    return lineage
+
+
+@pytest.mark.parametrize("noise", [0.3, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_index_sketches_trace_a_width_pruned_derivation(tmp_path: Path, seed: int, noise: float) -> None:
+    rng = np.random.default_rng(seed)
+    a = model(rng, 128, INPUTS)
+    lineage = sketched_lineage_of(tmp_path, a, pruned(a, 96, rng, noise))
+    assert {x["size"] for x in lineage["axes"]} == {256, 192, 64}
+    assert all(x["z_score"] > 5 and x["score"] > 0.7 for x in lineage["axes"])
+    assert lineage["verdict"].startswith("From the index sketches alone")
+    assert "derived from A's" in lineage["verdict"]
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_index_sketches_keep_independent_twins_inside_the_null(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lineage = sketched_lineage_of(tmp_path, model(rng, 128, INPUTS), model(rng, 96, INPUTS))
+    assert all(x["z_score"] < 5 and abs(x["score"]) < 0.5 for x in lineage["axes"])
+    assert "no sign that B was initialised from A" in lineage["verdict"]
+
+
+def test_index_sketches_trace_a_width_projected_derivation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    a = model(rng, 128, INPUTS)
+    basis, _ = np.linalg.qr(rng.standard_normal((128, 128)))
+    project = basis[:96].astype(np.float32)  # B's rows are mixtures of A's: WᵀW is kept, rows are not
+    b = {
+        key.replace("blocks.", "layers."): (dtype, np.ascontiguousarray(project @ values, dtype=np.float32))
+        for key, (dtype, values) in a.items()
+        if not key.startswith(("head", "blocks"))
+    }
+    lineage = sketched_lineage_of(tmp_path, a, b)
+    assert all(x["z_score"] > 5 for x in lineage["axes"]) and "derived from A's" in lineage["verdict"]
+
+
+def test_seed_pair_from_the_indexes_alone(tmp_path: Path) -> None:
+    paths = write_seed_pair(tmp_path, blocks=2, wide=160, narrow=128, text_dim=128)
+    reports = {
+        role: compare_paths(paths["a"], paths[role], cache=tmp_path / "cache", index_only=True)
+        for role in ("derived", "independent")
+    }
+    for report in reports.values():
+        assert report["summary"]["scenario"] == "incompatible"
+        assert {x["size"] for x in report["lineage"]["axes"]} >= {128, 256, 64}
+        verdict = report["lineage"]["verdict"]
+        assert "output-side axes and the axis-shuffle test need the checkpoints" in verdict
+    text = next(x for x in reports["derived"]["lineage"]["axes"] if x["size"] == 128)
+    assert text["z_score"] > 5 and "derived from A's" in reports["derived"]["lineage"]["verdict"]
+    assert "derived from A's" not in reports["independent"]["lineage"]["verdict"]
+
+
+def test_indexes_without_gram_sketches_say_to_reindex(tmp_path: Path) -> None:
+    from weightidx.indexes import load_index
+    from weightidx.lineage import analyse_sketches
+
+    rng = np.random.default_rng(0)
+    a = model(rng, 128, INPUTS)
+    sides = []
+    for name, tensors in (("a", a), ("b", pruned(a, 96, rng, 0.3))):
+        index = tmp_path / f"{name}.parquet"
+        index_checkpoint(write_tensors(tmp_path / f"{name}.safetensors", tensors), index)
+        old = pq.read_table(index).drop(["input_gram", "input_lanes"])  # as written before the sketches
+        pq.write_table(old, index)
+        sides.append(load_index(index))
+    lineage = analyse_sketches(*sides)
+    assert lineage["axes"] == [] and "re-index both checkpoints" in lineage["verdict"]

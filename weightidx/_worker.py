@@ -28,7 +28,7 @@ from ._spawn import stop, take
 from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
 from .crc import combine, crc32
 from .errors import WeightidxError
-from .fingerprint import Tile, TileResult, Workspace, merge_results, reduce_raw_tile, reduce_tile
+from .fingerprint import GramSums, Tile, TileResult, Workspace, merge_results, reduce_raw_tile, reduce_tile
 
 TileOutput = tuple[int, int, TileResult]  # crc32 of the job's bytes, their length, their reduction
 
@@ -55,17 +55,18 @@ class TileReducer:
         itemsize = SUPPORTED_DTYPES[job.dtype]
         results = []
         checksum = length = 0
+        gram = GramSums()  # every tile of the job adds into it, in order
         for tile in job.tiles:
             raw = self.workspace.array("raw", tile.numel * itemsize, np.uint8)
             self.reader.read_into(job.path, job.begin + tile.first_element * itemsize, memoryview(raw))
-            fused = reduce_raw_tile(raw, job.dtype, tile, job.strides, self.workspace)
+            fused = reduce_raw_tile(raw, job.dtype, tile, job.strides, self.workspace, gram)
             if fused is not None:
                 tile_crc, result = fused
             else:
                 tile_crc = crc32(raw)
                 values = decode(raw, job.dtype, out=self.workspace.array("values", tile.numel, np.float32))
                 with np.errstate(all="ignore"):  # NaN and Inf are counted, not warned about
-                    result = reduce_tile(values, tile, job.strides, self.workspace)
+                    result = reduce_tile(values, tile, job.strides, self.workspace, gram)
             checksum = combine(checksum, tile_crc, raw.size)
             length += raw.size
             results.append(result)

@@ -124,10 +124,11 @@ def compare_indexes(
             for c in candidates
         )
         report = build_report(a, b, matches, comparable)
-        if exact and not any(
-            is_matrix(b.rows[m.candidate.b.key]) and m.verdict != "different" for m in matches
-        ):
-            report["lineage"] = lineage.analyse(a, b, lambda model, key: _whole_view(reader, model, key))
+        if not any(is_matrix(b.rows[m.candidate.b.key]) and m.verdict != "different" for m in matches):
+            if exact:
+                report["lineage"] = lineage.analyse(a, b, lambda model, key: _whole_view(reader, model, key))
+            else:
+                report["lineage"] = lineage.analyse_sketches(a, b)
             report["summary"]["verdict"] += " Across the width change: " + report["lineage"]["verdict"]
     return report
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ml_dtypes
 import numpy as np
@@ -52,6 +52,10 @@ if os.environ.get("WEIGHTIDX_KERNEL") == "numpy":  # forces the numpy path (test
 SKETCH_VERSION = 1
 BLOCK = 16
 K = 8
+GRAM_VERSION = 1
+GRAM_PROJECTIONS = 2  # of the K projections, the first two feed the Gram sketch
+GRAM_DIM = GRAM_PROJECTIONS * 16  # 16 lanes each (the kernel's vector width)
+_LANES = 16
 TILE_ELEMS = 1 << 18  # 1 MiB of float32 per tile
 TILE_MIN_ROWS = 128  # the column sketch writes K x cols per tile: keep that small next to the tile
 SAMPLE_CAP = 1024
@@ -94,6 +98,11 @@ class Tile:
         return (self.row1 - self.row0) * (self.col1 - self.col0)
 
 
+def whole_rows(cols: int) -> bool:
+    """Whether ``plan_tiles`` keeps rows of this width whole (else cuts them into pieces)."""
+    return cols * TILE_MIN_ROWS <= TILE_ELEMS * 8
+
+
 def plan_tiles(rows: int, cols: int) -> list[Tile]:
     """Tiles covering the view in storage order, each a contiguous run of elements.
 
@@ -103,7 +112,7 @@ def plan_tiles(rows: int, cols: int) -> list[Tile]:
     """
     if rows == 0 or cols == 0:
         return []
-    if cols * TILE_MIN_ROWS <= TILE_ELEMS * 8:
+    if whole_rows(cols):
         step = max(TILE_MIN_ROWS, (TILE_ELEMS // cols) // BLOCK * BLOCK)
         return [Tile(r, min(r + step, rows), 0, cols, cols) for r in range(0, rows, step)]
     return [
@@ -181,6 +190,18 @@ P = _balanced_p()
 
 
 @dataclass
+class GramSums:
+    """Input-side Gram sketch sums (see ``row_lanes``): tiles are added into it in order."""
+
+    gram: np.ndarray = field(default_factory=lambda: np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64))
+    lanes: np.ndarray = field(default_factory=lambda: np.zeros(GRAM_DIM, dtype=np.float64))
+
+    def add(self, other: GramSums) -> None:
+        self.gram += other.gram
+        self.lanes += other.lanes
+
+
+@dataclass
 class TileResult:
     """The reduction of one tile; tiles are added in order by ``TensorAccumulator``."""
 
@@ -196,6 +217,7 @@ class TileResult:
     col_block0: int  # first column block the column sketch covers
     col_sketch: np.ndarray  # (col blocks touched, K) float64
     sample: np.ndarray  # sampled values of this tile in row-major lattice order
+    gram: GramSums  # what the tile added to the Gram sketch (shared by the tiles of a job)
 
 
 def merge_results(results: list[TileResult]) -> TileResult:
@@ -216,7 +238,17 @@ def merge_results(results: list[TileResult]) -> TileResult:
         col_block0=min(r.col_block0 for r in results),
         col_sketch=_add_ranges([(r.col_block0, r.col_sketch) for r in results]),
         sample=np.concatenate([r.sample for r in results]),
+        gram=_merge_grams([r.gram for r in results]),
     )
+
+
+def _merge_grams(grams: list[GramSums]) -> GramSums:
+    if all(g is grams[0] for g in grams):  # tiles added into one GramSums (a worker's job)
+        return grams[0]
+    total = GramSums()
+    for g in grams:
+        total.add(g)
+    return total
 
 
 def _add_ranges(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
@@ -247,6 +279,26 @@ def _fold_blocks(values: np.ndarray, start: int) -> np.ndarray:
         tail = values[lead + full :] * P[: n - lead - full]
         parts.append(tail.sum(axis=0, dtype=np.float64)[None])
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def row_lanes(matrix: np.ndarray, col0: int) -> np.ndarray:
+    """Each row's count sketch for the Gram sketch, (rows, GRAM_DIM) float64:
+    ``v[i, m * 16 + u] = Σ_{j ≡ u (mod 16)} Q[j, m] W[i, j]`` for the first ``GRAM_PROJECTIONS``
+    projections, ``j`` the absolute column (``col0`` is a multiple of 16).
+
+    ``Σ_i v_i v_iᵀ`` sketches the input-side Gram matrix ``WᵀW``: it does not change when
+    rows are permuted or rotated, and rows pruned or added change it only by their share, so
+    it compares models whose other axis differs. Entries of two different lanes combine
+    distinct columns only, so they carry ``WᵀW`` off its diagonal, free of the column norms
+    that make unrelated weights look alike.
+    """
+    rows, cols = matrix.shape
+    padded = -(-cols // _LANES) * _LANES
+    signed = np.zeros((GRAM_PROJECTIONS, rows, padded), dtype=np.float64)
+    q = q_rows(col0, col0 + cols)[:, :GRAM_PROJECTIONS]
+    signed[:, :, :cols] = matrix[None, :, :] * q.T[:, None, :]
+    lanes = signed.reshape(GRAM_PROJECTIONS, rows, padded // _LANES, _LANES).sum(axis=2)
+    return lanes.transpose(1, 0, 2).reshape(rows, GRAM_DIM)
 
 
 class Workspace:
@@ -290,9 +342,14 @@ def _power_sums(flat: np.ndarray, workspace: Workspace | None = None) -> np.ndar
 
 
 def reduce_tile(
-    values: np.ndarray, tile: Tile, strides: tuple[int, int], workspace: Workspace | None = None
+    values: np.ndarray,
+    tile: Tile,
+    strides: tuple[int, int],
+    workspace: Workspace | None = None,
+    gram: GramSums | None = None,
 ) -> TileResult:
-    """Reduce one decoded tile (``values`` in storage order) to its ``TileResult``."""
+    """Reduce one decoded tile (``values`` in storage order) to its ``TileResult``; its Gram
+    sketch terms are added into ``gram`` (a new ``GramSums`` when None)."""
     n_rows, n_cols = tile.row1 - tile.row0, tile.col1 - tile.col0
     matrix = values.reshape(n_rows, n_cols)
     lowest, highest = matrix.min(), matrix.max()
@@ -308,6 +365,10 @@ def reduce_tile(
     work = matrix if matrix.dtype == np.float32 else matrix.astype(np.float32)
     row_part = work @ q_rows(tile.col0, tile.col1)
     col_part = q_rows(tile.row0, tile.row1).T @ work
+    lanes = row_lanes(work, tile.col0)
+    gram = gram if gram is not None else GramSums()
+    gram.gram += lanes.T @ lanes
+    gram.lanes += lanes.sum(axis=0)
     return TileResult(
         power_sums=sums,
         minimum=float(lowest),
@@ -321,6 +382,7 @@ def reduce_tile(
         col_block0=tile.col0 // BLOCK,
         col_sketch=_fold_blocks(col_part.T, tile.col0),
         sample=_tile_sample(matrix, tile, strides),
+        gram=gram,
     )
 
 
@@ -334,14 +396,20 @@ def kernel_name() -> str:
 
 
 def reduce_raw_tile(
-    raw: np.ndarray, dtype: str, tile: Tile, strides: tuple[int, int], workspace: Workspace
+    raw: np.ndarray,
+    dtype: str,
+    tile: Tile,
+    strides: tuple[int, int],
+    workspace: Workspace,
+    gram: GramSums | None = None,
 ) -> tuple[int, TileResult] | None:
     """``(zlib crc32 of raw, reduction)`` of a tile in one compiled pass over its bytes, or
     ``None`` when the numpy path must do it.
 
     ``None`` when the kernel is not built, the dtype is not F32/BF16/F16, or the tile holds
     NaN, Inf or values whose fourth power overflows float32 (the numpy path counts and
-    drops those). The reduction matches ``reduce_tile`` to float32 rounding.
+    drops those; ``gram`` is then left as it was). The reduction matches ``reduce_tile`` to
+    float32 rounding. The Gram sketch terms are added into ``gram`` (new when None).
     """
     kind = _FUSED_KINDS.get(dtype)
     if _fused is None or kind is None or tile.numel < _fused.MIN_ELEMENTS:
@@ -350,12 +418,13 @@ def reduce_raw_tile(
     row_sketch = np.zeros(((tile.row1 - 1) // BLOCK - tile.row0 // BLOCK + 1, K), dtype=np.float64)
     col_sketch = np.zeros(((tile.col1 - 1) // BLOCK - tile.col0 // BLOCK + 1, K), dtype=np.float64)
     values = workspace.array("values", min(tile.numel, max(_fused.SCRATCH_ELEMENTS, n_cols)), np.float32)
+    gram = gram if gram is not None else GramSums()
     checksum, s1, s2, s3, s4, lowest, highest, zeros, nonfinite = _fused.reduce_tile(
         raw, kind, n_rows, n_cols, tile.row0, tile.col0,
         q_rows_t(tile.col0, tile.col1), q_rows(tile.row0, tile.row1), P, values,
         workspace.array("row_part", n_rows * K, np.float32),
         workspace.array("col_part", n_cols * K, np.float32),
-        row_sketch, col_sketch,
+        row_sketch, col_sketch, gram.gram, gram.lanes,
     )  # fmt: skip
     if nonfinite:
         return None
@@ -373,6 +442,7 @@ def reduce_raw_tile(
         col_sketch=col_sketch,
         # Picked from the raw bytes: the kernel keeps only one block of decoded values.
         sample=_tile_sample(raw.view(_RAW_TYPES[dtype]).reshape(n_rows, n_cols), tile, strides),
+        gram=gram,
     )
 
 
@@ -420,6 +490,8 @@ class Fingerprint:
     sample: np.ndarray  # float32 (sample_rows * sample_cols,)
     sample_strides: tuple[int, int]
     sample_shape: tuple[int, int]
+    input_gram: np.ndarray | None  # float32 (GRAM_DIM * (GRAM_DIM + 1) / 2,): upper triangle of Σ v vᵀ
+    input_lanes: np.ndarray | None  # float32 (GRAM_DIM,): Σ v; both None when rows were split
 
 
 class TensorAccumulator:
@@ -434,6 +506,8 @@ class TensorAccumulator:
         self._lowest, self._highest = math.inf, -math.inf
         self._counts = np.zeros(4, dtype=np.int64)  # zeros, nans, +inf, -inf
         self._samples: list[np.ndarray] = []  # in storage order, which is lattice order
+        self._gram = np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64)
+        self._lanes = np.zeros(GRAM_DIM, dtype=np.float64)
 
     def add(self, result: TileResult) -> None:
         self._sums += result.power_sums
@@ -445,6 +519,8 @@ class TensorAccumulator:
         self._row_sketch[first_r : first_r + len(result.row_sketch)] += result.row_sketch
         self._col_sketch[first_c : first_c + len(result.col_sketch)] += result.col_sketch
         self._samples.append(result.sample)
+        self._gram += result.gram.gram
+        self._lanes += result.gram.lanes
 
     def finish(self) -> Fingerprint:
         zeros, nans, posinf, neginf = (int(c) for c in self._counts)
@@ -452,6 +528,10 @@ class TensorAccumulator:
         sample_shape = (-(-self.rows // stride_r), -(-self.cols // stride_c))
         sample = self._assemble_sample(sample_shape)
         finite = self.rows * self.cols - nans - posinf - neginf
+        gram = lanes = None
+        if whole_rows(self.cols):  # a row cut into column pieces has its lanes in several tiles
+            gram = self._gram[np.triu_indices(GRAM_DIM)].astype(np.float32)
+            lanes = self._lanes.astype(np.float32)
         return Fingerprint(
             rows=self.rows,
             cols=self.cols,
@@ -471,6 +551,8 @@ class TensorAccumulator:
             sample=sample,
             sample_strides=self.strides,
             sample_shape=sample_shape,
+            input_gram=gram,
+            input_lanes=lanes,
         )
 
     def _assemble_sample(self, sample_shape: tuple[int, int]) -> np.ndarray:

@@ -30,6 +30,9 @@ from .checkpoint import SUPPORTED_DTYPES, Checkpoint, TensorInfo, is_pickle, ope
 from .errors import OutputError
 from .fingerprint import (
     BLOCK,
+    GRAM_DIM,
+    GRAM_PROJECTIONS,
+    GRAM_VERSION,
     SAMPLE_CAP,
     SKETCH_VERSION,
     TILE_ELEMS,
@@ -94,6 +97,8 @@ def _index_schema() -> pa.Schema:
             ("sample_stride_cols", pa.int32()),
             ("sample_rows", pa.int32()),
             ("sample_cols", pa.int32()),
+            ("input_gram", pa.list_(pa.float32())),
+            ("input_lanes", pa.list_(pa.float32())),
         ]
     )
 
@@ -229,6 +234,14 @@ def _file_metadata(checkpoint: Checkpoint, model: str) -> dict:
             "tile_elements": TILE_ELEMS,
             "sample_cap": SAMPLE_CAP,
             "view": "leading size-1 dims dropped; rows = dim 0, cols = product of the rest",
+        },
+        "gram": {
+            "version": GRAM_VERSION,
+            "dim": GRAM_DIM,
+            "projections": GRAM_PROJECTIONS,
+            "construction": "v_i[m*16+u] = sum over columns j = u (mod 16) of Q[j,m] W[i,j], "
+            "m < projections; input_gram = upper triangle (row-major) of sum_i v_i v_i^T, "
+            "input_lanes = sum_i v_i; null when rows are cut into column pieces (cols > 16384)",
         },
         "hash": "crc32 (zlib) of the raw tensor bytes",
         "kernel": kernel_name(),
@@ -401,6 +414,8 @@ def _fingerprint_columns(fp: Fingerprint) -> dict:
         "sample_stride_cols": fp.sample_strides[1],
         "sample_rows": fp.sample_shape[0],
         "sample_cols": fp.sample_shape[1],
+        "input_gram": fp.input_gram,
+        "input_lanes": fp.input_lanes,
     }
     columns.update(moments(fp.finite, fp.sum_x, fp.sum_x2, fp.sum_x3, fp.sum_x4))
     return columns

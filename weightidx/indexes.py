@@ -131,16 +131,19 @@ def load_index(path: Path | str, name: str | None = None) -> IndexedModel:
     )
 
 
-_ARRAY_COLUMNS = ("row_sketch", "col_sketch", "sample")
+_ARRAY_COLUMNS = ("row_sketch", "col_sketch", "sample", "input_gram", "input_lanes")
 
 
 def _rows_with_arrays(table: pa.Table) -> dict[str, dict]:
-    """Index rows as dicts, the sketch and sample columns as numpy views (no Python floats)."""
-    rows = table.drop_columns(list(_ARRAY_COLUMNS)).to_pylist()
-    for name in _ARRAY_COLUMNS:
+    """Index rows as dicts, the sketch and sample columns as numpy views (no Python floats);
+    a null array (no Gram sketch, say) stays ``None``."""
+    present = [name for name in _ARRAY_COLUMNS if name in table.column_names]
+    rows = table.drop_columns(present).to_pylist()
+    for name in present:
         column = table.column(name).combine_chunks()
         values = column.values.to_numpy(zero_copy_only=False)
         offsets = column.offsets.to_numpy()
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
         for i, row in enumerate(rows):
-            row[name] = values[offsets[i] : offsets[i + 1]]
+            row[name] = values[offsets[i] : offsets[i + 1]] if valid[i] else None
     return {row["key"]: row for row in rows}

@@ -9,22 +9,30 @@ patch outputs (64). A tensor reading from such an axis has an input-side Gram ma
 statistic is the correlation of the off-diagonal entries of the two Gram matrices (the
 diagonal only says "weights have some norm" and makes unrelated models look alike). Its
 null comes from the same statistic between different tensors of one model on that axis.
+
+With the checkpoints at hand (``analyse``) the Gram matrices are computed from the values.
+From the indexes alone (``analyse_sketches``) the index's input-side Gram sketch stands in
+for them (``fingerprint.row_lanes``): a 32 x 32 projection of ``WᵀW``, of which only the
+entries between different lanes are used, since those combine distinct columns only.
+Output-side axes need the checkpoints.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .fingerprint import GRAM_DIM, whole_rows
 from .indexes import IndexedModel
 from .report import is_matrix
 
 MAX_AXIS = 4096  # Gram matrices up to 4096 x 4096 (64 MB in float32)
 MAX_VALUES = 1 << 25
 _MAX_PER_AXIS = 8
+_MAX_PER_AXIS_SKETCHED = 32  # a sketch signature is 480 numbers: many tensors cost nothing
 _DECIDE_Z = 5.0
 _MIN_CONTROLS = 3
 
@@ -42,8 +50,8 @@ class AxisResult:
     null_std: float | None
     null_pairs: int
     z_score: float | None
-    mantel_z: float  # the score against the same pair with B's axis shuffled (a Mantel test)
-    mantel_p: float
+    mantel_z: float | None  # the score against the same pair with B's axis shuffled (a Mantel
+    mantel_p: float | None  # test); None from sketches, which cannot shuffle the axis
 
     def as_json(self) -> dict:
         return {
@@ -65,28 +73,39 @@ def _round(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 6)
 
 
-def shared_axes(a: IndexedModel, b: IndexedModel) -> dict[tuple[str, int], tuple[list[str], list[str]]]:
+def shared_axes(
+    a: IndexedModel, b: IndexedModel, *, sketched: bool = False
+) -> dict[tuple[str, int], tuple[list[str], list[str]]]:
     """Axis sizes present on the same side of weight matrices in both models, but where the
-    other side differs (so the tensors could not be matched value for value)."""
+    other side differs (so the tensors could not be matched value for value).
+
+    ``sketched``: input axes of tensors that have a Gram sketch in the index (any size the
+    sketch covers, up to ``_MAX_PER_AXIS_SKETCHED`` tensors a side); otherwise both sides,
+    axes up to ``MAX_AXIS`` and tensors up to ``MAX_VALUES`` values, whose Gram matrices
+    are computed from the checkpoints.
+    """
     found: dict[tuple[str, int], tuple[list[str], list[str]]] = {}
-    for side, this, other in (("input", "cols", "rows"), ("output", "rows", "cols")):
+    sides = [("input", "cols", "rows")] + ([] if sketched else [("output", "rows", "cols")])
+    keep = _MAX_PER_AXIS_SKETCHED if sketched else _MAX_PER_AXIS
+    for side, this, other in sides:
         sizes_a: dict[int, list[str]] = defaultdict(list)
         sizes_b: dict[int, list[str]] = defaultdict(list)
         for model, sizes in ((a, sizes_a), (b, sizes_b)):
             for key, row in model.rows.items():
                 size = int(row[this])
-                if (
-                    is_matrix(row)
-                    and row["supported"]
-                    and 16 <= size <= MAX_AXIS
-                    and row["numel"] <= MAX_VALUES
-                ):
+                if not (is_matrix(row) and row["supported"] and size >= 16):
+                    continue
+                if sketched:
+                    usable = row.get("input_gram") is not None and whole_rows(size)
+                else:
+                    usable = size <= MAX_AXIS and row["numel"] <= MAX_VALUES
+                if usable:
                     sizes[size].append(key)
         for size in sorted(set(sizes_a) & set(sizes_b)):
             others_a = {int(a.rows[k][other]) for k in sizes_a[size]}
             others_b = {int(b.rows[k][other]) for k in sizes_b[size]}
             if others_a != others_b:
-                found[side, size] = (sizes_a[size][:_MAX_PER_AXIS], sizes_b[size][:_MAX_PER_AXIS])
+                found[side, size] = (sizes_a[size][:keep], sizes_b[size][:keep])
     return found
 
 
@@ -160,32 +179,97 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
     for (side, size), (keys_a, keys_b) in shared_axes(a, b).items():
         signatures_a = {k: gram_signature(read(a, k), side) for k in keys_a}
         signatures_b = {k: gram_signature(read(b, k), side) for k in keys_b}
-        best = max(
-            ((float(sa @ sb), ka, kb) for ka, sa in signatures_a.items() for kb, sb in signatures_b.items()),
-            key=lambda item: abs(item[0]),
-        )
+        result = _score_axis(side, size, signatures_a, signatures_b, floor=1 / math.sqrt(size))
         # B's Gram matrix is rebuilt (one read) rather than kept for every candidate: at axis 4096
         # each is 64 MB. A's side needs only its signature, already computed.
-        gram_b = gram_matrix(read(b, best[2]), side)
-        mantel_z, mantel_p = mantel(signatures_a[best[1]], gram_b, best[0], seed=size)
-        null = [
-            float(s1 @ s2)
-            for signatures in (signatures_a, signatures_b)
-            for i, s1 in enumerate(signatures.values())
-            for j, s2 in enumerate(signatures.values())
-            if i < j
-        ]
-        mean = float(np.mean(null)) if null else None
-        std = float(np.std(null)) if null else None
-        z = None
-        if len(null) >= _MIN_CONTROLS and mean is not None and std is not None:
-            # A few controls can agree by chance; never trust a spread below the statistic's own
-            # sampling spread for independent matrices, about 1/sqrt(axis size).
-            z = (abs(best[0]) - abs(mean)) / max(std, 1 / math.sqrt(size))
+        gram_b = gram_matrix(read(b, result.b_key), side)
+        mantel_z, mantel_p = mantel(signatures_a[result.a_key], gram_b, result.score, seed=size)
+        results.append(replace(result, mantel_z=mantel_z, mantel_p=mantel_p))
+    return {
+        "method": "checkpoint values",
+        "axes": [r.as_json() for r in results],
+        "verdict": _verdict(results),
+    }
+
+
+def analyse_sketches(a: IndexedModel, b: IndexedModel) -> dict:
+    """The ``lineage`` section from the indexes alone: input-side axes, through the Gram sketches.
+
+    Output-side axes and the axis-shuffle test need the tensor values; the verdict says so.
+    """
+    if not any("input_gram" in row for model in (a, b) for row in model.rows.values()):
+        return {
+            "method": "index sketches",
+            "axes": [],
+            "verdict": "The indexes predate the Gram sketches (index columns input_gram, input_lanes); "
+            "re-index both checkpoints with this weightidx, or compare with the checkpoints at hand.",
+        }
+    results = []
+    for (side, size), (keys_a, keys_b) in shared_axes(a, b, sketched=True).items():
+        signatures_a = {k: sketch_signature(a.rows[k]) for k in keys_a}
+        signatures_b = {k: sketch_signature(b.rows[k]) for k in keys_b}
         results.append(
-            AxisResult(side, size, best[1], best[2], best[0], mean, std, len(null), z, mantel_z, mantel_p)
+            _score_axis(side, size, signatures_a, signatures_b, floor=1 / math.sqrt(_CROSS_LANE[0].size))
         )
-    return {"axes": [r.as_json() for r in results], "verdict": _verdict(results)}
+    verdict = (
+        "From the index sketches alone (input-side axes; output-side axes and the axis-shuffle test "
+        "need the checkpoints): " + _verdict(results)
+    )
+    return {"method": "index sketches", "axes": [r.as_json() for r in results], "verdict": verdict}
+
+
+def _score_axis(
+    side: str,
+    size: int,
+    signatures_a: dict[str, np.ndarray],
+    signatures_b: dict[str, np.ndarray],
+    floor: float,
+) -> AxisResult:
+    """The best cross-model pair on one axis against the within-model pairs (the controls).
+
+    ``floor``: the statistic's own sampling spread for independent matrices; a few controls
+    can agree by chance, so their spread is never trusted below it.
+    """
+    best = max(
+        ((float(sa @ sb), ka, kb) for ka, sa in signatures_a.items() for kb, sb in signatures_b.items()),
+        key=lambda item: abs(item[0]),
+    )
+    null = [
+        float(s1 @ s2)
+        for signatures in (signatures_a, signatures_b)
+        for i, s1 in enumerate(signatures.values())
+        for j, s2 in enumerate(signatures.values())
+        if i < j
+    ]
+    mean = float(np.mean(null)) if null else None
+    std = float(np.std(null)) if null else None
+    z = None
+    if len(null) >= _MIN_CONTROLS and mean is not None and std is not None:
+        z = (abs(best[0]) - abs(mean)) / max(std, floor)
+    return AxisResult(side, size, best[1], best[2], best[0], mean, std, len(null), z, None, None)
+
+
+def _cross_lane_pairs() -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.triu_indices(GRAM_DIM, k=1)
+    distinct = rows % 16 != cols % 16
+    return rows[distinct], cols[distinct]
+
+
+_CROSS_LANE = _cross_lane_pairs()
+
+
+def sketch_signature(row: dict) -> np.ndarray:
+    """The entries between different lanes of a tensor's centred input-side Gram sketch,
+    centred and unit-norm (the sketch counterpart of ``signature``)."""
+    full = np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64)
+    full[np.triu_indices(GRAM_DIM)] = row["input_gram"]
+    full = full + np.triu(full, k=1).T
+    lanes = np.asarray(row["input_lanes"], dtype=np.float64)
+    centred = full - np.outer(lanes, lanes) / max(int(row["rows"]), 1)
+    entries = centred[_CROSS_LANE]
+    entries -= entries.mean()
+    norm = np.linalg.norm(entries)
+    return entries / norm if norm > 0 else entries
 
 
 def _verdict(results: list[AxisResult]) -> str:
@@ -201,7 +285,7 @@ def _verdict(results: list[AxisResult]) -> str:
             if r.z_score is not None
             else f", too few within-model controls ({r.null_pairs}) to judge"
         )
-        + f", axis-shuffle z = {r.mantel_z:.1f} (p = {r.mantel_p:.2f})"
+        + (f", axis-shuffle z = {r.mantel_z:.1f} (p = {r.mantel_p:.2f})" if r.mantel_z is not None else "")
         for r in results
     )
     decided = [r for r in results if r.z_score is not None and r.z_score >= _DECIDE_Z and abs(r.score) > 0.5]
