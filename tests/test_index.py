@@ -268,3 +268,18 @@ def test_prestarted_workers_are_used_or_stopped(demo_pair, tmp_path: Path, monke
         .drop(["model"])
         .equals(pq.read_table(tmp_path / "inline.parquet").drop(["model"]))
     )
+
+
+def test_cached_index_from_an_older_weightidx_is_rebuilt(demo_pair, tmp_path: Path) -> None:
+    from weightidx.indexes import cached_index
+
+    first = cached_index(demo_pair["a"], tmp_path)
+    table = pq.read_table(first)
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    del meta["gram"]  # as written before the Gram sketch existed
+    pq.write_table(
+        table.drop(["input_gram", "input_lanes"]).replace_schema_metadata({METADATA_KEY: json.dumps(meta)}),
+        first,
+    )
+    again = cached_index(demo_pair["a"], tmp_path)
+    assert again == first and "input_gram" in pq.read_schema(again).names

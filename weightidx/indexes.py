@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from .checkpoint import header_sha256
 from .errors import IndexFileError
+from .fingerprint import GRAM_VERSION, SKETCH_VERSION
 from .index import METADATA_KEY, SCHEMA_VERSION
 
 
@@ -86,7 +87,13 @@ def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
         meta = json.loads(pq.read_schema(target).metadata[METADATA_KEY])
         recorded = [(s["name"], s["size"], s["mtime_ns"], s["header_sha256"]) for s in meta["shards"]]
         current = [(s.name, s.size, s.mtime_ns, s.header_sha256) for s in opened.shards]
-        if recorded == current and meta.get("schema_version") == SCHEMA_VERSION:
+        # An index from an older weightidx may lack sketches this one reads: rebuilt too.
+        versions = (
+            meta.get("schema_version"),
+            meta.get("sketch_version"),
+            meta.get("gram", {}).get("version"),
+        )
+        if recorded == current and versions == (SCHEMA_VERSION, SKETCH_VERSION, GRAM_VERSION):
             return target
     folder.mkdir(parents=True, exist_ok=True)
     index_checkpoint(checkpoint, target)

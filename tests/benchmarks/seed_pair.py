@@ -1,9 +1,9 @@
 """The seed's pair at full width: Wan2.1-style (5120) vs LongCat-style (4096), two blocks each.
 
 Writes the pair once (build/seed_pair, about 3.5 GB in bf16), then compares A with a
-LongCat-style model pruned from it and with an independently initialised one, and prints
-each lineage verdict. Not part of `make test` (it takes minutes); run it with
-`.venv/bin/python tests/benchmarks/seed_pair.py`.
+LongCat-style model pruned from it and with an independently initialised one, from the
+tensor values and from the indexes alone, and prints each lineage verdict. Not part of
+`make test` (it takes minutes); run it with `.venv/bin/python tests/benchmarks/seed_pair.py`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ def main() -> None:
         print("generating the full-width pair (5120 vs 4096, two blocks) ...", flush=True)
         paths = write_seed_pair(FOLDER)
     for role in ("derived", "independent"):
-        started = time.perf_counter()
-        report = compare_paths(paths["a"], paths[role], cache=FOLDER / "cache")
-        print(f"\n== A vs {paths[role].name}: {time.perf_counter() - started:.0f} s ==")
-        print("scenario:", report["summary"]["scenario"])
-        print(json.dumps(report["lineage"]["axes"], indent=1))
-        print(report["lineage"]["verdict"])
+        for index_only in (False, True):  # from the tensor values, then from the index sketches alone
+            started = time.perf_counter()
+            report = compare_paths(paths["a"], paths[role], cache=FOLDER / "cache", index_only=index_only)
+            method = report["lineage"]["method"]
+            print(f"\n== A vs {paths[role].name} ({method}): {time.perf_counter() - started:.0f} s ==")
+            print("scenario:", report["summary"]["scenario"])
+            print(json.dumps(report["lineage"]["axes"], indent=1))
+            print(report["lineage"]["verdict"])
 
 
 if __name__ == "__main__":
