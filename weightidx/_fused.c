@@ -542,15 +542,11 @@ static Py_ssize_t block_rows(Py_ssize_t rows, Py_ssize_t cols) {
     return block > rows ? rows : block;
 }
 
-/* Rows whose lane sums are kept at once (the row sketch's state and each row's ROW_DIM lane
- * sums, 64 KiB): narrow tensors have blocks of thousands of rows, and a per-row state for a
- * whole block would outgrow the caches (and, at one column, the tensor). */
-#define SKETCH_ROWS 64
-
 /* float32 elements of reduce_tile's scratch: the both-side sketch (doubles), one block of
- * decoded values, and the lane sums of SKETCH_ROWS rows. */
+ * decoded values, the row sketch's lane sums and each row's lane sums for that block. */
 static Py_ssize_t scratch_elements(Py_ssize_t rows, Py_ssize_t cols) {
-    return 2 * GRAM_DIM * ROW_DIM + block_rows(rows, cols) * cols + SKETCH_ROWS * (K * L + ROW_DIM);
+    Py_ssize_t block = block_rows(rows, cols);
+    return 2 * GRAM_DIM * ROW_DIM + block * cols + block * (K * L + ROW_DIM);
 }
 
 PyDoc_STRVAR(reduce_tile_doc,
@@ -629,15 +625,11 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
                 decode_row((const char *)b[0].buf + (i0 + g0 + i) * cols * itemsize, kind, cols, xg + i * cols);
             stats_add(&acc, xg, g * cols);
         }
-        float *lanes_out = state + SKETCH_ROWS * K * L;
-        for (Py_ssize_t s0 = 0; s0 < n_block; s0 += SKETCH_ROWS) { /* rows in order, SKETCH_ROWS at a time */
-            Py_ssize_t ns = n_block - s0 < SKETCH_ROWS ? n_block - s0 : SKETCH_ROWS;
-            Py_ssize_t first = i0 + s0;
-            row_sketch(xb + s0 * cols, ns, cols, (const float *)b[1].buf, qt_stride, state,
-                       (float *)b[5].buf + first * K, lanes_out);
-            gram_block(lanes_out, ns, tile_gram, tile_lanes);
-            out_block(lanes_out, ns, (const float *)b[2].buf + first * K, row0 + first, tile_z);
-        }
+        float *lanes_out = state + block * K * L;
+        row_sketch(xb, n_block, cols, (const float *)b[1].buf, qt_stride, state, (float *)b[5].buf + i0 * K,
+                   lanes_out);
+        gram_block(lanes_out, n_block, tile_gram, tile_lanes);
+        out_block(lanes_out, n_block, (const float *)b[2].buf + i0 * K, row0 + i0, tile_z);
         col_sketch(xb, n_block, cols, (const float *)b[2].buf + i0 * K, (float *)b[6].buf);
     }
     stats_finish(&acc, &stats);
