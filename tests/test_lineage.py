@@ -135,7 +135,7 @@ def sketched_lineage_of(tmp_path: Path, a: dict, b: dict) -> dict:
     pb = write_tensors(tmp_path / "b.safetensors", b)
     lineage = compare_paths(pa, pb, cache=tmp_path / "cache", index_only=True)["lineage"]
     assert lineage["method"] == "index sketches"
-    assert all(x["mantel_z"] is None for x in lineage["axes"])  # shuffling needs the values
+    assert all(x["side"] == "input" and x["mantel_z"] is None for x in lineage["axes"])
     return lineage
 
 
@@ -145,12 +145,8 @@ def test_index_sketches_trace_a_width_pruned_derivation(tmp_path: Path, seed: in
     rng = np.random.default_rng(seed)
     a = model(rng, 128, INPUTS)
     lineage = sketched_lineage_of(tmp_path, a, pruned(a, 96, rng, noise))
-    axes = {(x["side"], x["size"]): x for x in lineage["axes"]}
-    assert set(axes) == {("input", 256), ("input", 192), ("input", 64), ("output", 64)}
-    assert all(x["z_score"] > 5 and x["score"] > 0.7 for (side, _), x in axes.items() if side == "input")
-    assert (
-        axes["output", 64]["z_score"] is None and axes["output", 64]["score"] > 0.5
-    )  # one head: no controls
+    assert {x["size"] for x in lineage["axes"]} == {256, 192, 64}
+    assert all(x["z_score"] > 5 and x["score"] > 0.7 for x in lineage["axes"])
     assert lineage["verdict"].startswith("From the index sketches alone")
     assert "derived from A's" in lineage["verdict"]
 
@@ -159,7 +155,7 @@ def test_index_sketches_trace_a_width_pruned_derivation(tmp_path: Path, seed: in
 def test_index_sketches_keep_independent_twins_inside_the_null(tmp_path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     lineage = sketched_lineage_of(tmp_path, model(rng, 128, INPUTS), model(rng, 96, INPUTS))
-    assert all((x["z_score"] or 0) < 5 and abs(x["score"]) < 0.5 for x in lineage["axes"])
+    assert all(x["z_score"] < 5 and abs(x["score"]) < 0.5 for x in lineage["axes"])
     assert "no sign that B was initialised from A" in lineage["verdict"]
 
 
@@ -174,8 +170,7 @@ def test_index_sketches_trace_a_width_projected_derivation(tmp_path: Path) -> No
         if not key.startswith(("head", "blocks"))
     }
     lineage = sketched_lineage_of(tmp_path, a, b)
-    assert all(x["z_score"] > 5 for x in lineage["axes"] if x["side"] == "input")
-    assert "derived from A's" in lineage["verdict"]
+    assert all(x["z_score"] > 5 for x in lineage["axes"]) and "derived from A's" in lineage["verdict"]
 
 
 def test_seed_pair_from_the_indexes_alone(tmp_path: Path) -> None:
@@ -188,9 +183,7 @@ def test_seed_pair_from_the_indexes_alone(tmp_path: Path) -> None:
         assert report["summary"]["scenario"] == "incompatible"
         assert {x["size"] for x in report["lineage"]["axes"]} >= {128, 256, 64}
         verdict = report["lineage"]["verdict"]
-        assert verdict.startswith(
-            "From the index sketches alone (the axis-shuffle test needs the checkpoints)"
-        )
+        assert "output-side axes and the axis-shuffle test need the checkpoints" in verdict
     text = next(x for x in reports["derived"]["lineage"]["axes"] if x["size"] == 128)
     assert text["z_score"] > 5 and "derived from A's" in reports["derived"]["lineage"]["verdict"]
     assert "derived from A's" not in reports["independent"]["lineage"]["verdict"]
@@ -206,7 +199,7 @@ def test_indexes_without_gram_sketches_say_to_reindex(tmp_path: Path) -> None:
     for name, tensors in (("a", a), ("b", pruned(a, 96, rng, 0.3))):
         index = tmp_path / f"{name}.parquet"
         index_checkpoint(write_tensors(tmp_path / f"{name}.safetensors", tensors), index)
-        old = pq.read_table(index).drop(["input_gram", "input_lanes", "output_gram"])  # before the sketches
+        old = pq.read_table(index).drop(["input_gram", "input_lanes"])  # as written before the sketches
         pq.write_table(old, index)
         sides.append(load_index(index))
     lineage = analyse_sketches(*sides)

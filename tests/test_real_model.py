@@ -110,11 +110,8 @@ def test_minilm_pruned_to_a_smaller_width_is_traced_across_the_width_change(
     axes = {(x["side"], x["size"]): x for x in report["lineage"]["axes"]}
     assert axes["output", 1536]["z_score"] > 5 and axes["input", 1536]["z_score"] > 5
     assert "derived from A's" in report["lineage"]["verdict"]
-    # From the indexes alone, through the Gram sketches: the same FFN axis on both sides, and the
-    # position (512) and vocabulary (30,522) rows, which have no within-model controls.
+    # From the indexes alone: the input side (the 1536-wide MLP output projections) through the sketches.
     sketched = compare(tmp_path, minilm_tensors, pruned, index_only=True)["lineage"]
     assert sketched["method"] == "index sketches"
-    axes = {(x["side"], x["size"]): x for x in sketched["axes"]}
-    assert set(axes) == {("input", 1536), ("output", 1536), ("output", 512), ("output", 30522)}
-    assert axes["input", 1536]["z_score"] > 5 and axes["output", 1536]["z_score"] > 5
-    assert "derived from A's" in sketched["verdict"]
+    assert {(x["side"], x["size"]) for x in sketched["axes"]} == {("input", 1536)}
+    assert sketched["axes"][0]["z_score"] > 5 and "derived from A's" in sketched["verdict"]

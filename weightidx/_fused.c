@@ -215,10 +215,8 @@ static void stats_finish(const StatsAcc *acc, Stats *stats) {
  * sum_i v_i v_i^T sketches W^T W over this axis. */
 #define GRAM_PROJECTIONS 2
 #define GRAM_DIM (GRAM_PROJECTIONS * L)
-#define ROW_DIM (K * L) /* all of a row's lane sums: its 128-dimensional count sketch */
 
-/* gram += V^T V and lanes += column sums of V, over the first GRAM_DIM of each row's ROW_DIM
- * lane sums (V is n x ROW_DIM floats). Each
+/* gram += V^T V and lanes += column sums of V, for n rows of V (n x GRAM_DIM floats). Each
  * entry is its own sum over the rows in order, as a row-by-row update would be. Rows go in
  * batches converted to double once; for each batch a 16 x 8 strip of gram stays in
  * registers while the batch passes, instead of the whole 32 x 32 matrix being loaded and
@@ -229,8 +227,7 @@ CLONES EXACT_PRODUCTS static void gram_block(const float *restrict v, Py_ssize_t
     double wide[GRAM_BATCH * GRAM_DIM];
     for (Py_ssize_t i0 = 0; i0 < n; i0 += GRAM_BATCH) {
         Py_ssize_t batch = n - i0 < GRAM_BATCH ? n - i0 : GRAM_BATCH;
-        for (Py_ssize_t i = 0; i < batch; i++)
-            for (int p = 0; p < GRAM_DIM; p++) wide[i * GRAM_DIM + p] = v[(i0 + i) * ROW_DIM + p];
+        for (Py_ssize_t t = 0; t < batch * GRAM_DIM; t++) wide[t] = v[i0 * GRAM_DIM + t];
         for (int p0 = 0; p0 < GRAM_DIM; p0 += 16)
             for (int q0 = 0; q0 < GRAM_DIM; q0 += 8) {
                 vd8 acc[16];
@@ -248,43 +245,24 @@ CLONES EXACT_PRODUCTS static void gram_block(const float *restrict v, Py_ssize_t
     }
 }
 
-/* The output-side sketch: z = S_out^T V, a GRAM_DIM x ROW_DIM matrix, where V holds each
- * row's ROW_DIM lane sums (a count sketch of the row over the columns) and S_out is the same
- * kind of count sketch over the rows: row i goes to lane i mod L with sign Q[i, m], m <
- * GRAM_PROJECTIONS. So z sketches W on both sides, and z z^T sketches W W^T over the rows,
- * whatever the columns hold (permuted, rotated, pruned: the column sketch only adds noise).
- * Products are +-1 times a float, exact in double; each entry sums the rows in order. */
-CLONES EXACT_PRODUCTS static void out_block(const float *restrict v, Py_ssize_t n, const float *restrict qr,
-                                            Py_ssize_t first_row, double *restrict z) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const float *row = v + i * ROW_DIM;
-        int lane = (int)((first_row + i) % L);
-        for (int m = 0; m < GRAM_PROJECTIONS; m++) {
-            double sign = qr[i * K + m];
-            double *target = z + (m * L + lane) * ROW_DIM;
-            for (int k = 0; k < ROW_DIM; k++) target[k] += sign * (double)row[k];
-        }
-    }
-}
-
 /* Row sketch: row_out[i * K + m] = sum_j x[i, j] * qt[m * qt_stride + j]. qt is Q of the
  * tile's columns, transposed (K rows of qt_stride floats). state holds each row's 16 lane
  * sums per projection between chunks (rows * K * L floats). lanes_out receives each row's
- * lane sums, v[m * L + u] (rows x ROW_DIM). */
+ * Gram-sketch vector v (rows x GRAM_DIM). */
 CLONES EXACT_PRODUCTS static void row_sketch(const float *restrict x, Py_ssize_t rows, Py_ssize_t cols,
                                              const float *restrict qt, Py_ssize_t qt_stride,
                                              float *restrict state, float *restrict row_out,
                                              float *restrict lanes_out) {
     if (cols < L) { /* one partial vector per row: its lane sum is this sum, in this order */
         for (Py_ssize_t i = 0; i < rows; i++) {
-            float *v = lanes_out + i * ROW_DIM;
-            memset(v, 0, ROW_DIM * sizeof(float));
+            float *v = lanes_out + i * GRAM_DIM;
+            memset(v, 0, GRAM_DIM * sizeof(float));
             for (int m = 0; m < K; m++) {
                 float total = 0.0f;
                 for (Py_ssize_t j = 0; j < cols; j++) {
                     float term = x[i * cols + j] * qt[m * qt_stride + j];
                     total += term;
-                    v[m * L + j] = term;
+                    if (m < GRAM_PROJECTIONS) v[m * L + j] = term;
                 }
                 row_out[i * K + m] = total;
             }
@@ -337,7 +315,7 @@ CLONES EXACT_PRODUCTS static void row_sketch(const float *restrict x, Py_ssize_t
             if (full < cols) /* the row's last values, zero-padded */
                 a += load_tail(x + i * cols + full, cols - full) * load_tail(qt + m * qt_stride + full, cols - full);
             row_out[i * K + m] = lane_sum(a);
-            storev(lanes_out + i * ROW_DIM + m * L, a);
+            if (m < GRAM_PROJECTIONS) storev(lanes_out + i * GRAM_DIM + m * L, a);
         }
     }
 }
@@ -528,47 +506,26 @@ static void fold_blocks(const float *part, Py_ssize_t n, Py_ssize_t t_step, Py_s
     for (int m = 0; m < K; m++) out[block * K + m] += total[m];
 }
 
-/* Rows are decoded and summarised in groups that stay in L1, and projected in blocks of
- * groups that stay in L2 (the decoded values of one block, never the whole tile's, so they
- * do not go back to memory). The sizes depend on cols only. */
-static Py_ssize_t group_rows(Py_ssize_t cols) {
-    Py_ssize_t group = cols >= GROUP_ELEMS ? 1 : GROUP_ELEMS / cols / 4 * 4;
-    return group == 0 ? 1 : group;
-}
-
-static Py_ssize_t block_rows(Py_ssize_t rows, Py_ssize_t cols) {
-    Py_ssize_t group = group_rows(cols);
-    Py_ssize_t block = SKETCH_ELEMS / (group * cols) > 1 ? SKETCH_ELEMS / (group * cols) * group : group;
-    return block > rows ? rows : block;
-}
-
-/* float32 elements of reduce_tile's scratch: the both-side sketch (doubles), one block of
- * decoded values, the row sketch's lane sums and each row's lane sums for that block. */
-static Py_ssize_t scratch_elements(Py_ssize_t rows, Py_ssize_t cols) {
-    Py_ssize_t block = block_rows(rows, cols);
-    return 2 * GRAM_DIM * ROW_DIM + block * cols + block * (K * L + ROW_DIM);
-}
-
 PyDoc_STRVAR(reduce_tile_doc,
 "reduce_tile(raw, kind, rows, cols, row0, col0, q_cols_t, q_rows, p, values, row_part, col_part,\n"
-"            row_sketch, col_sketch, gram, lanes, z)\n"
+"            row_sketch, col_sketch, gram, lanes)\n"
 "    -> (crc32, s1, s2, s3, s4, lowest, highest, zeros, nonfinite)\n\n"
 "raw: the tile's little-endian bytes; kind 0 = F32, 1 = BF16, 2 = F16. q_cols_t: Q of the\n"
-"tile's columns transposed, K x (row stride) float32, a 2-D buffer. values: scratch of\n"
-"scratch_elements(rows, cols) float32, 8-byte aligned. Writes the projections (row_part\n"
-"rows x K, col_part K x cols, scratch) and adds\n"
+"tile's columns transposed, K x (row stride) float32, a 2-D buffer. values: scratch for a\n"
+"block of decoded rows, min(rows * cols, max(SCRATCH_ELEMENTS, cols)) float32. Writes the\n"
+"projections (row_part rows x K, col_part K x cols, scratch) and adds\n"
 "the block-folded sketches into row_sketch and col_sketch (float64, zeroed by the caller) and\n"
-"the tile's input-side Gram sketch into gram (GRAM_DIM x GRAM_DIM) and lanes (GRAM_DIM) and\n"
-"its both-side sketch into z (GRAM_DIM x ROW_DIM), float64 running sums, unless nonfinite.\n"
+"the tile's input-side Gram sketch into gram (GRAM_DIM x GRAM_DIM) and lanes (GRAM_DIM),\n"
+"float64 running sums, unless nonfinite.\n"
 "crc32 is zlib.crc32(raw). When nonfinite is True the statistics are not meaningful: use\n"
 "the numpy path.");
 
 static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
-    PyObject *raw_o, *qc_o, *qr_o, *p_o, *values_o, *row_o, *col_o, *rs_o, *cs_o, *gram_o, *lanes_o, *z_o;
+    PyObject *raw_o, *qc_o, *qr_o, *p_o, *values_o, *row_o, *col_o, *rs_o, *cs_o, *gram_o, *lanes_o;
     int kind;
     Py_ssize_t rows, cols, row0, col0;
-    if (!PyArg_ParseTuple(args, "OinnnnOOOOOOOOOOO", &raw_o, &kind, &rows, &cols, &row0, &col0, &qc_o, &qr_o,
-                          &p_o, &values_o, &row_o, &col_o, &rs_o, &cs_o, &gram_o, &lanes_o, &z_o))
+    if (!PyArg_ParseTuple(args, "OinnnnOOOOOOOOOO", &raw_o, &kind, &rows, &cols, &row0, &col0, &qc_o, &qr_o,
+                          &p_o, &values_o, &row_o, &col_o, &rs_o, &cs_o, &gram_o, &lanes_o))
         return NULL;
     if (kind < SRC_F32 || kind > SRC_F16 || rows < 0 || cols < 0 || row0 < 0 || col0 < 0 || rows * cols < L) {
         PyErr_SetString(PyExc_ValueError, "bad kind or shape");
@@ -577,37 +534,42 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
     Py_ssize_t n = rows * cols, itemsize = kind == SRC_F32 ? 4 : 2;
     Py_ssize_t row_blocks = (row0 + rows - 1) / BLOCK - row0 / BLOCK + 1;
     Py_ssize_t col_blocks = (col0 + cols - 1) / BLOCK - col0 / BLOCK + 1;
-    Py_buffer b[12];
-    PyObject *objects[12] = {raw_o, qc_o, qr_o, p_o, values_o, row_o, col_o, rs_o, cs_o, gram_o, lanes_o, z_o};
-    Py_ssize_t group = group_rows(cols), block = block_rows(rows, cols);
-    const Py_ssize_t need[12] = {n * itemsize, -1, rows * K * 4, BLOCK * K * 4,
-                                scratch_elements(rows, cols) * 4, rows * K * 4, cols * K * 4, row_blocks * K * 8, col_blocks * K * 8,
-                                GRAM_DIM * GRAM_DIM * 8, GRAM_DIM * 8, GRAM_DIM * ROW_DIM * 8};
-    const char *names[12] = {"raw", "q_cols", "q_rows", "p", "values", "row_part", "col_part",
-                            "row_sketch", "col_sketch", "gram", "lanes", "z"};
+    Py_buffer b[11];
+    PyObject *objects[11] = {raw_o, qc_o, qr_o, p_o, values_o, row_o, col_o, rs_o, cs_o, gram_o, lanes_o};
+    /* Rows are decoded, summarised and projected a block at a time (see below): the decoded
+     * values of one block, not the tile's, so they stay in L2 and never go back to memory. */
+    Py_ssize_t group = cols >= GROUP_ELEMS ? 1 : GROUP_ELEMS / cols / 4 * 4;
+    if (group == 0) group = 1;
+    Py_ssize_t block = SKETCH_ELEMS / (group * cols) > 1 ? SKETCH_ELEMS / (group * cols) * group : group;
+    if (block > rows) block = rows;
+    const Py_ssize_t need[11] = {n * itemsize, -1, rows * K * 4, BLOCK * K * 4, block * cols * 4,
+                                rows * K * 4, cols * K * 4, row_blocks * K * 8, col_blocks * K * 8,
+                                GRAM_DIM * GRAM_DIM * 8, GRAM_DIM * 8};
+    const char *names[11] = {"raw", "q_cols", "q_rows", "p", "values", "row_part", "col_part",
+                            "row_sketch", "col_sketch", "gram", "lanes"};
     int got = 0;
-    while (got < 12 && get_buffer(objects[got], &b[got], got >= 4, need[got], names[got]) == 0) got++;
+    while (got < 11 && get_buffer(objects[got], &b[got], got >= 4, need[got], names[got]) == 0) got++;
     /* q_cols_t is a strided view of the cached transposed Q: K rows of unit-stride floats. */
-    int valid = got == 12 && b[1].ndim == 2 && b[1].shape[0] == K && b[1].shape[1] >= cols && b[1].strides[1] == 4;
-    if (got == 12 && !valid)
+    int valid = got == 11 && b[1].ndim == 2 && b[1].shape[0] == K && b[1].shape[1] >= cols && b[1].strides[1] == 4;
+    if (got == 11 && !valid)
         PyErr_SetString(PyExc_ValueError, "q_cols_t must be K x cols float32 with unit column stride");
     if (!valid) {
         while (got--) PyBuffer_Release(&b[got]);
         return NULL;
     }
     Py_ssize_t qt_stride = b[1].strides[0] / 4;
-    /* Scratch, reused from call to call by the caller (fresh memory each call would cost a
-     * page fault per 4 KiB): the tile's both-side sketch, the block's decoded values, the row
-     * sketch's lane sums, each row's lane sums. */
-    double *tile_z = (double *)b[4].buf;
-    float *x = (float *)(tile_z + GRAM_DIM * ROW_DIM);
-    float *state = x + block * cols;
-    memset(tile_z, 0, GRAM_DIM * ROW_DIM * sizeof(double));
+    /* the row sketch's lane sums, then each row's Gram-sketch vector */
+    float *state = PyMem_RawMalloc((size_t)block * (K * L + GRAM_DIM) * sizeof(float));
+    if (state == NULL) {
+        for (int k = 10; k >= 0; k--) PyBuffer_Release(&b[k]);
+        return PyErr_NoMemory();
+    }
     Stats stats;
     uint32_t crc;
     double tile_gram[GRAM_DIM * GRAM_DIM] = {0}, tile_lanes[GRAM_DIM] = {0};
     Py_BEGIN_ALLOW_THREADS
     crc = crc32_update(0, (const unsigned char *)b[0].buf, (size_t)(n * itemsize));
+    float *x = (float *)b[4].buf;
     StatsAcc acc;
     stats_start(&acc);
     memset(b[6].buf, 0, (size_t)cols * K * sizeof(float));
@@ -629,7 +591,6 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         row_sketch(xb, n_block, cols, (const float *)b[1].buf, qt_stride, state, (float *)b[5].buf + i0 * K,
                    lanes_out);
         gram_block(lanes_out, n_block, tile_gram, tile_lanes);
-        out_block(lanes_out, n_block, (const float *)b[2].buf + i0 * K, row0 + i0, tile_z);
         col_sketch(xb, n_block, cols, (const float *)b[2].buf + i0 * K, (float *)b[6].buf);
     }
     stats_finish(&acc, &stats);
@@ -637,13 +598,12 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         double *gram = (double *)b[9].buf, *lanes = (double *)b[10].buf;
         for (int t = 0; t < GRAM_DIM * GRAM_DIM; t++) gram[t] += tile_gram[t];
         for (int t = 0; t < GRAM_DIM; t++) lanes[t] += tile_lanes[t];
-        double *z = (double *)b[11].buf;
-        for (int t = 0; t < GRAM_DIM * ROW_DIM; t++) z[t] += tile_z[t];
         fold_blocks((const float *)b[5].buf, rows, K, 1, row0, (const float *)b[3].buf, (double *)b[7].buf);
         fold_blocks((const float *)b[6].buf, cols, 1, cols, col0, (const float *)b[3].buf, (double *)b[8].buf);
     }
     Py_END_ALLOW_THREADS
-    for (int k = 11; k >= 0; k--) PyBuffer_Release(&b[k]);
+    PyMem_RawFree(state);
+    for (int k = 10; k >= 0; k--) PyBuffer_Release(&b[k]);
     return Py_BuildValue("kddddddLO", (unsigned long)crc, stats.sums[0], stats.sums[1], stats.sums[2],
                          stats.sums[3], (double)stats.lowest, (double)stats.highest, stats.zeros,
                          stats.nonfinite ? Py_True : Py_False);
@@ -690,19 +650,7 @@ static PyObject *py_signs(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_scratch_elements(PyObject *self, PyObject *args) {
-    Py_ssize_t rows, cols;
-    if (!PyArg_ParseTuple(args, "nn", &rows, &cols)) return NULL;
-    if (rows < 1 || cols < 1) {
-        PyErr_SetString(PyExc_ValueError, "bad shape");
-        return NULL;
-    }
-    return PyLong_FromSsize_t(scratch_elements(rows, cols));
-}
-
 static PyMethodDef methods[] = {
-    {"scratch_elements", py_scratch_elements, METH_VARARGS,
-     "scratch_elements(rows, cols): float32 elements of reduce_tile's values scratch for a rows x cols tile."},
     {"reduce_tile", py_reduce_tile, METH_VARARGS, reduce_tile_doc},
     {"crc32", py_crc32, METH_VARARGS, crc32_doc},
     {"signs", py_signs, METH_VARARGS, signs_doc},
@@ -722,8 +670,8 @@ PyMODINIT_FUNC PyInit__fused(void) {
 #endif
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "MIN_ELEMENTS", L) < 0 ||
-                      PyModule_AddIntConstant(m, "GRAM_DIM", GRAM_DIM) < 0 ||
-                      PyModule_AddIntConstant(m, "ROW_DIM", ROW_DIM) < 0)) {
+                      PyModule_AddIntConstant(m, "SCRATCH_ELEMENTS", SKETCH_ELEMS) < 0 ||
+                      PyModule_AddIntConstant(m, "GRAM_DIM", GRAM_DIM) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

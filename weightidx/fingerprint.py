@@ -52,10 +52,9 @@ if os.environ.get("WEIGHTIDX_KERNEL") == "numpy":  # forces the numpy path (test
 SKETCH_VERSION = 1
 BLOCK = 16
 K = 8
-GRAM_VERSION = 1  # input_gram, input_lanes, output_gram
+GRAM_VERSION = 1
 GRAM_PROJECTIONS = 2  # of the K projections, the first two feed the Gram sketch
 GRAM_DIM = GRAM_PROJECTIONS * 16  # 16 lanes each (the kernel's vector width)
-ROW_DIM = K * 16  # all lanes of all projections: each row's count sketch, for the output side
 _LANES = 16
 TILE_ELEMS = 1 << 18  # 1 MiB of float32 per tile
 TILE_MIN_ROWS = 128  # the column sketch writes K x cols per tile: keep that small next to the tile
@@ -192,16 +191,14 @@ P = _balanced_p()
 
 @dataclass
 class GramSums:
-    """Gram sketch sums (see ``row_lanes`` and ``both_sides``): tiles are added into it in order."""
+    """Input-side Gram sketch sums (see ``row_lanes``): tiles are added into it in order."""
 
     gram: np.ndarray = field(default_factory=lambda: np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64))
     lanes: np.ndarray = field(default_factory=lambda: np.zeros(GRAM_DIM, dtype=np.float64))
-    both: np.ndarray = field(default_factory=lambda: np.zeros((GRAM_DIM, ROW_DIM), dtype=np.float64))
 
     def add(self, other: GramSums) -> None:
         self.gram += other.gram
         self.lanes += other.lanes
-        self.both += other.both
 
 
 @dataclass
@@ -285,43 +282,28 @@ def _fold_blocks(values: np.ndarray, start: int) -> np.ndarray:
 
 
 def row_lanes(matrix: np.ndarray, col0: int) -> np.ndarray:
-    """Each row's count sketch, (rows, ROW_DIM) float64:
-    ``v[i, m * 16 + u] = Σ_{j ≡ u (mod 16)} Q[j, m] W[i, j]`` for every projection ``m``,
-    ``j`` the absolute column (``col0`` is a multiple of 16).
+    """Each row's count sketch for the Gram sketch, (rows, GRAM_DIM) float64:
+    ``v[i, m * 16 + u] = Σ_{j ≡ u (mod 16)} Q[j, m] W[i, j]`` for the first ``GRAM_PROJECTIONS``
+    projections, ``j`` the absolute column (``col0`` is a multiple of 16).
 
-    The first ``GRAM_DIM`` make the input-side Gram sketch ``Σ_i v_i v_iᵀ`` of ``WᵀW``: it
-    does not change when rows are permuted or rotated, and rows pruned or added change it
-    only by their share, so it compares models whose other axis differs. Entries of two
-    different lanes combine distinct columns only, so they carry ``WᵀW`` off its diagonal,
-    free of the column norms that make unrelated weights look alike.
+    ``Σ_i v_i v_iᵀ`` sketches the input-side Gram matrix ``WᵀW``: it does not change when
+    rows are permuted or rotated, and rows pruned or added change it only by their share, so
+    it compares models whose other axis differs. Entries of two different lanes combine
+    distinct columns only, so they carry ``WᵀW`` off its diagonal, free of the column norms
+    that make unrelated weights look alike.
     """
     rows, cols = matrix.shape
     work = matrix if matrix.dtype == np.float32 else matrix.astype(np.float32)
-    q = q_rows(col0, col0 + cols)
-    lanes = np.zeros((rows, K, _LANES), dtype=np.float64)
+    q = q_rows(col0, col0 + cols)[:, :GRAM_PROJECTIONS]
+    lanes = np.zeros((rows, GRAM_PROJECTIONS, _LANES), dtype=np.float64)
     full = cols // _LANES * _LANES
-    if full:  # per lane u: W[:, u::16] @ Q[u::16], sixteen products in one batched matmul
+    if full:  # per lane u: W[:, u::16] @ Q[u::16, :2], sixteen products in one batched matmul
         by_lane = work[:, :full].reshape(rows, full // _LANES, _LANES).transpose(2, 0, 1)
-        q_by_lane = q[:full].reshape(full // _LANES, _LANES, K).transpose(1, 0, 2)
+        q_by_lane = q[:full].reshape(full // _LANES, _LANES, GRAM_PROJECTIONS).transpose(1, 0, 2)
         lanes[:] = np.matmul(by_lane, q_by_lane).transpose(1, 2, 0)
     if full < cols:  # the last columns, in the first lanes
         lanes[:, :, : cols - full] += work[:, None, full:] * q[full:].T[None, :, :]
-    return lanes.reshape(rows, ROW_DIM)
-
-
-def both_sides(lanes: np.ndarray, row0: int) -> np.ndarray:
-    """``S_outᵀ V`` (GRAM_DIM, ROW_DIM): the rows' count sketches ``V`` summed into lanes by row,
-    row ``i`` to lane ``i mod 16`` with sign ``Q[i, m]`` for the first ``GRAM_PROJECTIONS``.
-
-    Its Gram ``Z Zᵀ`` sketches ``W Wᵀ`` over the rows whatever the columns hold: permuted,
-    rotated or pruned columns change only the noise of the column sketch, not its mean.
-    """
-    rows = lanes.shape[0]
-    signs = q_rows(row0, row0 + rows)[:, :GRAM_PROJECTIONS].astype(np.float64)
-    lane_of_row = np.zeros((rows, _LANES))
-    lane_of_row[np.arange(rows), (row0 + np.arange(rows)) % _LANES] = 1.0
-    spread = (signs[:, :, None] * lane_of_row[:, None, :]).reshape(rows, GRAM_DIM)
-    return spread.T @ lanes
+    return lanes.reshape(rows, GRAM_DIM)
 
 
 class Workspace:
@@ -390,9 +372,8 @@ def reduce_tile(
     col_part = q_rows(tile.row0, tile.row1).T @ work
     lanes = row_lanes(work, tile.col0)
     gram = gram if gram is not None else GramSums()
-    gram.gram += lanes[:, :GRAM_DIM].T @ lanes[:, :GRAM_DIM]
-    gram.lanes += lanes[:, :GRAM_DIM].sum(axis=0)
-    gram.both += both_sides(lanes, tile.row0)
+    gram.gram += lanes.T @ lanes
+    gram.lanes += lanes.sum(axis=0)
     return TileResult(
         power_sums=sums,
         minimum=float(lowest),
@@ -441,14 +422,14 @@ def reduce_raw_tile(
     n_rows, n_cols = tile.row1 - tile.row0, tile.col1 - tile.col0
     row_sketch = np.zeros(((tile.row1 - 1) // BLOCK - tile.row0 // BLOCK + 1, K), dtype=np.float64)
     col_sketch = np.zeros(((tile.col1 - 1) // BLOCK - tile.col0 // BLOCK + 1, K), dtype=np.float64)
-    scratch = workspace.array("kernel", _fused.scratch_elements(n_rows, n_cols), np.float32)
+    values = workspace.array("values", min(tile.numel, max(_fused.SCRATCH_ELEMENTS, n_cols)), np.float32)
     gram = gram if gram is not None else GramSums()
     checksum, s1, s2, s3, s4, lowest, highest, zeros, nonfinite = _fused.reduce_tile(
         raw, kind, n_rows, n_cols, tile.row0, tile.col0,
-        q_rows_t(tile.col0, tile.col1), q_rows(tile.row0, tile.row1), P, scratch,
+        q_rows_t(tile.col0, tile.col1), q_rows(tile.row0, tile.row1), P, values,
         workspace.array("row_part", n_rows * K, np.float32),
         workspace.array("col_part", n_cols * K, np.float32),
-        row_sketch, col_sketch, gram.gram, gram.lanes, gram.both,
+        row_sketch, col_sketch, gram.gram, gram.lanes,
     )  # fmt: skip
     if nonfinite:
         return None
@@ -515,10 +496,7 @@ class Fingerprint:
     sample_strides: tuple[int, int]
     sample_shape: tuple[int, int]
     input_gram: np.ndarray | None  # float32 (GRAM_DIM * (GRAM_DIM + 1) / 2,): upper triangle of Σ v vᵀ
-    input_lanes: np.ndarray | None  # float32 (GRAM_DIM,): Σ v
-    output_gram: (
-        np.ndarray | None
-    )  # float32, upper triangle of Z Zᵀ (both_sides); all three None when rows were split
+    input_lanes: np.ndarray | None  # float32 (GRAM_DIM,): Σ v; both None when rows were split
 
 
 class TensorAccumulator:
@@ -535,7 +513,6 @@ class TensorAccumulator:
         self._samples: list[np.ndarray] = []  # in storage order, which is lattice order
         self._gram = np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64)
         self._lanes = np.zeros(GRAM_DIM, dtype=np.float64)
-        self._both = np.zeros((GRAM_DIM, ROW_DIM), dtype=np.float64)
 
     def add(self, result: TileResult) -> None:
         self._sums += result.power_sums
@@ -549,7 +526,6 @@ class TensorAccumulator:
         self._samples.append(result.sample)
         self._gram += result.gram.gram
         self._lanes += result.gram.lanes
-        self._both += result.gram.both
 
     def finish(self) -> Fingerprint:
         zeros, nans, posinf, neginf = (int(c) for c in self._counts)
@@ -557,12 +533,10 @@ class TensorAccumulator:
         sample_shape = (-(-self.rows // stride_r), -(-self.cols // stride_c))
         sample = self._assemble_sample(sample_shape)
         finite = self.rows * self.cols - nans - posinf - neginf
-        gram = lanes = output = None
+        gram = lanes = None
         if whole_rows(self.cols):  # a row cut into column pieces has its lanes in several tiles
-            upper = np.triu_indices(GRAM_DIM)
-            gram = self._gram[upper].astype(np.float32)
+            gram = self._gram[np.triu_indices(GRAM_DIM)].astype(np.float32)
             lanes = self._lanes.astype(np.float32)
-            output = (self._both @ self._both.T)[upper].astype(np.float32)
         return Fingerprint(
             rows=self.rows,
             cols=self.cols,
@@ -584,7 +558,6 @@ class TensorAccumulator:
             sample_shape=sample_shape,
             input_gram=gram,
             input_lanes=lanes,
-            output_gram=output,
         )
 
     def _assemble_sample(self, sample_shape: tuple[int, int]) -> np.ndarray:

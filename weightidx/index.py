@@ -99,7 +99,6 @@ def _index_schema() -> pa.Schema:
             ("sample_cols", pa.int32()),
             ("input_gram", pa.list_(pa.float32())),
             ("input_lanes", pa.list_(pa.float32())),
-            ("output_gram", pa.list_(pa.float32())),
         ]
     )
 
@@ -242,9 +241,7 @@ def _file_metadata(checkpoint: Checkpoint, model: str) -> dict:
             "projections": GRAM_PROJECTIONS,
             "construction": "v_i[m*16+u] = sum over columns j = u (mod 16) of Q[j,m] W[i,j], "
             "m < projections; input_gram = upper triangle (row-major) of sum_i v_i v_i^T, "
-            "input_lanes = sum_i v_i; output_gram = upper triangle of Z Z^T, Z[m*16+r] = sum over rows "
-            "i = r (mod 16) of Q[i,m] V_i, V_i all K*16 lane sums of row i; null when rows are cut into "
-            "column pieces (cols > 16384)",
+            "input_lanes = sum_i v_i; null when rows are cut into column pieces (cols > 16384)",
         },
         "hash": "crc32 (zlib) of the raw tensor bytes",
         "kernel": kernel_name(),
@@ -419,7 +416,6 @@ def _fingerprint_columns(fp: Fingerprint) -> dict:
         "sample_cols": fp.sample_shape[1],
         "input_gram": fp.input_gram,
         "input_lanes": fp.input_lanes,
-        "output_gram": fp.output_gram,
     }
     columns.update(moments(fp.finite, fp.sum_x, fp.sum_x2, fp.sum_x3, fp.sum_x4))
     return columns

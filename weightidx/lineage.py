@@ -11,10 +11,10 @@ diagonal only says "weights have some norm" and makes unrelated models look alik
 null comes from the same statistic between different tensors of one model on that axis.
 
 With the checkpoints at hand (``analyse``) the Gram matrices are computed from the values.
-From the indexes alone (``analyse_sketches``) the index's Gram sketches stand in for them:
-32 x 32 projections of ``WᵀW`` (``fingerprint.row_lanes``) and of ``W Wᵀ``
-(``fingerprint.both_sides``), of which only the entries between different lanes are used,
-since those combine distinct columns (rows) only. The axis-shuffle test needs the values.
+From the indexes alone (``analyse_sketches``) the index's input-side Gram sketch stands in
+for them (``fingerprint.row_lanes``): a 32 x 32 projection of ``WᵀW``, of which only the
+entries between different lanes are used, since those combine distinct columns only.
+Output-side axes need the checkpoints.
 """
 
 from __future__ import annotations
@@ -79,13 +79,13 @@ def shared_axes(
     """Axis sizes present on the same side of weight matrices in both models, but where the
     other side differs (so the tensors could not be matched value for value).
 
-    ``sketched``: axes of tensors that have Gram sketches in the index (any size the
+    ``sketched``: input axes of tensors that have a Gram sketch in the index (any size the
     sketch covers, up to ``_MAX_PER_AXIS_SKETCHED`` tensors a side); otherwise both sides,
     axes up to ``MAX_AXIS`` and tensors up to ``MAX_VALUES`` values, whose Gram matrices
     are computed from the checkpoints.
     """
     found: dict[tuple[str, int], tuple[list[str], list[str]]] = {}
-    sides = [("input", "cols", "rows"), ("output", "rows", "cols")]
+    sides = [("input", "cols", "rows")] + ([] if sketched else [("output", "rows", "cols")])
     keep = _MAX_PER_AXIS_SKETCHED if sketched else _MAX_PER_AXIS
     for side, this, other in sides:
         sizes_a: dict[int, list[str]] = defaultdict(list)
@@ -95,8 +95,8 @@ def shared_axes(
                 size = int(row[this])
                 if not (is_matrix(row) and row["supported"] and size >= 16):
                     continue
-                if sketched:  # the sketch exists when the index kept the tensor's rows whole
-                    usable = row.get(f"{side}_gram") is not None and whole_rows(int(row["cols"]))
+                if sketched:
+                    usable = row.get("input_gram") is not None and whole_rows(size)
                 else:
                     usable = size <= MAX_AXIS and row["numel"] <= MAX_VALUES
                 if usable:
@@ -195,24 +195,25 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
 def analyse_sketches(a: IndexedModel, b: IndexedModel) -> dict:
     """The ``lineage`` section from the indexes alone: input-side axes, through the Gram sketches.
 
-    The axis-shuffle test needs the tensor values; the verdict says so.
+    Output-side axes and the axis-shuffle test need the tensor values; the verdict says so.
     """
-    if not any("output_gram" in row for model in (a, b) for row in model.rows.values()):
+    if not any("input_gram" in row for model in (a, b) for row in model.rows.values()):
         return {
             "method": "index sketches",
             "axes": [],
-            "verdict": "The indexes predate the Gram sketches (index columns input_gram, output_gram); "
+            "verdict": "The indexes predate the Gram sketches (index columns input_gram, input_lanes); "
             "re-index both checkpoints with this weightidx, or compare with the checkpoints at hand.",
         }
     results = []
     for (side, size), (keys_a, keys_b) in shared_axes(a, b, sketched=True).items():
-        signatures_a = {k: sketch_signature(a.rows[k], side) for k in keys_a}
-        signatures_b = {k: sketch_signature(b.rows[k], side) for k in keys_b}
+        signatures_a = {k: sketch_signature(a.rows[k]) for k in keys_a}
+        signatures_b = {k: sketch_signature(b.rows[k]) for k in keys_b}
         results.append(
             _score_axis(side, size, signatures_a, signatures_b, floor=1 / math.sqrt(_CROSS_LANE[0].size))
         )
-    verdict = "From the index sketches alone (the axis-shuffle test needs the checkpoints): " + _verdict(
-        results
+    verdict = (
+        "From the index sketches alone (input-side axes; output-side axes and the axis-shuffle test "
+        "need the checkpoints): " + _verdict(results)
     )
     return {"method": "index sketches", "axes": [r.as_json() for r in results], "verdict": verdict}
 
@@ -257,17 +258,15 @@ def _cross_lane_pairs() -> tuple[np.ndarray, np.ndarray]:
 _CROSS_LANE = _cross_lane_pairs()
 
 
-def sketch_signature(row: dict, side: str) -> np.ndarray:
-    """The entries between different lanes of a tensor's Gram sketch on ``side``, centred and
-    unit-norm (the sketch counterpart of ``signature``); the input side is first centred
-    over the rows with ``input_lanes``."""
+def sketch_signature(row: dict) -> np.ndarray:
+    """The entries between different lanes of a tensor's centred input-side Gram sketch,
+    centred and unit-norm (the sketch counterpart of ``signature``)."""
     full = np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64)
-    full[np.triu_indices(GRAM_DIM)] = row[f"{side}_gram"]
+    full[np.triu_indices(GRAM_DIM)] = row["input_gram"]
     full = full + np.triu(full, k=1).T
-    if side == "input":
-        lanes = np.asarray(row["input_lanes"], dtype=np.float64)
-        full -= np.outer(lanes, lanes) / max(int(row["rows"]), 1)
-    entries = full[_CROSS_LANE]
+    lanes = np.asarray(row["input_lanes"], dtype=np.float64)
+    centred = full - np.outer(lanes, lanes) / max(int(row["rows"]), 1)
+    entries = centred[_CROSS_LANE]
     entries -= entries.mean()
     norm = np.linalg.norm(entries)
     return entries / norm if norm > 0 else entries
