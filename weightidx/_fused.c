@@ -133,9 +133,32 @@ static void stats_start(StatsAcc *acc) {
     acc->tail_hi = -INFINITY;
 }
 
-/* Adds n values: whole vectors of L go to lanes (float32 runs of RUN vectors, then
- * float64), the rest one at a time to the tail sums. */
-CLONES static void stats_add(StatsAcc *acc, const float *restrict x, Py_ssize_t n) {
+typedef uint16_t vh __attribute__((vector_size(L * 2)));
+
+/* Values t..t+L-1 of src decoded to float32 (the same bits decode_row gives). */
+static inline __attribute__((always_inline)) vf decode_vector(const void *src, int kind, Py_ssize_t t) {
+    if (kind == SRC_F32) return loadv((const float *)src + t);
+    if (kind == SRC_BF16) {
+        vh half;
+        memcpy(&half, (const uint16_t *)src + t, sizeof half);
+        return (vf)(__builtin_convertvector(half, vi) << 16);
+    }
+    float out[L];
+    for (int u = 0; u < L; u++) out[u] = half_to_float(((const uint16_t *)src)[t + u]);
+    return loadv(out);
+}
+
+static inline __attribute__((always_inline)) float decode_one(const void *src, int kind, Py_ssize_t t) {
+    float out;
+    decode_row((const char *)src + t * (kind == SRC_F32 ? 4 : 2), kind, 1, &out);
+    return out;
+}
+
+/* Decodes n consecutive values of src into x and adds them to the statistics: whole vectors
+ * of L go to lanes (float32 runs of RUN vectors, then float64), the rest one at a time to
+ * the tail sums. One pass: each value is summarised while it is in a register. */
+static inline __attribute__((always_inline)) void decode_stats_kind(StatsAcc *acc, const void *src, int kind,
+                                                                   Py_ssize_t n, float *restrict x) {
     Py_ssize_t full = n / L * L;
     vf lo = acc->lo, hi = acc->hi;
     vi zeros = acc->zeros;
@@ -143,7 +166,8 @@ CLONES static void stats_add(StatsAcc *acc, const float *restrict x, Py_ssize_t 
         Py_ssize_t stop = t0 + RUN * L < full ? t0 + RUN * L : full;
         vf f1 = {0}, f2 = {0}, f3 = {0}, f4 = {0};
         for (Py_ssize_t t = t0; t < stop; t += L) {
-            vf v = loadv(x + t), v2 = v * v;
+            vf v = decode_vector(src, kind, t), v2 = v * v;
+            storev(x + t, v);
             f1 += v;
             f2 += v2;
             f3 += v2 * v;
@@ -162,7 +186,8 @@ CLONES static void stats_add(StatsAcc *acc, const float *restrict x, Py_ssize_t 
     acc->hi = hi;
     acc->zeros = zeros;
     for (Py_ssize_t t = full; t < n; t++) {
-        float v = x[t];
+        float v = decode_one(src, kind, t);
+        x[t] = v;
         double e = v, q = e * e;
         acc->tail[0] += e;
         acc->tail[1] += q;
@@ -172,6 +197,16 @@ CLONES static void stats_add(StatsAcc *acc, const float *restrict x, Py_ssize_t 
         acc->tail_hi = v > acc->tail_hi ? v : acc->tail_hi;
         acc->tail_zeros += v == 0.0f;
     }
+}
+
+/* decode_stats_kind with the kind fixed at compile time in each branch. */
+CLONES static void decode_stats(StatsAcc *acc, const void *src, int kind, Py_ssize_t n, float *restrict x) {
+    if (kind == SRC_BF16)
+        decode_stats_kind(acc, src, SRC_BF16, n, x);
+    else if (kind == SRC_F32)
+        decode_stats_kind(acc, src, SRC_F32, n, x);
+    else
+        decode_stats_kind(acc, src, SRC_F16, n, x);
 }
 
 static void stats_finish(const StatsAcc *acc, Stats *stats) {
@@ -568,7 +603,7 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
     uint32_t crc;
     double tile_gram[GRAM_DIM * GRAM_DIM] = {0}, tile_lanes[GRAM_DIM] = {0};
     Py_BEGIN_ALLOW_THREADS
-    crc = crc32_update(0, (const unsigned char *)b[0].buf, (size_t)(n * itemsize));
+    crc = 0;
     float *x = (float *)b[4].buf;
     StatsAcc acc;
     stats_start(&acc);
@@ -583,9 +618,11 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         for (Py_ssize_t g0 = 0; g0 < n_block; g0 += group) {
             Py_ssize_t g = n_block - g0 < group ? n_block - g0 : group;
             float *xg = xb + g0 * cols;
-            for (Py_ssize_t i = 0; i < g; i++)
-                decode_row((const char *)b[0].buf + (i0 + g0 + i) * cols * itemsize, kind, cols, xg + i * cols);
-            stats_add(&acc, xg, g * cols);
+            const char *group_raw = (const char *)b[0].buf + (i0 + g0) * cols * itemsize;
+            /* hashed piece by piece (zlib's running CRC), each just before it is decoded; the
+             * group's rows are consecutive in raw */
+            crc = crc32_update(crc, (const unsigned char *)group_raw, (size_t)(g * cols * itemsize));
+            decode_stats(&acc, group_raw, kind, g * cols, xg);
         }
         float *lanes_out = state + block * K * L;
         row_sketch(xb, n_block, cols, (const float *)b[1].buf, qt_stride, state, (float *)b[5].buf + i0 * K,
