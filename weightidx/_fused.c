@@ -250,6 +250,10 @@ static void stats_finish(const StatsAcc *acc, Stats *stats) {
  * sum_i v_i v_i^T sketches W^T W over this axis. */
 #define GRAM_PROJECTIONS 2
 #define GRAM_DIM (GRAM_PROJECTIONS * L)
+/* Rows whose lane sums are kept at once (40 KiB): a narrow tensor's block holds thousands of
+ * rows, and per-row state for all of them would outgrow the caches (at one column, the
+ * tensor itself). */
+#define SKETCH_ROWS 64
 
 /* gram += V^T V and lanes += column sums of V, for n rows of V (n x GRAM_DIM floats). Each
  * entry is its own sum over the rows in order, as a row-by-row update would be. Rows go in
@@ -594,7 +598,8 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
     }
     Py_ssize_t qt_stride = b[1].strides[0] / 4;
     /* the row sketch's lane sums, then each row's Gram-sketch vector */
-    float *state = PyMem_RawMalloc((size_t)block * (K * L + GRAM_DIM) * sizeof(float));
+    /* the row sketch's lane sums and each row's Gram-sketch vector, SKETCH_ROWS rows at a time */
+    float *state = PyMem_RawMalloc((size_t)SKETCH_ROWS * (K * L + GRAM_DIM) * sizeof(float));
     if (state == NULL) {
         for (int k = 10; k >= 0; k--) PyBuffer_Release(&b[k]);
         return PyErr_NoMemory();
@@ -624,10 +629,13 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
             crc = crc32_update(crc, (const unsigned char *)group_raw, (size_t)(g * cols * itemsize));
             decode_stats(&acc, group_raw, kind, g * cols, xg);
         }
-        float *lanes_out = state + block * K * L;
-        row_sketch(xb, n_block, cols, (const float *)b[1].buf, qt_stride, state, (float *)b[5].buf + i0 * K,
-                   lanes_out);
-        gram_block(lanes_out, n_block, tile_gram, tile_lanes);
+        float *lanes_out = state + SKETCH_ROWS * K * L;
+        for (Py_ssize_t s0 = 0; s0 < n_block; s0 += SKETCH_ROWS) { /* rows in order */
+            Py_ssize_t ns = n_block - s0 < SKETCH_ROWS ? n_block - s0 : SKETCH_ROWS;
+            row_sketch(xb + s0 * cols, ns, cols, (const float *)b[1].buf, qt_stride, state,
+                       (float *)b[5].buf + (i0 + s0) * K, lanes_out);
+            gram_block(lanes_out, ns, tile_gram, tile_lanes);
+        }
         col_sketch(xb, n_block, cols, (const float *)b[2].buf + i0 * K, (float *)b[6].buf);
     }
     stats_finish(&acc, &stats);
