@@ -175,6 +175,23 @@ def test_transpose_swaps_and_transposes_the_factors(tmp_path: Path) -> None:
         assert_close(got[key + ".t"], delta(*factors).T)
 
 
+def test_permuted_neurons_reorder_the_factors(tmp_path: Path) -> None:
+    a = derive.toy_transformer(86)
+    rng = np.random.default_rng(6)
+    b = dict(a)
+    rows = rng.permutation(512)  # B's MLP neurons are A's, reordered: up's rows and down's columns
+    b["layer.0.mlp.up.weight"] = ("F32", a["layer.0.mlp.up.weight"][1][rows])
+    b["layer.0.mlp.down.weight"] = ("F32", np.ascontiguousarray(a["layer.0.mlp.down.weight"][1][:, rows]))
+    report = make_pair(tmp_path, a, b)
+    modules = make_lora(a, ["layer.0.mlp.up.weight", "layer.0.mlp.down.weight"], seed=6, alpha=2.0)
+    lora = write_lora(tmp_path / "in.safetensors", modules, "comfyui", set(a))
+    conversion = convert_lora(lora, report, tmp_path / "out.safetensors", verify=True)
+    assert conversion.refused == [] and conversion.worst_relative_error < 1e-6
+    got = converted_deltas(tmp_path / "out.safetensors", set(b))
+    assert_close(got["layer.0.mlp.up.weight"], delta(*modules["layer.0.mlp.up.weight"])[rows])
+    assert_close(got["layer.0.mlp.down.weight"], delta(*modules["layer.0.mlp.down.weight"])[:, rows])
+
+
 def test_conv_to_linear_reshape_and_scale(tmp_path: Path) -> None:
     a = derive.toy_transformer(85)
     a["patch.weight"] = ("F32", trained_like(np.random.default_rng(1), 128, 16, 1, 2, 2))
@@ -298,6 +315,7 @@ def test_mapping_export(demo_pair, tmp_path: Path) -> None:
         "b_slice": {"axis": 0, "start": 128, "stop": 256},
         "transform": ["rename", "concat:0"],
         "verdict": "match",
+        "permutation": None,
     }
 
 

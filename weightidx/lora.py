@@ -202,6 +202,7 @@ class Target:
     transform: tuple[str, ...]
     verdict: str
     scale: float
+    permutation: tuple[int, tuple[int, ...]] | None = None  # (axis, order): B[i] = A[order[i]] on axis
 
 
 def mapping_from_report(report: dict) -> list[Target]:
@@ -217,6 +218,7 @@ def mapping_from_report(report: dict) -> list[Target]:
         for step in match["transform"]:
             if step.startswith("scale:"):
                 scale = float(step.split(":", 1)[1])
+        found = match.get("permutation")
         targets.append(
             Target(
                 match["a"]["key"],
@@ -226,13 +228,14 @@ def mapping_from_report(report: dict) -> list[Target]:
                 tuple(match["transform"]),
                 match["verdict"],
                 scale,
+                None if found is None else (int(found["axis"]), tuple(int(i) for i in found["order"])),
             )
         )
     return targets
 
 
 def export_mapping(report: dict) -> list[dict]:
-    """A key -> B key (+ slices + transform) for other tools, from a compare report."""
+    """A key -> B key (+ slices, transform and reordering) for other tools, from a compare report."""
     return [
         {
             "a": t.a_key,
@@ -245,6 +248,9 @@ def export_mapping(report: dict) -> list[dict]:
             else dict(zip(("axis", "start", "stop"), t.b_slice, strict=True)),
             "transform": list(t.transform),
             "verdict": t.verdict,
+            "permutation": None
+            if t.permutation is None
+            else {"axis": t.permutation[0], "order": list(t.permutation[1])},
         }
         for t in mapping_from_report(report)
         if t.verdict != "different"
@@ -291,8 +297,9 @@ def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tupl
         return "A has no weight of that name"
     if not targets:
         return "the report matches this weight to nothing in B"
-    if any(step.startswith("permute") for t in targets for step in t.transform):
-        return "its B weight is a permutation of it, which LoRA conversion does not handle yet"
+    permuted = [t for t in targets if any(step.startswith("permute") for step in t.transform)]
+    if any(t.permutation is None or t.a_slice or t.b_slice or "transpose" in t.transform for t in permuted):
+        return "its B weight is a reordered slice or transpose of it, which LoRA conversion does not handle"
     if all(t.verdict == "different" for t in targets):
         return "its best match in B is 'different' (|correlation| < 0.80): the weights were not carried over"
     rows, cols = view_2d(a_shapes[module.target])
@@ -324,6 +331,9 @@ def _shaped(up: np.ndarray, down: np.ndarray, b_shape: tuple) -> tuple[np.ndarra
 def _move(module: LoraModule, target: Target, b_shape: tuple) -> LoraModule:
     up, down = _factors(module)
     up = up * target.scale
+    if target.permutation is not None:  # B's rows (or columns) are A's reordered: so are ΔW's
+        axis, order = target.permutation
+        up, down = (up[list(order)], down) if axis == 0 else (up, down[:, list(order)])
     if target.a_slice is not None:  # A fused, B one part of it
         axis, start, stop = target.a_slice
         up, down = (up[start:stop], down) if axis == 0 else (up, down[:, start:stop])
@@ -361,6 +371,9 @@ def expected_delta(plan: _Planned, b_shape: tuple) -> np.ndarray:
     expected = np.zeros((rows, cols))
     for module, target in plan.sources:
         delta = module.delta() * target.scale
+        if target.permutation is not None:
+            axis, order = target.permutation
+            delta = delta[list(order)] if axis == 0 else delta[:, list(order)]
         if target.a_slice is not None:
             axis, start, stop = target.a_slice
             delta = delta[start:stop] if axis == 0 else delta[:, start:stop]
