@@ -27,6 +27,10 @@ that are multiples of ``B``, the row-sketch blocks of ``concat(q, k, v)`` along
 dim 0 are those of ``q``, ``k`` and ``v`` in turn (likewise column sketches for
 dim 1), and the row sketch of ``W`` equals the column sketch of ``Wᵀ``.
 
+Gram sketch (version 1, see ``row_lanes``): each row's 16 lane sums of its first two
+projections, ``v_i`` (32 numbers), give ``Σ_i v_i v_iᵀ`` and ``Σ_i v_i``: a sketch of
+``WᵀW`` that does not change when rows are permuted, for lineage across a width change.
+
 Sample: values at positions ``(i, j)`` with ``i % S_r == 0`` and ``j % S_c == 0``
 of the 2-D view, where the strides are powers of two grown until at most
 ``SAMPLE_CAP`` values remain. Two samples always share the coarser lattice, so
