@@ -232,13 +232,12 @@ static void stats_finish(const StatsAcc *acc, Stats *stats) {
     stats->nonfinite = nonfinite;
 }
 
-/* Both sketches walk the rows of a block (SKETCH_ELEMS values) one chunk of CHUNK columns
- * at a time, with the chunk's K rows of Q (row sketch) or of column sums (column sketch)
- * copied next to each other: they stay in L1 while every row of the block passes over
- * them. In place, those K rows lie a power of two apart (1 MiB in the Q cache, cols floats
- * in col_t) and evict each other from the same L1 sets. The order of every sum is unchanged
- * by the chunking: each lane, or column, still adds its terms in increasing column, or row,
- * order, so the results are those of a plain loop. */
+/* The row sketch walks the rows of a block (SKETCH_ELEMS values) one chunk of CHUNK columns
+ * at a time, with the chunk's K rows of Q copied next to each other: they stay in L1 while
+ * the rows pass over them. In place, those K rows lie 1 MiB apart in the Q cache and evict
+ * each other from the same L1 sets. The order of every sum is unchanged by the chunking:
+ * each lane still adds its terms in increasing column order, so the results are those of
+ * a plain loop. (The column sketch keeps its sums in registers instead: see col_sketch.) */
 #define CHUNK 256
 #define SKETCH_ELEMS 65536 /* 256 KiB of float32: a block stays in L2 */
 
