@@ -314,27 +314,34 @@ CLONES EXACT_PRODUCTS static void row_sketch(const float *restrict x, Py_ssize_t
         Py_ssize_t c1 = c0 + CHUNK < full ? c0 + CHUNK : full;
         for (int m = 0; m < K; m++) memcpy(qc + m * CHUNK, qt + m * qt_stride + c0, (size_t)(c1 - c0) * sizeof(float));
         Py_ssize_t i = 0;
-        for (; i + 2 <= rows; i += 2) { /* two rows per load of qc */
-            const float *x0 = x + i * cols, *x1 = x0 + cols;
-            float *s0 = state + i * K * L, *s1 = s0 + K * L;
-            vf a0[K], a1[K];
-            for (int m = 0; m < K; m++) {
-                a0[m] = loadv(s0 + m * L);
-                a1[m] = loadv(s1 + m * L);
-            }
-            for (Py_ssize_t j = c0; j < c1; j += L) {
-                vf v0 = loadv(x0 + j), v1 = loadv(x1 + j);
-                for (int m = 0; m < K; m++) {
-                    vf q = loadv(qc + m * CHUNK + (j - c0));
-                    a0[m] += v0 * q;
-                    a1[m] += v1 * q;
+        for (; i + 4 <= rows; i += 4) /* four rows per load of qc, half of the projections at a time */
+            for (int h = 0; h < K; h += K / 2) {
+                const float *x0 = x + i * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
+                float *s0 = state + i * K * L + h * L, *s1 = s0 + K * L, *s2 = s1 + K * L, *s3 = s2 + K * L;
+                vf a0[K / 2], a1[K / 2], a2[K / 2], a3[K / 2];
+                for (int m = 0; m < K / 2; m++) {
+                    a0[m] = loadv(s0 + m * L);
+                    a1[m] = loadv(s1 + m * L);
+                    a2[m] = loadv(s2 + m * L);
+                    a3[m] = loadv(s3 + m * L);
+                }
+                for (Py_ssize_t j = c0; j < c1; j += L) {
+                    vf v0 = loadv(x0 + j), v1 = loadv(x1 + j), v2 = loadv(x2 + j), v3 = loadv(x3 + j);
+                    for (int m = 0; m < K / 2; m++) {
+                        vf q = loadv(qc + (h + m) * CHUNK + (j - c0));
+                        a0[m] += v0 * q;
+                        a1[m] += v1 * q;
+                        a2[m] += v2 * q;
+                        a3[m] += v3 * q;
+                    }
+                }
+                for (int m = 0; m < K / 2; m++) {
+                    storev(s0 + m * L, a0[m]);
+                    storev(s1 + m * L, a1[m]);
+                    storev(s2 + m * L, a2[m]);
+                    storev(s3 + m * L, a3[m]);
                 }
             }
-            for (int m = 0; m < K; m++) {
-                storev(s0 + m * L, a0[m]);
-                storev(s1 + m * L, a1[m]);
-            }
-        }
         for (; i < rows; i++) {
             const float *x0 = x + i * cols;
             float *s0 = state + i * K * L;
