@@ -203,4 +203,9 @@ def test_indexes_without_gram_sketches_say_to_reindex(tmp_path: Path) -> None:
         pq.write_table(old, index)
         sides.append(load_index(index))
     lineage = analyse_sketches(*sides)
-    assert lineage["axes"] == [] and "re-index both checkpoints" in lineage["verdict"]
+    assert lineage["axes"] == [] and lineage["verdict"].startswith(f"{tmp_path / 'a.parquet'} and ")
+    assert "predate the Gram sketches" in lineage["verdict"] and "re-index" in lineage["verdict"]
+    fresh = tmp_path / "fresh.parquet"
+    index_checkpoint(tmp_path / "b.safetensors", fresh)
+    one_old = analyse_sketches(sides[0], load_index(fresh))  # only A's index is old: it is named
+    assert one_old["verdict"].startswith(f"{tmp_path / 'a.parquet'} predates the Gram sketches")

@@ -197,12 +197,14 @@ def analyse_sketches(a: IndexedModel, b: IndexedModel) -> dict:
 
     Output-side axes and the axis-shuffle test need the tensor values; the verdict says so.
     """
-    if not any("input_gram" in row for model in (a, b) for row in model.rows.values()):
+    stale = [str(model.index) for model in (a, b) if not any("input_gram" in r for r in model.rows.values())]
+    if stale:
         return {
             "method": "index sketches",
             "axes": [],
-            "verdict": "The indexes predate the Gram sketches (index columns input_gram, input_lanes); "
-            "re-index both checkpoints with this weightidx, or compare with the checkpoints at hand.",
+            "verdict": f"{' and '.join(stale)} predate{'s' if len(stale) == 1 else ''} the Gram sketches "
+            "(index columns input_gram, input_lanes): re-index with this weightidx, or compare with "
+            "the checkpoints at hand.",
         }
     results = []
     for (side, size), (keys_a, keys_b) in shared_axes(a, b, sketched=True).items():
