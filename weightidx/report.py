@@ -197,9 +197,9 @@ def _incompatible_text(a: IndexedModel, b: IndexedModel) -> str:
 
     return (
         f"No tensor of {b.name} has a shape compatible with any tensor of {a.name}: hidden width "
-        f"{width(a)} vs {width(b)}, {depth(a)} vs {depth(b)} blocks. Per-tensor values cannot show "
-        "derivation across a width change, so this comparison cannot say whether B was trained from A; "
-        "LoRAs for A cannot be converted to B."
+        f"{width(a)} vs {width(b)}, {depth(a)} vs {depth(b)} blocks. Tensor-to-tensor matching cannot "
+        "show derivation across a width change (only the shared axes below can); LoRAs for A cannot be "
+        "converted to B."
     )
 
 
