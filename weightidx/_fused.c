@@ -1,7 +1,8 @@
-/* One pass over a tile of raw tensor bytes: decode, power sums, min/max, zeros, both sketch GEMMs.
+/* One pass over a tile of raw tensor bytes: CRC-32, decode, power sums, min/max, zeros, both
+ * sketch GEMMs and the input-side Gram sketch.
  *
- * The numpy path in fingerprint.py makes about ten passes over each tile (decode, min,
- * max, ==0, four power sums, two GEMMs); this does the same work in one, while the tile
+ * The numpy path in fingerprint.py makes about a dozen passes over each tile (decode, min,
+ * max, ==0, four power sums, three GEMMs); this does the same work in one, while the tile
  * is in cache. It is optional: when it is not built, fingerprint.py uses numpy.
  *
  * Determinism. Every floating-point sum here has an order fixed by this code, never by
@@ -603,7 +604,6 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_ssize_t qt_stride = b[1].strides[0] / 4;
-    /* the row sketch's lane sums, then each row's Gram-sketch vector */
     /* the row sketch's lane sums and each row's Gram-sketch vector, SKETCH_ROWS rows at a time */
     float *state = PyMem_RawMalloc((size_t)SKETCH_ROWS * (K * L + GRAM_DIM) * sizeof(float));
     if (state == NULL) {
@@ -611,10 +611,9 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         return PyErr_NoMemory();
     }
     Stats stats;
-    uint32_t crc;
+    uint32_t crc = 0;
     double tile_gram[GRAM_DIM * GRAM_DIM] = {0}, tile_lanes[GRAM_DIM] = {0};
     Py_BEGIN_ALLOW_THREADS
-    crc = 0;
     float *x = (float *)b[4].buf;
     StatsAcc acc;
     stats_start(&acc);
