@@ -89,23 +89,27 @@ def test_independent_twins_stay_inside_the_null(tmp_path: Path, seed: int) -> No
     assert "no sign that B was initialised from A" in report["lineage"]["verdict"]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_width_projected_derivation_is_traced(tmp_path: Path, seed: int) -> None:
+def projected(source: dict, rng: np.random.Generator) -> dict:
     """B's hidden space is a random 96-dim projection of A's 128 (not a subset of units)."""
-    rng = np.random.default_rng(seed)
-    a = model(rng, 128, INPUTS)
     basis, _ = np.linalg.qr(rng.standard_normal((128, 128)))
     project = basis[:96].astype(np.float32)
-    b = {}
-    for key, (dtype, values) in a.items():
+    out = {}
+    for key, (dtype, values) in source.items():
         if key.startswith("head"):
             values = values @ project.T
         elif key.startswith("blocks"):
             key, values = key.replace("blocks.", "layers."), project @ values @ project.T
         else:
             values = project @ values
-        b[key] = (dtype, np.ascontiguousarray(values, dtype=np.float32))
-    report = lineage_of(tmp_path, a, b)
+        out[key] = (dtype, np.ascontiguousarray(values, dtype=np.float32))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_width_projected_derivation_is_traced(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = model(rng, 128, INPUTS)
+    report = lineage_of(tmp_path, a, projected(a, rng))
     assert all(x["z_score"] > 5 for x in report["lineage"]["axes"] if x["side"] == "input")
     assert "derived from A's" in report["lineage"]["verdict"]
 
@@ -161,15 +165,8 @@ def test_index_sketches_keep_independent_twins_inside_the_null(tmp_path: Path, s
 
 def test_index_sketches_trace_a_width_projected_derivation(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
-    a = model(rng, 128, INPUTS)
-    basis, _ = np.linalg.qr(rng.standard_normal((128, 128)))
-    project = basis[:96].astype(np.float32)  # B's rows are mixtures of A's: WᵀW is kept, rows are not
-    b = {
-        key.replace("blocks.", "layers."): (dtype, np.ascontiguousarray(project @ values, dtype=np.float32))
-        for key, (dtype, values) in a.items()
-        if not key.startswith(("head", "blocks"))
-    }
-    lineage = sketched_lineage_of(tmp_path, a, b)
+    a = model(rng, 128, INPUTS)  # B's rows are mixtures of A's: WᵀW is kept, rows are not
+    lineage = sketched_lineage_of(tmp_path, a, projected(a, rng))
     assert all(x["z_score"] > 5 for x in lineage["axes"]) and "derived from A's" in lineage["verdict"]
 
 

@@ -15,26 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from tests.conftest import write_tensors
-from tests.test_lineage import INPUTS, model, pruned
+from tests.test_lineage import INPUTS, model, projected, pruned
 from weightidx.compare import compare_paths
 
 SEEDS = range(10, 25)
-
-
-def projected(a: dict, rng: np.random.Generator) -> dict:
-    """B's hidden space is a random 96-dim projection of A's 128."""
-    basis, _ = np.linalg.qr(rng.standard_normal((128, 128)))
-    project = basis[:96].astype(np.float32)
-    out = {}
-    for key, (dtype, values) in a.items():
-        if key.startswith("head"):
-            values = values @ project.T
-        elif key.startswith("blocks"):
-            key, values = key.replace("blocks.", "layers."), project @ values @ project.T
-        else:
-            values = project @ values
-        out[key] = (dtype, np.ascontiguousarray(values, dtype=np.float32))
-    return out
 
 
 def sketched_lineage(a: dict, b: dict) -> dict:
