@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.bench_index import CACHE, ensure_checkpoint, run_index
+from tests.benchmarks.bench_index import CACHE, ensure_checkpoint, run_command, time_index
 from weightidx.checkpoint import ShardReader, decode, open_checkpoint
 from weightidx.fingerprint import view_2d
 
@@ -33,7 +33,7 @@ from weightidx.fingerprint import view_2d
 def ensure_index(checkpoint: Path, name: str) -> Path:
     out = CACHE / f"{name}.parquet"
     if not out.exists():
-        run_index(checkpoint, out)
+        time_index(checkpoint, out)
     return out
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     a_index, b_index = ensure_index(a_path, "bench_a"), ensure_index(b_path, "bench_b")
     report_path = CACHE / "report.json"
     command = ["compare", str(a_index), str(b_index), "-o", str(report_path), "-q"]
-    runs = [run_index_like(command) for _ in range(2)]
+    runs = [run_command(command) for _ in range(2)]
     compare_time, compare_rss = min(t for t, _ in runs), max(r for _, r in runs)
     start = time.perf_counter()
     brute = brute_force(a_path, b_path)
@@ -110,13 +110,6 @@ def main() -> None:
         f"| compare peak RSS, process tree | {results['compare_peak_rss_mib']} MiB |\n"
         f"| same best match as brute force | {agree} of {len(visible)} |"
     )
-
-
-def run_index_like(arguments: list[str]) -> tuple[float, int]:
-    """Time a weightidx command like run_index does (whole process, peak tree RSS)."""
-    from tests.benchmarks import bench_index
-
-    return bench_index.run_command(arguments)
 
 
 if __name__ == "__main__":

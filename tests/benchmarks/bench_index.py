@@ -92,26 +92,34 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def weightidx_command(arguments: list[str]) -> list[str]:
+    """The `weightidx` console script of this environment with ``arguments``."""
+    return [str(Path(sys.executable).with_name("weightidx")), *arguments]
+
+
+def index_arguments(path: Path, out: Path) -> list[str]:
+    return ["index", str(path), "-o", str(out), "-q"]
+
+
 def time_index(path: Path, out: Path, kernel: str | None = None) -> float:
     """Wall time of one `weightidx index` run, nothing else running; ``kernel="numpy"`` runs it
     without the compiled kernel (the baseline it replaced)."""
-    command = [str(Path(sys.executable).with_name("weightidx")), "index", str(path), "-o", str(out), "-q"]
+    env = {**os.environ, "WEIGHTIDX_KERNEL": kernel} if kernel else None
     start = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "WEIGHTIDX_KERNEL": kernel} if kernel else None)
+    subprocess.run(weightidx_command(index_arguments(path, out)), check=True, env=env)
     return time.perf_counter() - start
 
 
 def index_rss(path: Path, out: Path) -> int:
     """Peak process-tree RSS (KiB) of one `weightidx index` run (a run of its own: the sampler
     takes CPU that the timed runs must not lose on a 2-core machine)."""
-    return run_command(["index", str(path), "-o", str(out), "-q"])[1]
+    return run_command(index_arguments(path, out))[1]
 
 
-def run_command(arguments: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+def run_command(arguments: list[str]) -> tuple[float, int]:
     """Wall time and peak process-tree RSS (KiB) of one `weightidx ...` run."""
-    command = [str(Path(sys.executable).with_name("weightidx")), *arguments]
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(weightidx_command(arguments))
     peak = 0
     done = threading.Event()
 
