@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .fingerprint import GRAM_DIM, whole_rows
+from .fingerprint import GRAM_DIM
 from .indexes import IndexedModel
 from .report import is_matrix
 
@@ -95,8 +95,8 @@ def shared_axes(
                 size = int(row[this])
                 if not (is_matrix(row) and row["supported"] and size >= 16):
                     continue
-                if sketched:
-                    usable = row.get("input_gram") is not None and whole_rows(size)
+                if sketched:  # null where the index cut the rows into pieces
+                    usable = row.get("input_gram") is not None
                 else:
                     usable = size <= MAX_AXIS and row["numel"] <= MAX_VALUES
                 if usable:

@@ -29,6 +29,8 @@ from .atomic import atomic_path
 from .checkpoint import ShardReader, TensorSpec, decode, open_checkpoint, write_safetensors
 from .errors import WeightidxError
 from .fingerprint import view_2d
+from .permutation import Permutation
+from .permutation import apply as apply_permutation
 from .report import read_report
 
 FORMATS = ("comfyui", "kohya", "diffusers", "peft")
@@ -202,7 +204,7 @@ class Target:
     transform: tuple[str, ...]
     verdict: str
     scale: float
-    permutation: tuple[int, tuple[int, ...]] | None = None  # (axis, order): B[i] = A[order[i]] on axis
+    permutation: Permutation | None = None  # B's rows or columns are A's reordered
 
 
 def mapping_from_report(report: dict) -> list[Target]:
@@ -228,7 +230,11 @@ def mapping_from_report(report: dict) -> list[Target]:
                 tuple(match["transform"]),
                 match["verdict"],
                 scale,
-                None if found is None else (int(found["axis"]), tuple(int(i) for i in found["order"])),
+                None
+                if found is None
+                else Permutation(
+                    int(found["axis"]), np.asarray(found["order"]), found["one_to_one"], found["moved"]
+                ),
             )
         )
     return targets
@@ -250,7 +256,7 @@ def export_mapping(report: dict) -> list[dict]:
             "verdict": t.verdict,
             "permutation": None
             if t.permutation is None
-            else {"axis": t.permutation[0], "order": list(t.permutation[1])},
+            else {"axis": t.permutation.axis, "order": t.permutation.order.tolist()},
         }
         for t in mapping_from_report(report)
         if t.verdict != "different"
@@ -331,9 +337,11 @@ def _shaped(up: np.ndarray, down: np.ndarray, b_shape: tuple) -> tuple[np.ndarra
 def _move(module: LoraModule, target: Target, b_shape: tuple) -> LoraModule:
     up, down = _factors(module)
     up = up * target.scale
-    if target.permutation is not None:  # B's rows (or columns) are A's reordered: so are ΔW's
-        axis, order = target.permutation
-        up, down = (up[list(order)], down) if axis == 0 else (up, down[:, list(order)])
+    if target.permutation is not None:  # ΔW's rows are up's, its columns down's: reorder that factor
+        if target.permutation.axis == 0:
+            up = apply_permutation(up, target.permutation)
+        else:
+            down = apply_permutation(down, target.permutation)
     if target.a_slice is not None:  # A fused, B one part of it
         axis, start, stop = target.a_slice
         up, down = (up[start:stop], down) if axis == 0 else (up, down[:, start:stop])
@@ -372,8 +380,7 @@ def expected_delta(plan: _Planned, b_shape: tuple) -> np.ndarray:
     for module, target in plan.sources:
         delta = module.delta() * target.scale
         if target.permutation is not None:
-            axis, order = target.permutation
-            delta = delta[list(order)] if axis == 0 else delta[:, list(order)]
+            delta = apply_permutation(delta, target.permutation)
         if target.a_slice is not None:
             axis, start, stop = target.a_slice
             delta = delta[start:stop] if axis == 0 else delta[:, start:stop]
