@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -16,7 +17,10 @@ from weightidx.fingerprint import (
     BLOCK,
     GRAM_DIM,
     GRAM_PROJECTIONS,
+    OUTPUT_BUCKETS,
+    OUTPUT_MIN_COLS,
     SAMPLE_CAP,
+    K,
     fingerprint_array,
     plan_tiles,
     q_rows,
@@ -266,3 +270,59 @@ def test_input_gram_sketch_is_null_when_rows_are_cut(tmp_path: Path, write) -> N
     index_checkpoint(write("m.safetensors", {"wide": ("F32", wide)}), index)
     row = pq.read_table(index).to_pylist()[0]
     assert row["input_gram"] is None and row["input_lanes"] is None and row["row_sketch"]
+
+
+def _output_gram_by_definition(matrix: np.ndarray) -> np.ndarray:
+    """Zc Zcᵀ written out: each row's 128 lane sums v_i, the mean row's taken out, added into
+    bucket i mod 32 with sign Q[i, 0]."""
+    rows, cols = matrix.shape
+    q = q_rows(0, max(rows, cols)).astype(np.float64)
+    v = np.zeros((rows, K * 16))
+    for m in range(K):
+        for u in range(16):
+            v[:, m * 16 + u] = matrix[:, u::16].astype(np.float64) @ q[u:cols:16, m]
+    v -= v.mean(axis=0)
+    z = np.zeros((OUTPUT_BUCKETS, K * 16))
+    for i in range(rows):
+        z[i % OUTPUT_BUCKETS] += q[i, 0] * v[i]
+    return (z @ z.T)[np.triu_indices(OUTPUT_BUCKETS)]
+
+
+# bf16 through the kernel and float64 through the numpy path; rows cut into pieces (20,000
+# columns) keep the output side, which adds up over pieces.
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((300, 2048), "BF16"), ((1000, 64), "F32"), ((40, 200), "F64"), ((3, 20_000), "F32")]
+)
+def test_output_gram_sketch_matches_its_definition(tmp_path: Path, write, shape: tuple, dtype: str) -> None:
+    values = trained_like(np.random.default_rng(sum(shape)), *shape)
+    if dtype == "BF16":
+        values = values.astype(ml_dtypes.bfloat16).astype(np.float32)
+    index = tmp_path / "m.parquet"
+    index_checkpoint(write("m.safetensors", {"w": (dtype, values)}), index)
+    row = pq.read_table(index).to_pylist()[0]
+    expected = _output_gram_by_definition(values)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(row["output_gram"], expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_output_gram_sketch_is_null_for_narrow_rows(tmp_path: Path, write) -> None:
+    index = tmp_path / "m.parquet"
+    narrow = np.ones((512, OUTPUT_MIN_COLS - 1), dtype=np.float32)
+    index_checkpoint(
+        write("m.safetensors", {"narrow": ("F32", narrow), "bias": ("F32", narrow[:, 0])}), index
+    )
+    assert all(r["output_gram"] is None and r["input_gram"] for r in pq.read_table(index).to_pylist())
+
+
+def test_output_gram_sketch_ignores_a_shared_row_offset(tmp_path: Path, write) -> None:
+    """Every row shifted by one common vector (anisotropic embeddings): the centring takes it out."""
+    rng = np.random.default_rng(8)
+    values = trained_like(rng, 2000, 256)
+    offset = 5 * rng.standard_normal(256).astype(np.float32) * float(values.std())
+    index = tmp_path / "m.parquet"
+    index_checkpoint(
+        write("m.safetensors", {"w": ("F32", values), "shifted": ("F32", values + offset)}), index
+    )
+    rows = {r["key"]: r for r in pq.read_table(index).to_pylist()}
+    w, shifted = np.array(rows["w"]["output_gram"]), np.array(rows["shifted"]["output_gram"])
+    np.testing.assert_allclose(shifted, w, rtol=1e-3, atol=1e-3 * np.abs(w).max())

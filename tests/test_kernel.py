@@ -75,8 +75,12 @@ def assert_close(fused_result: TileResult, reference: TileResult) -> None:
         (fused_result.col_sketch, reference.col_sketch),
         (fused_result.gram.gram, reference.gram.gram),
         (fused_result.gram.lanes, reference.gram.lanes),
+        (fused_result.gram.output, reference.gram.output),
     ]
+    assert (fused_result.gram.output is None) == (reference.gram.output is None)
     for ours, theirs in pairs:
+        if theirs is None:
+            continue
         assert ours.shape == theirs.shape
         np.testing.assert_allclose(ours, theirs, atol=1e-5 * float(np.abs(theirs).max() + 1e-30))
 
@@ -122,6 +126,7 @@ def test_tiles_with_nonfinite_or_huge_values_go_to_the_numpy_path(bad: float) ->
     gram = GramSums()
     assert reduce_raw_tile(raw, "F32", tile_of(64, 64), (1, 1), Workspace(), gram) is None
     assert not gram.gram.any() and not gram.lanes.any()  # the numpy path adds the tile, not both
+    assert gram.output is None or not gram.output.any()
 
 
 @needs_kernel
@@ -200,6 +205,9 @@ def test_vectorised_and_plain_builds_give_the_same_bits(
         assert ours.col_sketch.tobytes() == theirs.col_sketch.tobytes(), shape
         assert ours.gram.gram.tobytes() == theirs.gram.gram.tobytes(), shape
         assert ours.gram.lanes.tobytes() == theirs.gram.lanes.tobytes(), shape
+        assert (ours.gram.output is None) == (theirs.gram.output is None), shape
+        if ours.gram.output is not None:
+            assert ours.gram.output.tobytes() == theirs.gram.output.tobytes(), shape
         assert (ours.minimum, ours.maximum, ours.zeros) == (theirs.minimum, theirs.maximum, theirs.zeros)
 
 
@@ -236,13 +244,12 @@ def test_index_with_and_without_the_kernel_agree(demo_pair: dict[str, Path], tmp
 # the first kernel of sketch version 1 and unchanged since: a faster kernel must keep the bits
 # (the sums' order is part of the fingerprint), or the sketch version must change.
 KERNEL_DIGESTS = {"F32": "415bc07dba93c4d5", "BF16": "34ea87f90e78ec21", "F16": "0e52d7c6cd11fa8d"}
+# The same for the Gram sketches' sums (input and output side), computed with gram version 2.
+GRAM_DIGESTS = {"F32": "49d43dde74f54ef6", "BF16": "4e3b58c7261469e9", "F16": "89af4b22e1194610"}
 DIGEST_SHAPES = [*SHAPES, (1024, 256), (300, 5120)]
 
 
-@needs_kernel
-@pytest.mark.parametrize("dtype", sorted(KERNEL_DIGESTS))
-def test_kernel_output_bits_are_pinned(dtype: str) -> None:
-    digest = hashlib.sha256()
+def pinned_reductions(dtype: str):
     for shape in DIGEST_SHAPES:
         index = np.arange(shape[0] * shape[1], dtype=np.int64)  # integer arithmetic: no libm, no RNG
         values = ((index * 2654435761 % 65521) / 65521.0 - 0.5).astype(np.float32).reshape(shape)
@@ -252,7 +259,14 @@ def test_kernel_output_bits_are_pinned(dtype: str) -> None:
             continue
         reduced = reduce_raw_tile(raw, dtype, tile, sample_strides(*shape), Workspace())
         assert reduced is not None
-        crc, result = reduced
+        yield reduced
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", sorted(KERNEL_DIGESTS))
+def test_kernel_output_bits_are_pinned(dtype: str) -> None:
+    digest = hashlib.sha256()
+    for crc, result in pinned_reductions(dtype):
         for part in (
             np.array([crc]),
             result.power_sums,
@@ -263,3 +277,14 @@ def test_kernel_output_bits_are_pinned(dtype: str) -> None:
         ):
             digest.update(np.ascontiguousarray(part).tobytes())
     assert digest.hexdigest()[:16] == KERNEL_DIGESTS[dtype]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", sorted(GRAM_DIGESTS))
+def test_kernel_gram_sketch_bits_are_pinned(dtype: str) -> None:
+    digest = hashlib.sha256()
+    for _, result in pinned_reductions(dtype):
+        for part in (result.gram.gram, result.gram.lanes, result.gram.output):
+            if part is not None:
+                digest.update(np.ascontiguousarray(part).tobytes())
+    assert digest.hexdigest()[:16] == GRAM_DIGESTS[dtype]

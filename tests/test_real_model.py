@@ -109,9 +109,31 @@ def test_minilm_pruned_to_a_smaller_width_is_traced_across_the_width_change(
     assert report["summary"]["scenario"] == "incompatible"
     axes = {(x["side"], x["size"]): x for x in report["lineage"]["axes"]}
     assert axes["output", 1536]["z_score"] > 5 and axes["input", 1536]["z_score"] > 5
+    # the vocabulary (30,522 rows) is too large to read whole: its axis comes from the sketches
+    assert axes["output", 30522]["source"] == "index sketches" and axes["output", 30522]["mantel_p"] <= 0.01
     assert "derived from A's" in report["lineage"]["verdict"]
-    # From the indexes alone: the input side (the 1536-wide MLP output projections) through the sketches.
+    # From the indexes alone, through the sketches: both sides of the 1536-wide MLP, the
+    # position (512) and vocabulary rows, the latter two without controls (one tensor each).
     sketched = compare(tmp_path, minilm_tensors, pruned, index_only=True)["lineage"]
     assert sketched["method"] == "index sketches"
-    assert {(x["side"], x["size"]) for x in sketched["axes"]} == {("input", 1536)}
-    assert sketched["axes"][0]["z_score"] > 5 and "derived from A's" in sketched["verdict"]
+    axes = {(x["side"], x["size"]): x for x in sketched["axes"]}
+    assert set(axes) == {("input", 1536), ("output", 1536), ("output", 512), ("output", 30522)}
+    assert axes["input", 1536]["z_score"] > 5 and axes["output", 1536]["z_score"] > 5
+    assert all(x["mantel_z"] > 5 for x in axes.values()) and "derived from A's" in sketched["verdict"]
+
+
+@pytest.mark.slow
+def test_minilm_against_a_narrower_random_twin_stays_inside_the_null(
+    minilm_tensors: dict, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    twin = {}
+    for key, (dtype, values) in minilm_tensors.items():
+        if dtype == "F32":
+            shape = [256 if n == 384 else n for n in values.shape]
+            twin[key] = (dtype, (rng.standard_normal(shape) * (values.std() or 1)).astype(np.float32))
+    sketched = compare(tmp_path, minilm_tensors, twin, index_only=True)["lineage"]
+    assert len(sketched["axes"]) == 4
+    assert all(x["z_score"] is None or x["z_score"] < 5 for x in sketched["axes"])
+    assert all(x["mantel_z"] < 5 for x in sketched["axes"])
+    assert "derived from A's" not in sketched["verdict"]

@@ -1,5 +1,5 @@
 /* One pass over a tile of raw tensor bytes: CRC-32, decode, power sums, min/max, zeros, both
- * sketch GEMMs and the input-side Gram sketch.
+ * sketch GEMMs and the input- and output-side Gram sketches.
  *
  * The numpy path in fingerprint.py makes about a dozen passes over each tile (decode, min,
  * max, ==0, four power sums, three GEMMs); this does the same work in one, while the tile
@@ -254,19 +254,28 @@ static void stats_finish(const StatsAcc *acc, Stats *stats) {
  * rows, and per-row state for all of them would outgrow the caches (at one column, the
  * tensor itself). */
 #define SKETCH_ROWS 64
+/* The output-side Gram sketch (fingerprint.OUTPUT_BUCKETS, ROW_DIM): each row's lane sums for
+ * all K projections (ROW_DIM numbers, a count sketch of the row over the columns) go into one
+ * of OUT_BUCKETS bucket sums, bucket i mod OUT_BUCKETS with sign Q[i, 0], and into their plain
+ * sum; Z Z^T of the bucket sums (centred by fingerprint.py) sketches W W^T over the rows,
+ * whatever the columns hold. */
+#define ROW_DIM (K * L)
+#define OUT_BUCKETS 32
 
-/* gram += V^T V and lanes += column sums of V, for n rows of V (n x GRAM_DIM floats). Each
+/* gram += V^T V and lanes += column sums of V, for n rows of V (the first GRAM_DIM of every
+ * stride floats). Each
  * entry is its own sum over the rows in order, as a row-by-row update would be. Rows go in
  * batches converted to double once; for each batch a 16 x 8 strip of gram stays in
  * registers while the batch passes, instead of the whole 32 x 32 matrix being loaded and
  * stored for every row (measured 0.5 ns per value on 256-wide tensors that way). */
 #define GRAM_BATCH 64
-CLONES EXACT_PRODUCTS static void gram_block(const float *restrict v, Py_ssize_t n, double *restrict gram,
-                                             double *restrict lanes) {
+CLONES EXACT_PRODUCTS static void gram_block(const float *restrict v, Py_ssize_t n, Py_ssize_t stride,
+                                             double *restrict gram, double *restrict lanes) {
     double wide[GRAM_BATCH * GRAM_DIM];
     for (Py_ssize_t i0 = 0; i0 < n; i0 += GRAM_BATCH) {
         Py_ssize_t batch = n - i0 < GRAM_BATCH ? n - i0 : GRAM_BATCH;
-        for (Py_ssize_t t = 0; t < batch * GRAM_DIM; t++) wide[t] = v[i0 * GRAM_DIM + t];
+        for (Py_ssize_t i = 0; i < batch; i++)
+            for (int p = 0; p < GRAM_DIM; p++) wide[i * GRAM_DIM + p] = v[(i0 + i) * stride + p];
         for (int p0 = 0; p0 < GRAM_DIM; p0 += 16)
             for (int q0 = 0; q0 < GRAM_DIM; q0 += 8) {
                 vd8 acc[16];
@@ -284,24 +293,44 @@ CLONES EXACT_PRODUCTS static void gram_block(const float *restrict v, Py_ssize_t
     }
 }
 
+/* The output-side sums for n rows of V (ROW_DIM floats each), the first being row first_row
+ * of the view: out[bucket * ROW_DIM + k] += Q[i, 0] v_i[k] and out[OUT_BUCKETS * ROW_DIM + k]
+ * += v_i[k], rows in order. In float32 within a tile (rows of at least 64 values make at
+ * most 4,096 rows a tile, 128 a bucket; the tile's sums are then added in float64): in
+ * double, the 33 x 128 sums would take all of L1. Products with +-1 are exact. */
+CLONES EXACT_PRODUCTS static void out_block(const float *restrict v, Py_ssize_t n, const float *restrict qr,
+                                            Py_ssize_t first_row, float *restrict out) {
+    float *total = out + OUT_BUCKETS * ROW_DIM;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float *row = v + i * ROW_DIM;
+        float sign = qr[i * K];
+        float *bucket = out + ((first_row + i) % OUT_BUCKETS) * ROW_DIM;
+        for (int k = 0; k < ROW_DIM; k++) {
+            bucket[k] += sign * row[k];
+            total[k] += row[k];
+        }
+    }
+}
+
 /* Row sketch: row_out[i * K + m] = sum_j x[i, j] * qt[m * qt_stride + j]. qt is Q of the
  * tile's columns, transposed (K rows of qt_stride floats). state holds each row's 16 lane
  * sums per projection between chunks (rows * K * L floats). lanes_out receives each row's
- * Gram-sketch vector v (rows x GRAM_DIM). */
+ * lane sums v[m * L + u] for the first kept / L projections, kept floats a row (GRAM_DIM for
+ * the input-side sketch alone, ROW_DIM when the output side needs them all). */
 CLONES EXACT_PRODUCTS static void row_sketch(const float *restrict x, Py_ssize_t rows, Py_ssize_t cols,
                                              const float *restrict qt, Py_ssize_t qt_stride,
                                              float *restrict state, float *restrict row_out,
-                                             float *restrict lanes_out) {
+                                             float *restrict lanes_out, int kept) {
     if (cols < L) { /* one partial vector per row: its lane sum is this sum, in this order */
         for (Py_ssize_t i = 0; i < rows; i++) {
-            float *v = lanes_out + i * GRAM_DIM;
-            memset(v, 0, GRAM_DIM * sizeof(float));
+            float *v = lanes_out + i * kept;
+            memset(v, 0, (size_t)kept * sizeof(float));
             for (int m = 0; m < K; m++) {
                 float total = 0.0f;
                 for (Py_ssize_t j = 0; j < cols; j++) {
                     float term = x[i * cols + j] * qt[m * qt_stride + j];
                     total += term;
-                    if (m < GRAM_PROJECTIONS) v[m * L + j] = term;
+                    if (m * L < kept) v[m * L + j] = term;
                 }
                 row_out[i * K + m] = total;
             }
@@ -361,7 +390,7 @@ CLONES EXACT_PRODUCTS static void row_sketch(const float *restrict x, Py_ssize_t
             if (full < cols) /* the row's last values, zero-padded */
                 a += load_tail(x + i * cols + full, cols - full) * load_tail(qt + m * qt_stride + full, cols - full);
             row_out[i * K + m] = lane_sum(a);
-            if (m < GRAM_PROJECTIONS) storev(lanes_out + i * GRAM_DIM + m * L, a);
+            if (m * L < kept) storev(lanes_out + i * kept + m * L, a);
         }
     }
 }
@@ -554,62 +583,69 @@ static void fold_blocks(const float *part, Py_ssize_t n, Py_ssize_t t_step, Py_s
 
 PyDoc_STRVAR(reduce_tile_doc,
 "reduce_tile(raw, kind, rows, cols, row0, col0, q_cols_t, q_rows, p, values, row_part, col_part,\n"
-"            row_sketch, col_sketch, gram, lanes)\n"
+"            row_sketch, col_sketch, gram, lanes, output)\n"
 "    -> (crc32, s1, s2, s3, s4, lowest, highest, zeros, nonfinite)\n\n"
 "raw: the tile's little-endian bytes; kind 0 = F32, 1 = BF16, 2 = F16. q_cols_t: Q of the\n"
 "tile's columns transposed, K x (row stride) float32, a 2-D buffer. values: scratch for a\n"
 "block of decoded rows, min(rows * cols, max(SCRATCH_ELEMENTS, cols)) float32. Writes the\n"
 "projections (row_part rows x K, col_part K x cols, scratch) and adds\n"
-"the block-folded sketches into row_sketch and col_sketch (float64, zeroed by the caller) and\n"
-"the tile's input-side Gram sketch into gram (GRAM_DIM x GRAM_DIM) and lanes (GRAM_DIM),\n"
-"float64 running sums, unless nonfinite.\n"
+"the block-folded sketches into row_sketch and col_sketch (float64, zeroed by the caller),\n"
+"the tile's input-side Gram sketch into gram (GRAM_DIM x GRAM_DIM) and lanes (GRAM_DIM) and,\n"
+"unless output is None, its output-side sums into output ((OUT_BUCKETS + 1) x ROW_DIM; needs\n"
+"cols >= 16), float64 running sums, unless nonfinite.\n"
 "crc32 is zlib.crc32(raw). When nonfinite is True the statistics are not meaningful: use\n"
 "the numpy path.");
 
 static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
-    PyObject *raw_o, *qc_o, *qr_o, *p_o, *values_o, *row_o, *col_o, *rs_o, *cs_o, *gram_o, *lanes_o;
+    PyObject *raw_o, *qc_o, *qr_o, *p_o, *values_o, *row_o, *col_o, *rs_o, *cs_o, *gram_o, *lanes_o, *out_o;
     int kind;
     Py_ssize_t rows, cols, row0, col0;
-    if (!PyArg_ParseTuple(args, "OinnnnOOOOOOOOOO", &raw_o, &kind, &rows, &cols, &row0, &col0, &qc_o, &qr_o,
-                          &p_o, &values_o, &row_o, &col_o, &rs_o, &cs_o, &gram_o, &lanes_o))
+    if (!PyArg_ParseTuple(args, "OinnnnOOOOOOOOOOO", &raw_o, &kind, &rows, &cols, &row0, &col0, &qc_o, &qr_o,
+                          &p_o, &values_o, &row_o, &col_o, &rs_o, &cs_o, &gram_o, &lanes_o, &out_o))
         return NULL;
-    if (kind < SRC_F32 || kind > SRC_F16 || rows < 0 || cols < 0 || row0 < 0 || col0 < 0 || rows * cols < L) {
+    int with_output = out_o != Py_None;
+    if (kind < SRC_F32 || kind > SRC_F16 || rows < 0 || cols < 0 || row0 < 0 || col0 < 0 || rows * cols < L ||
+        (with_output && cols < L)) {
         PyErr_SetString(PyExc_ValueError, "bad kind or shape");
         return NULL;
     }
     Py_ssize_t n = rows * cols, itemsize = kind == SRC_F32 ? 4 : 2;
     Py_ssize_t row_blocks = (row0 + rows - 1) / BLOCK - row0 / BLOCK + 1;
     Py_ssize_t col_blocks = (col0 + cols - 1) / BLOCK - col0 / BLOCK + 1;
-    Py_buffer b[11];
-    PyObject *objects[11] = {raw_o, qc_o, qr_o, p_o, values_o, row_o, col_o, rs_o, cs_o, gram_o, lanes_o};
+    Py_buffer b[12];
+    PyObject *objects[12] = {raw_o, qc_o, qr_o, p_o, values_o, row_o, col_o, rs_o, cs_o, gram_o, lanes_o, out_o};
     /* Rows are decoded, summarised and projected a block at a time (see below): the decoded
      * values of one block, not the tile's, so they stay in L2 and never go back to memory. */
     Py_ssize_t group = cols >= GROUP_ELEMS ? 1 : GROUP_ELEMS / cols / 4 * 4;
     if (group == 0) group = 1;
     Py_ssize_t block = SKETCH_ELEMS / (group * cols) > 1 ? SKETCH_ELEMS / (group * cols) * group : group;
     if (block > rows) block = rows;
-    const Py_ssize_t need[11] = {n * itemsize, -1, rows * K * 4, BLOCK * K * 4, block * cols * 4,
+    const Py_ssize_t need[12] = {n * itemsize, -1, rows * K * 4, BLOCK * K * 4, block * cols * 4,
                                 rows * K * 4, cols * K * 4, row_blocks * K * 8, col_blocks * K * 8,
-                                GRAM_DIM * GRAM_DIM * 8, GRAM_DIM * 8};
-    const char *names[11] = {"raw", "q_cols", "q_rows", "p", "values", "row_part", "col_part",
-                            "row_sketch", "col_sketch", "gram", "lanes"};
-    int got = 0;
-    while (got < 11 && get_buffer(objects[got], &b[got], got >= 4, need[got], names[got]) == 0) got++;
+                                GRAM_DIM * GRAM_DIM * 8, GRAM_DIM * 8, (OUT_BUCKETS + 1) * ROW_DIM * 8};
+    const char *names[12] = {"raw", "q_cols", "q_rows", "p", "values", "row_part", "col_part",
+                            "row_sketch", "col_sketch", "gram", "lanes", "output"};
+    int wanted = with_output ? 12 : 11, got = 0;
+    while (got < wanted && get_buffer(objects[got], &b[got], got >= 4, need[got], names[got]) == 0) got++;
     /* q_cols_t is a strided view of the cached transposed Q: K rows of unit-stride floats. */
-    int valid = got == 11 && b[1].ndim == 2 && b[1].shape[0] == K && b[1].shape[1] >= cols && b[1].strides[1] == 4;
-    if (got == 11 && !valid)
+    int valid = got == wanted && b[1].ndim == 2 && b[1].shape[0] == K && b[1].shape[1] >= cols && b[1].strides[1] == 4;
+    if (got == wanted && !valid)
         PyErr_SetString(PyExc_ValueError, "q_cols_t must be K x cols float32 with unit column stride");
     if (!valid) {
         while (got--) PyBuffer_Release(&b[got]);
         return NULL;
     }
     Py_ssize_t qt_stride = b[1].strides[0] / 4;
-    /* the row sketch's lane sums and each row's Gram-sketch vector, SKETCH_ROWS rows at a time */
-    float *state = PyMem_RawMalloc((size_t)SKETCH_ROWS * (K * L + GRAM_DIM) * sizeof(float));
-    if (state == NULL) {
-        for (int k = 10; k >= 0; k--) PyBuffer_Release(&b[k]);
+    /* The row sketch's lane sums and each row's kept lane sums, SKETCH_ROWS rows at a time;
+     * then the tile's output-side sums when wanted (added to the caller's only if finite). */
+    int kept = with_output ? ROW_DIM : GRAM_DIM;
+    size_t outputs = with_output ? (size_t)(OUT_BUCKETS + 1) * ROW_DIM : 0;
+    float *tile_out = PyMem_RawCalloc(outputs + (size_t)SKETCH_ROWS * (K * L + kept), sizeof(float));
+    if (tile_out == NULL) {
+        while (got--) PyBuffer_Release(&b[got]);
         return PyErr_NoMemory();
     }
+    float *state = tile_out + outputs;
     Stats stats;
     uint32_t crc = 0;
     double tile_gram[GRAM_DIM * GRAM_DIM] = {0}, tile_lanes[GRAM_DIM] = {0};
@@ -638,8 +674,10 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         for (Py_ssize_t s0 = 0; s0 < n_block; s0 += SKETCH_ROWS) { /* rows in order */
             Py_ssize_t ns = n_block - s0 < SKETCH_ROWS ? n_block - s0 : SKETCH_ROWS;
             row_sketch(xb + s0 * cols, ns, cols, (const float *)b[1].buf, qt_stride, state,
-                       (float *)b[5].buf + (i0 + s0) * K, lanes_out);
-            gram_block(lanes_out, ns, tile_gram, tile_lanes);
+                       (float *)b[5].buf + (i0 + s0) * K, lanes_out, kept);
+            gram_block(lanes_out, ns, kept, tile_gram, tile_lanes);
+            if (with_output)
+                out_block(lanes_out, ns, (const float *)b[2].buf + (i0 + s0) * K, row0 + i0 + s0, tile_out);
         }
         col_sketch(xb, n_block, cols, (const float *)b[2].buf + i0 * K, (float *)b[6].buf);
     }
@@ -648,12 +686,16 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
         double *gram = (double *)b[9].buf, *lanes = (double *)b[10].buf;
         for (int t = 0; t < GRAM_DIM * GRAM_DIM; t++) gram[t] += tile_gram[t];
         for (int t = 0; t < GRAM_DIM; t++) lanes[t] += tile_lanes[t];
+        if (with_output) {
+            double *out = (double *)b[11].buf;
+            for (size_t t = 0; t < outputs; t++) out[t] += tile_out[t];
+        }
         fold_blocks((const float *)b[5].buf, rows, K, 1, row0, (const float *)b[3].buf, (double *)b[7].buf);
         fold_blocks((const float *)b[6].buf, cols, 1, cols, col0, (const float *)b[3].buf, (double *)b[8].buf);
     }
     Py_END_ALLOW_THREADS
-    PyMem_RawFree(state);
-    for (int k = 10; k >= 0; k--) PyBuffer_Release(&b[k]);
+    PyMem_RawFree(tile_out);
+    while (got--) PyBuffer_Release(&b[got]);
     return Py_BuildValue("kddddddLO", (unsigned long)crc, stats.sums[0], stats.sums[1], stats.sums[2],
                          stats.sums[3], (double)stats.lowest, (double)stats.highest, stats.zeros,
                          stats.nonfinite ? Py_True : Py_False);
@@ -721,7 +763,9 @@ PyMODINIT_FUNC PyInit__fused(void) {
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "MIN_ELEMENTS", L) < 0 ||
                       PyModule_AddIntConstant(m, "SCRATCH_ELEMENTS", SKETCH_ELEMS) < 0 ||
-                      PyModule_AddIntConstant(m, "GRAM_DIM", GRAM_DIM) < 0)) {
+                      PyModule_AddIntConstant(m, "GRAM_DIM", GRAM_DIM) < 0 ||
+                      PyModule_AddIntConstant(m, "ROW_DIM", ROW_DIM) < 0 ||
+                      PyModule_AddIntConstant(m, "OUT_BUCKETS", OUT_BUCKETS) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

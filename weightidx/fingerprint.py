@@ -27,9 +27,12 @@ that are multiples of ``B``, the row-sketch blocks of ``concat(q, k, v)`` along
 dim 0 are those of ``q``, ``k`` and ``v`` in turn (likewise column sketches for
 dim 1), and the row sketch of ``W`` equals the column sketch of ``Wᵀ``.
 
-Gram sketch (version 1, see ``row_lanes``): each row's 16 lane sums of its first two
-projections, ``v_i`` (32 numbers), give ``Σ_i v_i v_iᵀ`` and ``Σ_i v_i``: a sketch of
-``WᵀW`` that does not change when rows are permuted, for lineage across a width change.
+Gram sketches (version 2, see ``row_lanes``), for lineage across a width change. Input
+side: each row's 16 lane sums of its first two projections, ``v_i`` (32 numbers), give
+``Σ_i v_i v_iᵀ`` and ``Σ_i v_i``: a sketch of ``WᵀW`` that does not change when rows are
+permuted. Output side (``output_gram``): all 128 lane sums of each row, added into 32
+bucket sums (row ``i`` into bucket ``i mod 32`` with sign ``Q[i, 0]``), give ``Z``;
+``Z Zᵀ`` with the mean row taken out sketches ``WWᵀ`` whatever the columns hold.
 
 Sample: values at positions ``(i, j)`` with ``i % S_r == 0`` and ``j % S_c == 0``
 of the 2-D view, where the strides are powers of two grown until at most
@@ -56,10 +59,15 @@ if os.environ.get("WEIGHTIDX_KERNEL") == "numpy":  # forces the numpy path (test
 SKETCH_VERSION = 1
 BLOCK = 16
 K = 8
-GRAM_VERSION = 1
-GRAM_PROJECTIONS = 2  # of the K projections, the first two feed the Gram sketch
+GRAM_VERSION = 2
+GRAM_PROJECTIONS = 2  # of the K projections, the first two feed the input-side Gram sketch
 GRAM_DIM = GRAM_PROJECTIONS * 16  # 16 lanes each (the kernel's vector width)
 _LANES = 16
+ROW_DIM = K * _LANES  # a row's lane sums for all projections: the output side's view of a row
+OUTPUT_BUCKETS = 32
+# Narrower rows get no output-side sketch: its cost is per row (ROW_DIM additions), which for
+# 1-D tensors (one value a row) would exceed the rest of the work, and their rows say little.
+OUTPUT_MIN_COLS = 64
 TILE_ELEMS = 1 << 18  # 1 MiB of float32 per tile
 TILE_MIN_ROWS = 128  # the column sketch writes K x cols per tile: keep that small next to the tile
 SAMPLE_CAP = 1024
@@ -170,6 +178,13 @@ def q_rows(start: int, stop: int) -> np.ndarray:
     return _q_prefix[start:stop]
 
 
+def _first_signs(rows: int) -> np.ndarray:
+    """``Q[:rows, 0]`` as float64, without making the other projections (the parent process
+    needs only these, for ``output_gram``)."""
+    index = np.arange(rows, dtype=np.uint64) * np.uint64(K) + np.uint64(_SEED_Q)
+    return 1.0 - 2.0 * (_splitmix64(index) >> np.uint64(63)).astype(np.float64)
+
+
 def q_rows_t(start: int, stop: int) -> np.ndarray:
     """``Q[start:stop].T`` as a (K, n) view with unit column stride."""
     global _q_prefix_t
@@ -193,16 +208,34 @@ def _balanced_p() -> np.ndarray:
 P = _balanced_p()
 
 
+def _zeros(*shape: int) -> np.ndarray:
+    return np.zeros(shape, dtype=np.float64)
+
+
 @dataclass
 class GramSums:
-    """Input-side Gram sketch sums (see ``row_lanes``): tiles are added into it in order."""
+    """Gram sketch sums (see ``row_lanes`` and ``output_terms``): tiles are added into it in order.
 
-    gram: np.ndarray = field(default_factory=lambda: np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64))
-    lanes: np.ndarray = field(default_factory=lambda: np.zeros(GRAM_DIM, dtype=np.float64))
+    ``output``: rows 0..31 the bucket sums ``Z``, row 32 the plain sum of the rows' lane sums;
+    None until a tile at least ``OUTPUT_MIN_COLS`` wide is added (it is sent back from the
+    worker processes with every job, so narrow tensors do not ship 33 KB of zeros).
+    """
+
+    gram: np.ndarray = field(default_factory=lambda: _zeros(GRAM_DIM, GRAM_DIM))
+    lanes: np.ndarray = field(default_factory=lambda: _zeros(GRAM_DIM))
+    output: np.ndarray | None = None
+
+    def output_sums(self) -> np.ndarray:
+        """``output``, made on first use."""
+        if self.output is None:
+            self.output = _zeros(OUTPUT_BUCKETS + 1, ROW_DIM)
+        return self.output
 
     def add(self, other: GramSums) -> None:
         self.gram += other.gram
         self.lanes += other.lanes
+        if other.output is not None:
+            self.output_sums()[:] += other.output
 
 
 @dataclass
@@ -285,9 +318,9 @@ def _fold_blocks(values: np.ndarray, start: int) -> np.ndarray:
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def row_lanes(matrix: np.ndarray, col0: int) -> np.ndarray:
-    """Each row's count sketch for the Gram sketch, (rows, GRAM_DIM) float64:
-    ``v[i, m * 16 + u] = Σ_{j ≡ u (mod 16)} Q[j, m] W[i, j]`` for the first ``GRAM_PROJECTIONS``
+def row_lanes(matrix: np.ndarray, col0: int, projections: int = GRAM_PROJECTIONS) -> np.ndarray:
+    """Each row's count sketch for the Gram sketches, (rows, projections * 16) float64:
+    ``v[i, m * 16 + u] = Σ_{j ≡ u (mod 16)} Q[j, m] W[i, j]`` for the first ``projections``
     projections, ``j`` the absolute column (``col0`` is a multiple of 16).
 
     ``Σ_i v_i v_iᵀ`` sketches the input-side Gram matrix ``WᵀW``: it does not change when
@@ -298,16 +331,46 @@ def row_lanes(matrix: np.ndarray, col0: int) -> np.ndarray:
     """
     rows, cols = matrix.shape
     work = matrix if matrix.dtype == np.float32 else matrix.astype(np.float32)
-    q = q_rows(col0, col0 + cols)[:, :GRAM_PROJECTIONS]
-    lanes = np.zeros((rows, GRAM_PROJECTIONS, _LANES), dtype=np.float64)
+    q = q_rows(col0, col0 + cols)[:, :projections]
+    lanes = np.zeros((rows, projections, _LANES), dtype=np.float64)
     full = cols // _LANES * _LANES
-    if full:  # per lane u: W[:, u::16] @ Q[u::16, :2], sixteen products in one batched matmul
+    if full:  # per lane u: W[:, u::16] @ Q[u::16, :m], sixteen products in one batched matmul
         by_lane = work[:, :full].reshape(rows, full // _LANES, _LANES).transpose(2, 0, 1)
-        q_by_lane = q[:full].reshape(full // _LANES, _LANES, GRAM_PROJECTIONS).transpose(1, 0, 2)
+        q_by_lane = q[:full].reshape(full // _LANES, _LANES, projections).transpose(1, 0, 2)
         lanes[:] = np.matmul(by_lane, q_by_lane).transpose(1, 2, 0)
     if full < cols:  # the last columns, in the first lanes
         lanes[:, :, : cols - full] += work[:, None, full:] * q[full:].T[None, :, :]
-    return lanes.reshape(rows, GRAM_DIM)
+    return lanes.reshape(rows, projections * _LANES)
+
+
+def output_terms(lanes: np.ndarray, row0: int) -> np.ndarray:
+    """What rows ``row0, row0 + 1, ...`` with lane sums ``lanes`` (rows, ROW_DIM) add to
+    ``GramSums.output``: ``Q[i, 0] v_i`` into bucket ``i mod 32``, and ``v_i`` into the total.
+
+    ``Z Zᵀ`` then sketches ``WWᵀ`` (rows x rows): it does not change when columns are permuted
+    or rotated (up to the column sketch's noise), so it compares models whose input widths
+    differ but whose rows are the same (vocabulary, patch outputs, a kept FFN width). Entries
+    of two different buckets combine distinct rows only, free of the row norms.
+    """
+    rows = lanes.shape[0]
+    signed = lanes * q_rows(row0, row0 + rows)[:, :1]
+    terms = _zeros(OUTPUT_BUCKETS + 1, ROW_DIM)
+    for offset in range(min(OUTPUT_BUCKETS, rows)):
+        terms[(row0 + offset) % OUTPUT_BUCKETS] = signed[offset::OUTPUT_BUCKETS].sum(axis=0)
+    terms[OUTPUT_BUCKETS] = lanes.sum(axis=0)
+    return terms
+
+
+def output_gram(output: np.ndarray, rows: int) -> np.ndarray:
+    """The upper triangle of ``Zc Zcᵀ`` (OUTPUT_BUCKETS x OUTPUT_BUCKETS), float32, where
+    ``Zc`` is the bucket sums of the rows with their mean taken out: a shared offset of all
+    rows would otherwise put the same pattern (fixed by the signs) into every model's sketch."""
+    signs = _first_signs(rows)
+    padded = np.zeros(-(-rows // OUTPUT_BUCKETS) * OUTPUT_BUCKETS)
+    padded[:rows] = signs
+    bucket_signs = padded.reshape(-1, OUTPUT_BUCKETS).sum(axis=0)
+    centred = output[:OUTPUT_BUCKETS] - np.outer(bucket_signs, output[OUTPUT_BUCKETS] / max(rows, 1))
+    return (centred @ centred.T)[np.triu_indices(OUTPUT_BUCKETS)].astype(np.float32)
 
 
 class Workspace:
@@ -374,10 +437,13 @@ def reduce_tile(
     work = matrix if matrix.dtype == np.float32 else matrix.astype(np.float32)
     row_part = work @ q_rows(tile.col0, tile.col1)
     col_part = q_rows(tile.row0, tile.row1).T @ work
-    lanes = row_lanes(work, tile.col0)
+    with_output = tile.cols >= OUTPUT_MIN_COLS
+    lanes = row_lanes(work, tile.col0, K if with_output else GRAM_PROJECTIONS)
     gram = gram if gram is not None else GramSums()
-    gram.gram += lanes.T @ lanes
-    gram.lanes += lanes.sum(axis=0)
+    gram.gram += lanes[:, :GRAM_DIM].T @ lanes[:, :GRAM_DIM]
+    gram.lanes += lanes[:, :GRAM_DIM].sum(axis=0)
+    if with_output:
+        gram.output_sums()[:] += output_terms(lanes, tile.row0)
     return TileResult(
         power_sums=sums,
         minimum=float(lowest),
@@ -434,6 +500,7 @@ def reduce_raw_tile(
         workspace.array("row_part", n_rows * K, np.float32),
         workspace.array("col_part", n_cols * K, np.float32),
         row_sketch, col_sketch, gram.gram, gram.lanes,
+        gram.output_sums() if tile.cols >= OUTPUT_MIN_COLS else None,
     )  # fmt: skip
     if nonfinite:
         return None
@@ -501,6 +568,7 @@ class Fingerprint:
     sample_shape: tuple[int, int]
     input_gram: np.ndarray | None  # float32 (GRAM_DIM * (GRAM_DIM + 1) / 2,): upper triangle of Σ v vᵀ
     input_lanes: np.ndarray | None  # float32 (GRAM_DIM,): Σ v; both None when rows were split
+    output_gram: np.ndarray | None  # float32 (528,): see ``output_gram``; None below OUTPUT_MIN_COLS
 
 
 class TensorAccumulator:
@@ -517,6 +585,7 @@ class TensorAccumulator:
         self._samples: list[np.ndarray] = []  # in storage order, which is lattice order
         self._gram = np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64)
         self._lanes = np.zeros(GRAM_DIM, dtype=np.float64)
+        self._output = _zeros(OUTPUT_BUCKETS + 1, ROW_DIM)
 
     def add(self, result: TileResult) -> None:
         self._sums += result.power_sums
@@ -530,6 +599,8 @@ class TensorAccumulator:
         self._samples.append(result.sample)
         self._gram += result.gram.gram
         self._lanes += result.gram.lanes
+        if result.gram.output is not None:
+            self._output += result.gram.output
 
     def finish(self) -> Fingerprint:
         zeros, nans, posinf, neginf = (int(c) for c in self._counts)
@@ -541,6 +612,7 @@ class TensorAccumulator:
         if whole_rows(self.cols):  # a row cut into column pieces has its lanes in several tiles
             gram = self._gram[np.triu_indices(GRAM_DIM)].astype(np.float32)
             lanes = self._lanes.astype(np.float32)
+        output = output_gram(self._output, self.rows) if self.cols >= OUTPUT_MIN_COLS else None
         return Fingerprint(
             rows=self.rows,
             cols=self.cols,
@@ -562,6 +634,7 @@ class TensorAccumulator:
             sample_shape=sample_shape,
             input_gram=gram,
             input_lanes=lanes,
+            output_gram=output,
         )
 
     def _assemble_sample(self, sample_shape: tuple[int, int]) -> np.ndarray:

@@ -174,12 +174,14 @@ def _lineage(report: dict) -> str:
         f"<tr><td>{_esc(axis['side'])}</td><td>{axis['size']}</td><td>{_esc(axis['a'])}</td>"
         f"<td>{_esc(axis['b'])}</td><td>{_number(axis['score'], 3)}</td>"
         f"<td>{_number(axis['null_mean'], 3)} ± {_number(axis['null_std'], 3)} ({axis['null_pairs']})</td>"
-        f"<td>{_number(axis['z_score'], 1)}</td></tr>"
+        f"<td>{_number(axis['z_score'], 1)}</td><td>{_number(axis.get('mantel_z'), 1)}</td>"
+        f"<td>{_esc(axis.get('source', ''))}</td></tr>"
         for axis in lineage["axes"]
     )
     table = (
         '<table id="lineage"><thead><tr><th>side</th><th>axis size</th><th>A tensor</th><th>B tensor</th>'
-        "<th>Gram correlation</th><th>controls (pairs)</th><th>z</th></tr></thead>"
+        "<th>Gram correlation</th><th>controls (pairs)</th><th>z</th><th>shuffle z</th><th>from</th>"
+        "</tr></thead>"
         f"<tbody>{rows}</tbody></table>"
         if rows
         else ""

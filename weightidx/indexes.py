@@ -138,7 +138,7 @@ def load_index(path: Path | str, name: str | None = None) -> IndexedModel:
     )
 
 
-_ARRAY_COLUMNS = ("row_sketch", "col_sketch", "sample", "input_gram", "input_lanes")
+_ARRAY_COLUMNS = ("row_sketch", "col_sketch", "sample", "input_gram", "input_lanes", "output_gram")
 
 
 def _rows_with_arrays(table: pa.Table) -> dict[str, dict]:

@@ -11,10 +11,13 @@ diagonal only says "weights have some norm" and makes unrelated models look alik
 null comes from the same statistic between different tensors of one model on that axis.
 
 With the checkpoints at hand (``analyse``) the Gram matrices are computed from the values.
-From the indexes alone (``analyse_sketches``) the index's input-side Gram sketch stands in
-for them (``fingerprint.row_lanes``): a 32 x 32 projection of ``WᵀW``, of which only the
-entries between different lanes are used, since those combine distinct columns only.
-Output-side axes need the checkpoints.
+From the indexes alone (``analyse_sketches``) the index's Gram sketches stand in for them:
+input side a 32 x 32 projection of ``WᵀW`` (``fingerprint.row_lanes``), of which only the
+entries between different lanes are used, since those combine distinct columns only;
+output side a 32 x 32 projection of ``WWᵀ`` (``fingerprint.output_terms``), whose entries
+between different buckets combine distinct rows only. The sketches also stand in for the
+axes too large to read whole (a vocabulary) when the checkpoints are at hand. Their
+axis-shuffle test permutes the sketch's lanes or buckets instead of the axis.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .fingerprint import GRAM_DIM
+from .fingerprint import GRAM_DIM, OUTPUT_BUCKETS
 from .indexes import IndexedModel
 from .report import is_matrix
 
@@ -43,6 +46,7 @@ class AxisResult:
 
     side: str  # "input" (columns of the 2-D view) or "output" (rows)
     size: int
+    source: str  # "checkpoint values" or "index sketches"
     a_key: str
     b_key: str
     score: float  # correlation of the off-diagonal Gram entries
@@ -51,12 +55,13 @@ class AxisResult:
     null_pairs: int
     z_score: float | None
     mantel_z: float | None  # the score against the same pair with B's axis shuffled (a Mantel
-    mantel_p: float | None  # test); None from sketches, which cannot shuffle the axis
+    mantel_p: float | None  # test); for sketches, B's sketch lanes or buckets shuffled
 
     def as_json(self) -> dict:
         return {
             "side": self.side,
             "size": self.size,
+            "source": self.source,
             "a": self.a_key,
             "b": self.b_key,
             "score": round(self.score, 6),
@@ -73,21 +78,22 @@ def _round(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 6)
 
 
+_SKETCH_COLUMNS = {"input": "input_gram", "output": "output_gram"}
+
+
 def shared_axes(
     a: IndexedModel, b: IndexedModel, *, sketched: bool = False
 ) -> dict[tuple[str, int], tuple[list[str], list[str]]]:
     """Axis sizes present on the same side of weight matrices in both models, but where the
     other side differs (so the tensors could not be matched value for value).
 
-    ``sketched``: input axes of tensors that have a Gram sketch in the index (any size the
-    sketch covers, up to ``_MAX_PER_AXIS_SKETCHED`` tensors a side); otherwise both sides,
-    axes up to ``MAX_AXIS`` and tensors up to ``MAX_VALUES`` values, whose Gram matrices
-    are computed from the checkpoints.
+    ``sketched``: tensors with a Gram sketch for that side in the index (any axis size, up to
+    ``_MAX_PER_AXIS_SKETCHED`` tensors a side); otherwise axes up to ``MAX_AXIS`` and tensors
+    up to ``MAX_VALUES`` values, whose Gram matrices are computed from the checkpoints.
     """
     found: dict[tuple[str, int], tuple[list[str], list[str]]] = {}
-    sides = [("input", "cols", "rows")] + ([] if sketched else [("output", "rows", "cols")])
     keep = _MAX_PER_AXIS_SKETCHED if sketched else _MAX_PER_AXIS
-    for side, this, other in sides:
+    for side, this, other in (("input", "cols", "rows"), ("output", "rows", "cols")):
         sizes_a: dict[int, list[str]] = defaultdict(list)
         sizes_b: dict[int, list[str]] = defaultdict(list)
         for model, sizes in ((a, sizes_a), (b, sizes_b)):
@@ -95,8 +101,8 @@ def shared_axes(
                 size = int(row[this])
                 if not (is_matrix(row) and row["supported"] and size >= 16):
                     continue
-                if sketched:  # null where the index cut the rows into pieces
-                    usable = row.get("input_gram") is not None
+                if sketched:  # null where the index has none (rows cut, or too narrow)
+                    usable = row.get(_SKETCH_COLUMNS[side]) is not None
                 else:
                     usable = size <= MAX_AXIS and row["numel"] <= MAX_VALUES
                 if usable:
@@ -172,6 +178,9 @@ def _pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
 def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
     """The ``lineage`` section: per shared axis, the best pair, its null and z-score, and a verdict.
 
+    Axes too large to read whole (or on tensors over ``MAX_VALUES``) come from the index
+    sketches, when the indexes have them.
+
     Args:
         read: ``read(model, key) -> 2-D float array`` (the whole tensor's view).
     """
@@ -179,12 +188,17 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
     for (side, size), (keys_a, keys_b) in shared_axes(a, b).items():
         signatures_a = {k: gram_signature(read(a, k), side) for k in keys_a}
         signatures_b = {k: gram_signature(read(b, k), side) for k in keys_b}
-        result = _score_axis(side, size, signatures_a, signatures_b, floor=1 / math.sqrt(size))
+        result = _score_axis(
+            side, size, "checkpoint values", signatures_a, signatures_b, floor=1 / math.sqrt(size)
+        )
         # B's Gram matrix is rebuilt (one read) rather than kept for every candidate: at axis 4096
         # each is 64 MB. A's side needs only its signature, already computed.
         gram_b = gram_matrix(read(b, result.b_key), side)
         mantel_z, mantel_p = mantel(signatures_a[result.a_key], gram_b, result.score, seed=size)
         results.append(replace(result, mantel_z=mantel_z, mantel_p=mantel_p))
+    done = {(r.side, r.size) for r in results}
+    if not _stale(a, b):
+        results += [r for r in _sketched_axes(a, b) if (r.side, r.size) not in done]
     return {
         "method": "checkpoint values",
         "axes": [r.as_json() for r in results],
@@ -192,37 +206,48 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
     }
 
 
-def analyse_sketches(a: IndexedModel, b: IndexedModel) -> dict:
-    """The ``lineage`` section from the indexes alone: input-side axes, through the Gram sketches.
+def _stale(a: IndexedModel, b: IndexedModel) -> list[str]:
+    """Index files written before the current Gram sketches (no ``output_gram`` column)."""
+    return [str(model.index) for model in (a, b) if not any("output_gram" in r for r in model.rows.values())]
 
-    Output-side axes and the axis-shuffle test need the tensor values; the verdict says so.
-    """
-    stale = [str(model.index) for model in (a, b) if not any("input_gram" in r for r in model.rows.values())]
+
+def analyse_sketches(a: IndexedModel, b: IndexedModel) -> dict:
+    """The ``lineage`` section from the indexes alone, through the Gram sketches."""
+    stale = _stale(a, b)
     if stale:
         return {
             "method": "index sketches",
             "axes": [],
             "verdict": f"{' and '.join(stale)} predate{'s' if len(stale) == 1 else ''} the Gram sketches "
-            "(index columns input_gram, input_lanes): re-index with this weightidx, or compare with "
-            "the checkpoints at hand.",
+            "(index columns input_gram, input_lanes, output_gram): re-index with this weightidx, or "
+            "compare with the checkpoints at hand.",
         }
+    results = _sketched_axes(a, b)
+    verdict = "From the index sketches alone: " + _verdict(results)
+    return {"method": "index sketches", "axes": [r.as_json() for r in results], "verdict": verdict}
+
+
+def _sketched_axes(a: IndexedModel, b: IndexedModel) -> list[AxisResult]:
     results = []
     for (side, size), (keys_a, keys_b) in shared_axes(a, b, sketched=True).items():
-        signatures_a = {k: sketch_signature(a.rows[k]) for k in keys_a}
-        signatures_b = {k: sketch_signature(b.rows[k]) for k in keys_b}
-        results.append(
-            _score_axis(side, size, signatures_a, signatures_b, floor=1 / math.sqrt(_CROSS_LANE[0].size))
+        sketches_a = {k: sketch_matrix(a.rows[k], side) for k in keys_a}
+        sketches_b = {k: sketch_matrix(b.rows[k], side) for k in keys_b}
+        pairs = _SKETCH_PAIRS[side]
+        signatures_a = {k: _entries(m, pairs) for k, m in sketches_a.items()}
+        signatures_b = {k: _entries(m, pairs) for k, m in sketches_b.items()}
+        floor = 1 / math.sqrt(pairs[0].size)
+        result = _score_axis(side, size, "index sketches", signatures_a, signatures_b, floor)
+        mantel_z, mantel_p = sketch_mantel(
+            signatures_a[result.a_key], sketches_b[result.b_key], side, result.score, seed=size
         )
-    verdict = (
-        "From the index sketches alone (input-side axes; output-side axes and the axis-shuffle test "
-        "need the checkpoints): " + _verdict(results)
-    )
-    return {"method": "index sketches", "axes": [r.as_json() for r in results], "verdict": verdict}
+        results.append(replace(result, mantel_z=mantel_z, mantel_p=mantel_p))
+    return results
 
 
 def _score_axis(
     side: str,
     size: int,
+    source: str,
     signatures_a: dict[str, np.ndarray],
     signatures_b: dict[str, np.ndarray],
     floor: float,
@@ -248,30 +273,68 @@ def _score_axis(
     z = None
     if len(null) >= _MIN_CONTROLS and mean is not None and std is not None:
         z = (abs(best[0]) - abs(mean)) / max(std, floor)
-    return AxisResult(side, size, best[1], best[2], best[0], mean, std, len(null), z, None, None)
+    return AxisResult(side, size, source, best[1], best[2], best[0], mean, std, len(null), z, None, None)
 
 
-def _cross_lane_pairs() -> tuple[np.ndarray, np.ndarray]:
+def _sketch_pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The sketch entries the statistic uses: input side, pairs of different lanes (distinct
+    columns); output side, pairs of different buckets (distinct rows)."""
     rows, cols = np.triu_indices(GRAM_DIM, k=1)
     distinct = rows % 16 != cols % 16
-    return rows[distinct], cols[distinct]
+    return {"input": (rows[distinct], cols[distinct]), "output": np.triu_indices(OUTPUT_BUCKETS, k=1)}
 
 
-_CROSS_LANE = _cross_lane_pairs()
+_SKETCH_PAIRS = _sketch_pairs()
 
 
-def sketch_signature(row: dict) -> np.ndarray:
-    """The entries between different lanes of a tensor's centred input-side Gram sketch,
-    centred and unit-norm (the sketch counterpart of ``signature``)."""
-    full = np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64)
-    full[np.triu_indices(GRAM_DIM)] = row["input_gram"]
+def sketch_matrix(row: dict, side: str) -> np.ndarray:
+    """A tensor's Gram sketch for one side as a full symmetric matrix, centred: the input side
+    with ``input_lanes`` (the index stores it raw), the output side as stored."""
+    column = _SKETCH_COLUMNS[side]
+    dim = GRAM_DIM if side == "input" else OUTPUT_BUCKETS
+    full = np.zeros((dim, dim), dtype=np.float64)
+    full[np.triu_indices(dim)] = row[column]
     full = full + np.triu(full, k=1).T
-    lanes = np.asarray(row["input_lanes"], dtype=np.float64)
-    centred = full - np.outer(lanes, lanes) / max(int(row["rows"]), 1)
-    entries = centred[_CROSS_LANE]
+    if side == "input":
+        lanes = np.asarray(row["input_lanes"], dtype=np.float64)
+        full -= np.outer(lanes, lanes) / max(int(row["rows"]), 1)
+    return full
+
+
+def _entries(matrix: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    entries = matrix[pairs].astype(np.float64)
     entries -= entries.mean()
     norm = np.linalg.norm(entries)
     return entries / norm if norm > 0 else entries
+
+
+def sketch_signature(row: dict, side: str = "input") -> np.ndarray:
+    """The statistic's entries of a tensor's centred Gram sketch, centred and unit-norm (the
+    sketch counterpart of ``signature``)."""
+    return _entries(sketch_matrix(row, side), _SKETCH_PAIRS[side])
+
+
+def sketch_mantel(
+    target: np.ndarray, sketch_b: np.ndarray, side: str, score: float, seed: int
+) -> tuple[float, float]:
+    """``mantel`` for sketches: B's sketch with its lanes (input side, the same lane order for
+    both projections) or buckets (output side) shuffled. A lane or bucket gathers a fixed
+    set of axis positions, so shuffling them breaks the correspondence of positions as
+    shuffling the axis does, and keeps the statistic's entries the same kind of entries."""
+    rng = np.random.default_rng(seed)
+    pairs = _SKETCH_PAIRS[side]
+    null = []
+    for _ in range(_PERMUTATIONS):
+        if side == "input":
+            lanes = rng.permutation(16)
+            order = np.concatenate([m * 16 + lanes for m in range(GRAM_DIM // 16)])
+        else:
+            order = rng.permutation(OUTPUT_BUCKETS)
+        null.append(float(target @ _entries(sketch_b[np.ix_(order, order)], pairs)))
+    spread = max(float(np.std(null)), 1e-12)
+    z = (abs(score) - abs(float(np.mean(null)))) / spread
+    p = (1 + int(np.count_nonzero(np.abs(null) >= abs(score)))) / (1 + _PERMUTATIONS)
+    return z, p
 
 
 def _verdict(results: list[AxisResult]) -> str:
@@ -280,8 +343,11 @@ def _verdict(results: list[AxisResult]) -> str:
             "No axis of the same size is shared by the two models' weight matrices, so there is "
             "nothing to compare across the width change: the evidence cannot decide."
         )
+    mixed = len({r.source for r in results}) > 1
     described = "; ".join(
-        f"{r.side} axis of size {r.size} ({r.a_key} vs {r.b_key}): Gram correlation {r.score:.3f}"
+        f"{r.side} axis of size {r.size}"
+        + (f" (from the {r.source})" if mixed else "")
+        + f" ({r.a_key} vs {r.b_key}): Gram correlation {r.score:.3f}"
         + (
             f", controls {r.null_mean:.3f} ± {r.null_std:.3f} over {r.null_pairs} pairs, z = {r.z_score:.1f}"
             if r.z_score is not None
