@@ -121,23 +121,36 @@ def test_width_projected_derivation_is_traced(tmp_path: Path, seed: int) -> None
     assert "derived from A's" in report["lineage"]["verdict"]
 
 
+SEED_PAIR = {"blocks": 2, "wide": 384, "narrow": 320, "text_dim": 320, "head_dim": 64}  # 6 heads to 5
+
+
 def test_seed_pair_shapes_verdicts_name_the_axes(tmp_path: Path) -> None:
     """The Wan-vs-LongCat case at reduced width: no weight shape shared, the text axis (= B's width)
-    and the timestep, patch-in and patch-out axes compared; derived is called derived, the
-    independent model is not."""
-    paths = write_seed_pair(tmp_path, blocks=2, wide=160, narrow=128, text_dim=128)
-    derived = compare_paths(paths["a"], paths["derived"], cache=tmp_path / "cache")
-    independent = compare_paths(paths["a"], paths["independent"], cache=tmp_path / "cache")
-    for report in (derived, independent):
+    and the timestep, patch-in and patch-out axes compared, and the heads; derived is called
+    derived, the independent model is not; whole kept heads are found head to head."""
+    paths = write_seed_pair(tmp_path, **SEED_PAIR)
+    reports = {
+        role: compare_paths(paths["a"], paths[role], cache=tmp_path / "cache")
+        for role in paths
+        if role != "a"
+    }
+    for report in reports.values():
         assert report["summary"]["scenario"] == "incompatible"
         sizes = {(x["side"], x["size"]) for x in report["lineage"]["axes"]}
-        assert {("input", 128), ("input", 256), ("input", 64), ("output", 64)} <= sizes
-        assert "input axis of size 128 (text_embedding.0.weight vs " in report["lineage"]["verdict"]
-    text = next(x for x in derived["lineage"]["axes"] if x["size"] == 128)
+        assert {("input", 320), ("input", 256), ("input", 64), ("output", 64), ("head", 64)} <= sizes
+        assert "input axis of size 320 (text_embedding.0.weight vs " in report["lineage"]["verdict"]
+    derived, independent = reports["derived"]["lineage"], reports["independent"]["lineage"]
+    text = next(x for x in derived["axes"] if x["size"] == 320)
     assert text["b"] == "y_embedder.y_proj.0.weight" and text["z_score"] > 5 and text["mantel_p"] <= 0.01
-    assert "derived from A's" in derived["lineage"]["verdict"]
-    assert all(x["mantel_z"] < 5 for x in independent["lineage"]["axes"])
-    assert "derived from A's" not in independent["lineage"]["verdict"]
+    assert "derived from A's" in derived["verdict"]
+    assert all(x["mantel_z"] < 5 for x in independent["axes"] if x["mantel_z"] is not None)
+    assert all(x["z_score"] < 5 for x in independent["axes"] if x["z_score"] is not None)
+    assert "derived from A's" not in independent["verdict"]
+    # units pruned one by one leave no head whole; heads kept whole are found (a fused qkv among them)
+    by_units = next(x for x in derived["axes"] if x["side"] == "head")
+    by_heads = next(x for x in reports["heads"]["lineage"]["axes"] if x["side"] == "head")
+    assert by_units["z_score"] < 5 and by_heads["z_score"] > 5 and by_heads["score"] > 0.5
+    assert "heads of 64 rows (" in reports["heads"]["lineage"]["verdict"]
 
 
 def sketched_lineage_of(tmp_path: Path, a: dict, b: dict) -> dict:
@@ -184,7 +197,7 @@ def test_index_sketches_trace_a_width_projected_derivation(tmp_path: Path) -> No
 
 
 def test_seed_pair_from_the_indexes_alone(tmp_path: Path) -> None:
-    paths = write_seed_pair(tmp_path, blocks=2, wide=160, narrow=128, text_dim=128)
+    paths = write_seed_pair(tmp_path, **SEED_PAIR)
     reports = {
         role: compare_paths(paths["a"], paths[role], cache=tmp_path / "cache", index_only=True)
         for role in ("derived", "independent")
@@ -192,9 +205,9 @@ def test_seed_pair_from_the_indexes_alone(tmp_path: Path) -> None:
     for report in reports.values():
         assert report["summary"]["scenario"] == "incompatible"
         sizes = {(x["side"], x["size"]) for x in report["lineage"]["axes"]}
-        assert {("input", 128), ("input", 256), ("input", 64), ("output", 64)} <= sizes
+        assert {("input", 320), ("input", 256), ("input", 64), ("output", 64)} <= sizes
         assert "output axis of size 64 (" in report["lineage"]["verdict"]
-    text = next(x for x in reports["derived"]["lineage"]["axes"] if x["size"] == 128)
+    text = next(x for x in reports["derived"]["lineage"]["axes"] if x["size"] == 320)
     assert text["z_score"] > 5 and "derived from A's" in reports["derived"]["lineage"]["verdict"]
     assert "derived from A's" not in reports["independent"]["lineage"]["verdict"]
 
@@ -220,3 +233,58 @@ def test_indexes_without_gram_sketches_say_to_reindex(tmp_path: Path) -> None:
     index_checkpoint(tmp_path / "b.safetensors", fresh)
     one_old = analyse_sketches(sides[0], load_index(fresh))  # only A's index is old: it is named
     assert one_old["verdict"].startswith(f"{tmp_path / 'a.parquet'} predates the Gram sketches")
+
+
+def attention_model(rng: np.random.Generator, heads: int, head_dim: int = 64, layers: int = 2) -> dict:
+    """Self-attention q, k, v projections of width heads × head_dim."""
+    width = heads * head_dim
+    return {
+        f"blocks.{i}.attn.{p}.weight": ("F32", trained_like(rng, width, width))
+        for i in range(layers)
+        for p in ("q", "k", "v")
+    }
+
+
+def head_pruned(source: dict, kept_heads: np.ndarray, rng: np.random.Generator, head_dim: int = 64) -> dict:
+    """Whole heads kept (rows in head blocks), the residual width cut to match (columns), noise."""
+    rows = np.concatenate([np.arange(h * head_dim, (h + 1) * head_dim) for h in kept_heads])
+    width = source["blocks.0.attn.q.weight"][1].shape[1]
+    columns = np.sort(rng.choice(width, len(rows), replace=False))
+    out = {}
+    for key, (dtype, values) in source.items():
+        part = values[rows][:, columns]
+        part = part + 0.3 * float(part.std()) * rng.standard_normal(part.shape).astype(np.float32)
+        out[key.replace("attn.", "attention.")] = (dtype, np.ascontiguousarray(part))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pruned_heads_are_matched_head_to_head(tmp_path: Path, seed: int) -> None:
+    """8 heads of 64 pruned to 6 (as Wan's 40 heads of 128 to LongCat's 32): every kept head
+    is found, and an independently initialised 6-head twin stays inside the controls."""
+    rng = np.random.default_rng(seed)
+    a = attention_model(rng, heads=8)
+    kept = np.sort(rng.choice(8, 6, replace=False))
+    (tmp_path / "derived").mkdir()
+    (tmp_path / "twin").mkdir()
+    derived = lineage_of(tmp_path / "derived", a, head_pruned(a, kept, rng))["lineage"]
+    heads = next(x for x in derived["axes"] if (x["side"], x["size"]) == ("head", 64))
+    assert heads["heads"] == [f"{heads['b'].replace('attention.', 'attn.')}#{h}" for h in kept]
+    assert heads["a"] == heads["b"].replace("attention.", "attn.")
+    assert heads["score"] > 0.5 and heads["z_score"] > 5
+    assert "heads of 64 rows (" in derived["verdict"] and "derived from A's" in derived["verdict"]
+    twin = lineage_of(tmp_path / "twin", a, attention_model(rng, heads=6))["lineage"]
+    assert all(x["score"] < 0.2 and x["z_score"] < 5 for x in twin["axes"] if x["side"] == "head")
+    assert "derived from A's" not in twin["verdict"]
+
+
+def test_heads_of_a_fused_qkv_are_found_among_q_k_and_v(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    a = attention_model(rng, heads=8, layers=1)
+    kept = np.array([0, 1, 2, 4, 5, 7])
+    parts = head_pruned(a, kept, rng)
+    qkv = np.concatenate([parts[f"blocks.0.attention.{p}.weight"][1] for p in ("q", "k", "v")])
+    fused = {"blocks.0.attention.qkv.weight": ("F32", qkv)}
+    heads = next(x for x in lineage_of(tmp_path, a, fused)["lineage"]["axes"] if x["size"] == 64)
+    assert heads["heads"] == [f"blocks.0.attn.{p}.weight#{h}" for p in ("q", "k", "v") for h in kept]
+    assert heads["score"] > 0.9 and heads["z_score"] > 5

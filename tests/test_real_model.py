@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from pathlib import Path
 
@@ -137,3 +138,33 @@ def test_minilm_against_a_narrower_random_twin_stays_inside_the_null(
     assert all(x["z_score"] is None or x["z_score"] < 5 for x in sketched["axes"])
     assert all(x["mantel_z"] < 5 for x in sketched["axes"])
     assert "derived from A's" not in sketched["verdict"]
+
+
+def _pruned_by_heads(tensors: dict, kept_heads: list[int], seed: int) -> dict:
+    """MiniLM's 6 attention heads of 64 cut to the kept ones (rows of query/key/value, columns
+    of the attention output), every other 384-wide axis cut to 256 units at random."""
+    keep = np.sort(np.random.default_rng(seed).choice(384, 256, replace=False))
+    heads = np.concatenate([np.arange(h * 64, (h + 1) * 64) for h in kept_heads])
+    out = {}
+    for key, (dtype, values) in tensors.items():
+        head_axis = None
+        if re.search(r"attention\.self\.(query|key|value)\.(weight|bias)$", key):
+            head_axis = 0
+        elif key.endswith("attention.output.dense.weight"):
+            head_axis = 1
+        for axis, size in enumerate(values.shape):
+            if size == 384:
+                values = np.take(values, heads if axis == head_axis else keep, axis=axis)
+        out[key] = (dtype, np.ascontiguousarray(values))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("seed", "kept"), [(5, [0, 2, 3, 5]), (6, [1, 2, 4, 5])])
+def test_minilm_pruned_by_heads_is_traced_head_to_head(
+    minilm_tensors: dict, tmp_path: Path, seed: int, kept: list[int]
+) -> None:
+    report = compare(tmp_path, minilm_tensors, _pruned_by_heads(minilm_tensors, kept, seed))
+    heads = next(x for x in report["lineage"]["axes"] if (x["side"], x["size"]) == ("head", 64))
+    assert heads["heads"] == [f"{heads['b']}#{h}" for h in kept]
+    assert heads["score"] > 0.8 and heads["z_score"] > 5

@@ -38,6 +38,9 @@ _MAX_PER_AXIS = 8
 _MAX_PER_AXIS_SKETCHED = 32  # a sketch signature is 480 numbers: many tensors cost nothing
 _DECIDE_Z = 5.0
 _MIN_CONTROLS = 3
+HEAD_DIMS = (64, 128)  # the head sizes tried on attention projections
+_MAX_HEAD_TENSORS = 6  # attention projections a side, in key order (the first blocks)
+_ATTENTION_WORDS = ("attn", "attention")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class AxisResult:
     z_score: float | None
     mantel_z: float | None  # the score against the same pair with B's axis shuffled (a Mantel
     mantel_p: float | None  # test); for sketches, B's sketch lanes or buckets shuffled
+    heads: list[str] | None = None  # side "head": for each head of B, A's best one as "key#head"
 
     def as_json(self) -> dict:
         return {
@@ -71,6 +75,7 @@ class AxisResult:
             "z_score": _round(self.z_score),
             "mantel_z": _round(self.mantel_z),
             "mantel_p": _round(self.mantel_p),
+            "heads": self.heads,
         }
 
 
@@ -153,11 +158,13 @@ def mantel(target: np.ndarray, gram_b: np.ndarray, score: float, seed: int) -> t
     correspondence between A's position i and B's position i, which is what derivation keeps.
     """
     rng = np.random.default_rng(seed)
-    null = np.array(
-        [float(target @ signature(gram_b, rng.permutation(gram_b.shape[0]))) for _ in range(_PERMUTATIONS)]
-    )
-    spread = max(float(null.std()), 1e-12)
-    z = (abs(score) - abs(float(null.mean()))) / spread
+    null = [float(target @ signature(gram_b, rng.permutation(gram_b.shape[0]))) for _ in range(_PERMUTATIONS)]
+    return _shuffled(score, np.array(null))
+
+
+def _shuffled(score: float, null: np.ndarray) -> tuple[float, float]:
+    """z-score and permutation p-value of ``score`` against its shuffled versions ``null``."""
+    z = (abs(score) - abs(float(null.mean()))) / max(float(null.std()), 1e-12)
     p = (1 + int(np.count_nonzero(np.abs(null) >= abs(score)))) / (1 + _PERMUTATIONS)
     return z, p
 
@@ -199,11 +206,106 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
     done = {(r.side, r.size) for r in results}
     if not _stale(a, b):
         results += [r for r in _sketched_axes(a, b) if (r.side, r.size) not in done]
+    results += head_axes(a, b, read)
     return {
         "method": "checkpoint values",
         "axes": [r.as_json() for r in results],
         "verdict": _verdict(results),
     }
+
+
+def attention_tensors(model: IndexedModel, head_dim: int) -> list[str]:
+    """Attention projections whose rows split into at least two heads of ``head_dim`` (q, k, v,
+    fused qkv; an output projection's rows are not heads, but it costs only a null entry)."""
+    keys = []
+    for key, row in model.rows.items():
+        rows = int(row["rows"])
+        if (
+            is_matrix(row)
+            and row["supported"]
+            and any(word in key.lower() for word in _ATTENTION_WORDS)
+            and rows % head_dim == 0
+            and rows >= 2 * head_dim
+            and row["numel"] <= MAX_VALUES
+        ):
+            keys.append(key)
+    return keys[:_MAX_HEAD_TENSORS]
+
+
+def head_signatures(values: np.ndarray, head_dim: int) -> np.ndarray:
+    """One Gram signature per head (rows ``h·d`` to ``(h+1)·d``): (heads, d(d-1)/2) float32."""
+    heads = values.shape[0] // head_dim
+    return np.stack(
+        [gram_signature(values[h * head_dim : (h + 1) * head_dim], "output") for h in range(heads)]
+    ).astype(np.float32)
+
+
+def _pooled_score(heads: np.ndarray, pool: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean over ``heads`` of each one's best correlation with a head of ``pool``, and which."""
+    correlations = heads @ pool.T
+    return float(correlations.max(axis=1).mean()), correlations.argmax(axis=1)
+
+
+def _heads_by_dim(model: IndexedModel, read) -> dict[int, dict[str, np.ndarray]]:
+    """Head signatures of the model's attention projections per head size, each tensor read once."""
+    keys = {head_dim: attention_tensors(model, head_dim) for head_dim in HEAD_DIMS}
+    found: dict[int, dict[str, np.ndarray]] = {head_dim: {} for head_dim in HEAD_DIMS}
+    for key in dict.fromkeys(k for chosen in keys.values() for k in chosen):
+        values = read(model, key)
+        for head_dim, chosen in keys.items():
+            if key in chosen:
+                found[head_dim][key] = head_signatures(values, head_dim)
+    return found
+
+
+def head_axes(a: IndexedModel, b: IndexedModel, read) -> list[AxisResult]:
+    """Per-head comparisons of attention projections, for each head size in ``HEAD_DIMS``.
+
+    Pruning whole heads (Wan's 40 heads of 128 to 32 is exactly 5120 to 4096) keeps each
+    surviving head's rows, so a head's Gram matrix over its ``d`` rows survives, while the
+    tensor-level axes are all resized. Each head of a B projection is matched to its best
+    head among all of A's projections (so a fused qkv finds q, k and v); the score is the
+    mean best correlation of the best B projection. Controls: the same statistic for each
+    projection of one model against the pooled heads of that model's other projections.
+    """
+    by_dim_a, by_dim_b = _heads_by_dim(a, read), _heads_by_dim(b, read)
+    results = []
+    for head_dim in HEAD_DIMS:
+        heads_a, heads_b = by_dim_a[head_dim], by_dim_b[head_dim]
+        if not heads_a or not heads_b:
+            continue
+        labels = [(k, h) for k, heads in heads_a.items() for h in range(len(heads))]
+        pool_a = np.concatenate(list(heads_a.values()))
+        scored = {k: _pooled_score(heads, pool_a) for k, heads in heads_b.items()}
+        key_b = max(scored, key=lambda k: scored[k][0])
+        score, best = scored[key_b]
+        matched = [labels[i] for i in best]
+        key_a = max(heads_a, key=[k for k, _ in matched].count)  # the projection most heads came from
+        null = [
+            _pooled_score(own, np.concatenate([h for k, h in heads.items() if k != key]))[0]
+            for heads in (heads_a, heads_b)
+            if len(heads) > 1
+            for key, own in heads.items()
+        ]
+        mean, std, z = _against(score, null, floor=1 / math.sqrt(head_dim * (head_dim - 1) / 2))
+        results.append(
+            AxisResult("head", head_dim, "checkpoint values", key_a, key_b, score, mean, std, len(null), z,
+                       None, None, heads=[f"{k}#{h}" for k, h in matched])
+        )  # fmt: skip
+    return results
+
+
+def _against(
+    score: float, null: list[float], floor: float
+) -> tuple[float | None, float | None, float | None]:
+    """Mean and spread of the controls, and the score's z against them (None with fewer than
+    ``_MIN_CONTROLS``). ``floor``: the statistic's own sampling spread for independent
+    matrices; a few controls can agree by chance, so their spread is never trusted below it."""
+    if not null:
+        return None, None, None
+    mean, std = float(np.mean(null)), float(np.std(null))
+    z = (abs(score) - abs(mean)) / max(std, floor) if len(null) >= _MIN_CONTROLS else None
+    return mean, std, z
 
 
 def _stale(a: IndexedModel, b: IndexedModel) -> list[str]:
@@ -223,7 +325,8 @@ def analyse_sketches(a: IndexedModel, b: IndexedModel) -> dict:
             "compare with the checkpoints at hand.",
         }
     results = _sketched_axes(a, b)
-    verdict = "From the index sketches alone: " + _verdict(results)
+    verdict = "From the index sketches alone (comparing attention head by head needs the checkpoints): "
+    verdict += _verdict(results)
     return {"method": "index sketches", "axes": [r.as_json() for r in results], "verdict": verdict}
 
 
@@ -252,11 +355,7 @@ def _score_axis(
     signatures_b: dict[str, np.ndarray],
     floor: float,
 ) -> AxisResult:
-    """The best cross-model pair on one axis against the within-model pairs (the controls).
-
-    ``floor``: the statistic's own sampling spread for independent matrices; a few controls
-    can agree by chance, so their spread is never trusted below it.
-    """
+    """The best cross-model pair on one axis against the within-model pairs (the controls)."""
     best = max(
         ((float(sa @ sb), ka, kb) for ka, sa in signatures_a.items() for kb, sb in signatures_b.items()),
         key=lambda item: abs(item[0]),
@@ -268,11 +367,7 @@ def _score_axis(
         for j, s2 in enumerate(signatures.values())
         if i < j
     ]
-    mean = float(np.mean(null)) if null else None
-    std = float(np.std(null)) if null else None
-    z = None
-    if len(null) >= _MIN_CONTROLS and mean is not None and std is not None:
-        z = (abs(best[0]) - abs(mean)) / max(std, floor)
+    mean, std, z = _against(best[0], null, floor)
     return AxisResult(side, size, source, best[1], best[2], best[0], mean, std, len(null), z, None, None)
 
 
@@ -331,10 +426,7 @@ def sketch_mantel(
         else:
             order = rng.permutation(OUTPUT_BUCKETS)
         null.append(float(target @ _entries(sketch_b[np.ix_(order, order)], pairs)))
-    spread = max(float(np.std(null)), 1e-12)
-    z = (abs(score) - abs(float(np.mean(null)))) / spread
-    p = (1 + int(np.count_nonzero(np.abs(null) >= abs(score)))) / (1 + _PERMUTATIONS)
-    return z, p
+    return _shuffled(score, np.array(null))
 
 
 def _verdict(results: list[AxisResult]) -> str:
@@ -345,7 +437,7 @@ def _verdict(results: list[AxisResult]) -> str:
         )
     mixed = len({r.source for r in results}) > 1
     described = "; ".join(
-        f"{r.side} axis of size {r.size}"
+        (f"heads of {r.size} rows" if r.side == "head" else f"{r.side} axis of size {r.size}")
         + (f" (from the {r.source})" if mixed else "")
         + f" ({r.a_key} vs {r.b_key}): Gram correlation {r.score:.3f}"
         + (

@@ -1,8 +1,9 @@
 """The seed's pair at full width: Wan2.1-style (5120) vs LongCat-style (4096), two blocks each.
 
-Writes the pair once (build/seed_pair, about 3.5 GB in bf16), then compares A with a
-LongCat-style model pruned from it and with an independently initialised one, from the
-tensor values and from the indexes alone, and prints each lineage verdict. Not part of
+Writes the models once (build/seed_pair, about 5 GB in bf16), then compares A with a
+LongCat-style model pruned from it unit by unit, one pruned keeping whole attention heads
+(40 of 128 to 32), and an independently initialised one, from the tensor values and from
+the indexes alone, and prints each lineage verdict. Not part of
 `make test` (it takes minutes); run it with `.venv/bin/python tests/benchmarks/seed_pair.py`.
 """
 
@@ -22,12 +23,13 @@ def main() -> None:
     paths = {
         "a": FOLDER / "wan_like.safetensors",
         "derived": FOLDER / "longcat_like_pruned_from_a.safetensors",
+        "heads": FOLDER / "longcat_like_heads_from_a.safetensors",
         "independent": FOLDER / "longcat_like_independent.safetensors",
     }
     if not all(path.exists() for path in paths.values()):
         print("generating the full-width pair (5120 vs 4096, two blocks) ...", flush=True)
         paths = write_seed_pair(FOLDER)
-    for role in ("derived", "independent"):
+    for role in ("derived", "heads", "independent"):
         for index_only in (False, True):  # from the tensor values, then from the index sketches alone
             started = time.perf_counter()
             report = compare_paths(paths["a"], paths[role], cache=FOLDER / "cache", index_only=index_only)
