@@ -150,6 +150,7 @@ def test_seed_pair_shapes_verdicts_name_the_axes(tmp_path: Path) -> None:
     by_units = next(x for x in derived["axes"] if x["side"] == "head")
     by_heads = next(x for x in reports["heads"]["lineage"]["axes"] if x["side"] == "head")
     assert by_units["z_score"] < 5 and by_heads["z_score"] > 5 and by_heads["score"] > 0.5
+    assert by_heads["b"] == "blocks.0.attn.qkv.weight"  # LongCat's fused self-attention
     assert "heads of 64 rows (" in reports["heads"]["lineage"]["verdict"]
 
 

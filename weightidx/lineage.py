@@ -397,16 +397,12 @@ def sketch_matrix(row: dict, side: str) -> np.ndarray:
 
 
 def _entries(matrix: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The statistic's entries of a centred Gram sketch, centred and unit-norm (the sketch
+    counterpart of ``signature``)."""
     entries = matrix[pairs].astype(np.float64)
     entries -= entries.mean()
     norm = np.linalg.norm(entries)
     return entries / norm if norm > 0 else entries
-
-
-def sketch_signature(row: dict, side: str = "input") -> np.ndarray:
-    """The statistic's entries of a tensor's centred Gram sketch, centred and unit-norm (the
-    sketch counterpart of ``signature``)."""
-    return _entries(sketch_matrix(row, side), _SKETCH_PAIRS[side])
 
 
 def sketch_mantel(
