@@ -1,6 +1,6 @@
 """The seed's pair at full width: Wan2.1-style (5120) vs LongCat-style (4096), two blocks each.
 
-Writes the models once (build/seed_pair, about 5 GB in bf16), then compares A with a
+Writes the models once (build/seed_pair, about 8.3 GB in bf16), then compares A with a
 LongCat-style model pruned from it unit by unit, one pruned keeping whole attention heads
 (40 of 128 to 32), and an independently initialised one, from the tensor values and from
 the indexes alone, and prints each lineage verdict. Not part of
