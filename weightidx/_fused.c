@@ -640,11 +640,12 @@ static PyObject *py_reduce_tile(PyObject *self, PyObject *args) {
      * then the tile's output-side sums when wanted (added to the caller's only if finite). */
     int kept = with_output ? ROW_DIM : GRAM_DIM;
     size_t outputs = with_output ? (size_t)(OUT_BUCKETS + 1) * ROW_DIM : 0;
-    float *tile_out = PyMem_RawCalloc(outputs + (size_t)SKETCH_ROWS * (K * L + kept), sizeof(float));
+    float *tile_out = PyMem_RawMalloc((outputs + (size_t)SKETCH_ROWS * (K * L + kept)) * sizeof(float));
     if (tile_out == NULL) {
         while (got--) PyBuffer_Release(&b[got]);
         return PyErr_NoMemory();
     }
+    memset(tile_out, 0, outputs * sizeof(float)); /* row_sketch zeroes its own state */
     float *state = tile_out + outputs;
     Stats stats;
     uint32_t crc = 0;

@@ -178,13 +178,6 @@ def q_rows(start: int, stop: int) -> np.ndarray:
     return _q_prefix[start:stop]
 
 
-def _first_signs(rows: int) -> np.ndarray:
-    """``Q[:rows, 0]`` as float64, without making the other projections (the parent process
-    needs only these, for ``output_gram``)."""
-    index = np.arange(rows, dtype=np.uint64) * np.uint64(K) + np.uint64(_SEED_Q)
-    return 1.0 - 2.0 * (_splitmix64(index) >> np.uint64(63)).astype(np.float64)
-
-
 def q_rows_t(start: int, stop: int) -> np.ndarray:
     """``Q[start:stop].T`` as a (K, n) view with unit column stride."""
     global _q_prefix_t
@@ -365,7 +358,7 @@ def output_gram(output: np.ndarray, rows: int) -> np.ndarray:
     """The upper triangle of ``Zc Zcᵀ`` (OUTPUT_BUCKETS x OUTPUT_BUCKETS), float32, where
     ``Zc`` is the bucket sums of the rows with their mean taken out: a shared offset of all
     rows would otherwise put the same pattern (fixed by the signs) into every model's sketch."""
-    signs = _first_signs(rows)
+    signs = _signs(0, rows)[:, 0]  # not q_rows: the parent process need not build its cache
     padded = np.zeros(-(-rows // OUTPUT_BUCKETS) * OUTPUT_BUCKETS)
     padded[:rows] = signs
     bucket_signs = padded.reshape(-1, OUTPUT_BUCKETS).sum(axis=0)
