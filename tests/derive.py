@@ -31,8 +31,9 @@ class Derived:
     tensors: Tensors = field(default_factory=dict)
     truth: list[Truth] = field(default_factory=list)
 
-    def expected(self, threshold: float = 0.8) -> set[tuple]:
-        """Pairs a compare should report as match or partial."""
+    def expected(self, threshold: float = 0.5) -> set[tuple]:
+        """Pairs a compare should report as match or partial: related, and left with a correlation
+        that tensors of test size show far beyond chance (``threshold``)."""
         return {(t.b, t.b_slice, t.a, t.a_slice) for t in self.truth if t.correlation >= threshold}
 
 
@@ -183,3 +184,28 @@ def as_tensors(values: dict[str, np.ndarray], dtype: str = "F32") -> Tensors:
 
 
 __all__ = ["Derived", "Truth", "math"]
+
+
+def drift(source: Tensors, correlation: float, seed: int, dtype: str | None = None) -> Derived:
+    """Every tensor moved to about ``correlation`` with its source, as heavy training moves it:
+    ``mean + c·(A - mean) + sqrt(1 - c²)·N``, where N is the same tensor with its rows and
+    columns shuffled (trained-weight structure, no correspondence), scaled to A's spread.
+    Stored as ``dtype`` (default: unchanged)."""
+    rng = np.random.default_rng(seed)
+    out = Derived()
+    for key, (old, values) in source.items():
+        new = dtype if dtype and old in ("F32", "F16", "BF16", "F64") else old
+        if old not in ("F32", "F16", "BF16", "F64"):
+            out.tensors[key] = (new, values)
+            out.truth.append(Truth(key, None, key, None, 1.0))
+            continue
+        flat = values.reshape(values.shape[0], -1) if values.ndim > 1 else values.reshape(-1, 1)
+        centred = flat.astype(np.float64) - flat.mean()
+        noise = centred[rng.permutation(flat.shape[0])][:, rng.permutation(flat.shape[1])]
+        spread = float(noise.std()) or 1.0
+        weight = math.sqrt(1 - correlation**2) * float(centred.std()) / spread
+        moved = correlation * centred + weight * noise
+        moved = stored(new, (moved + flat.mean()).astype(np.float32).reshape(values.shape))
+        out.tensors[key] = (new, moved)
+        out.truth.append(Truth(key, None, key, None, _corr(values, moved)))
+    return out

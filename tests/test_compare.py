@@ -37,8 +37,10 @@ def compare(tmp_path: Path, a: derive.Tensors, b: derive.Tensors, **options) -> 
     return report
 
 
-def assert_mapping(report: dict, expected: set[Key]) -> None:
-    got = predicted(report)
+def assert_mapping(report: dict, expected: set[Key], only: set[str] | None = None) -> None:
+    """Precision and recall of the report's related pairs against the truth are >= 0.99
+    (``only``: B keys to judge, when the others are below what their size can show)."""
+    got = {k for k in predicted(report) if only is None or k[0] in only}
     hits = len(got & expected)
     precision = hits / len(got) if got else 1.0
     recall = hits / len(expected) if expected else 1.0
@@ -145,13 +147,17 @@ def test_constant_scale_and_sign_flip(tmp_path: Path, factor: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("level", "verdict"), [(0.1, "match"), (0.25, "match"), (0.5, "partial"), (1.2, "different")]
+    ("level", "verdict"),
+    [(0.1, "match"), (0.25, "match"), (0.5, "partial"), (1.2, "partial"), (2.5, "partial")],
 )
 def test_fine_tuning_noise(tmp_path: Path, level: float, verdict: str) -> None:
+    """Related whatever the degree while the evidence is significant (level 2.5 leaves a
+    correlation of 0.37); the verdict band says how far B moved."""
     a = derive.toy_transformer(8)
     b = derive.finetune(a, level, seed=9)
     report = compare(tmp_path, a, b.tensors)
-    assert_mapping(report, b.expected())
+    matrices = set(derive.matrices(a))
+    assert_mapping(report, {t for t in b.expected(0.0) if t[0] in matrices}, only=matrices)
     big = [m for m in report["matches"] if not m["weak_evidence"]]
     assert {m["verdict"] for m in big} <= {verdict}
     if verdict == "partial":

@@ -15,25 +15,35 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from . import lineage
+from . import lineage, policy
 from .checkpoint import SUPPORTED_DTYPES, ShardReader, decode
-from .estimate import Sketches, centred_values, same_layout, slice_scan, transposed
+from .estimate import Sketches, layout_parts, same_layout, slice_scan, slice_values, transposed
 from .fingerprint import BLOCK
 from .indexes import IndexedModel, cached_index, is_index_file, load_index
-from .metrics import PairAccumulator, PairMetrics, lower_precision, pair_metrics, z_score
+from .metrics import PairAccumulator, PairMetrics, chunk_rows, lower_precision, pair_metrics
 from .permutation import MAX_VALUES, Permutation, moments_agree, recover
 from .permutation import apply as apply_permutation
-from .report import MATCH, PARTIAL, build_report, is_matrix
+from .report import block_of, build_report, in_block, is_matrix, is_weight_matrix, role_of
+from .significance import (
+    EQUAL_BYTES,
+    Evidence,
+    combined,
+    evidence,
+    exact_evidence,
+    false_discovery_threshold,
+    reachable,
+    sample_evidence,
+    scaled,
+    weakest,
+)
 from .sql import run_query
 
-_NULL_SIGMAS = 6.0  # a kept candidate's estimate must exceed 6x the null spread of its sketch
-_MIN_ESTIMATE = 0.2
-_CHUNK_ELEMS = 1 << 20  # per side; float32 chunk sums stay accurate to ~1e-6
+_DECISIVE_P = 1e-12  # a sketch this significant needs no second statistic
 
 
 @dataclass(frozen=True)
@@ -59,33 +69,96 @@ class Region:
 
 @dataclass(frozen=True)
 class Candidate:
+    """A pair of regions under a relation: its estimated correlation (the degree, from the
+    sketches or, for vectors, the samples) and the evidence that the two are related."""
+
     a: Region
     b: Region
     relation: str
     estimate: float
-    sketch_values: int
+    evidence: Evidence
     identical: bool
+    capacity: int = 0  # values in the largest statistic the pair had (sketch part or samples)
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """Every pair a comparison tested, reduced to those that may be significant.
+
+    ``candidates``: pairs with a p-value under the false discovery rate (no other can be a
+    discovery), and byte-identical pairs. ``tests``: how many pairs and slice offsets were
+    tested, for the correction. ``strongest_matrix``: the most significant evidence among
+    weight-matrix pairs (significant or not); ``matrix_values``: the fewest and the most values
+    a weight-matrix pair's evidence covered (what the tests could see). ``comparable``: whether
+    any weight matrix of B shares a shape (or its transpose) with one of A. ``constant_pairs``: byte-identical
+    constant tensors, which carry no evidence of their own.
+    """
+
+    candidates: list[Candidate]
+    tests: int
+    strongest_matrix: Evidence | None
+    matrix_values: tuple[int, int] | None
+    comparable: bool
+    constant_pairs: list[tuple[str, str]]
+    best: dict[str, Candidate] = field(default_factory=dict)
+    looks: dict[str, int] = field(default_factory=dict)
+
+    def p_threshold(self) -> float:
+        """The Benjamini-Hochberg cut-off at ``policy.FALSE_DISCOVERY_RATE``."""
+        p_values = [c.evidence.p_value for c in self.candidates]
+        return false_discovery_threshold(p_values, self.tests, policy.FALSE_DISCOVERY_RATE)
 
 
 @dataclass
 class Match:
-    """One kept pair with its metrics and verdict."""
+    """One kept pair with its metrics and verdict (``match``, ``partial`` or ``different``)."""
 
     candidate: Candidate
     metrics: PairMetrics
-    evidence: str
+    source: str  # "exact" (from the checkpoints) or "estimated" (from the fingerprints)
+    verdict: str
+    proof: Evidence  # what the verdict rests on: the values' evidence when they were read
     transform: list[str] = field(default_factory=list)
     permutation: Permutation | None = None
 
     @property
     def strength(self) -> float:
-        if self.metrics.max_abs_diff == 0 and self.metrics.n:
-            return 1.0  # equal values: a match even where correlation is undefined (all zeros)
-        return abs(self.metrics.correlation) if self.metrics.correlation is not None else 0.0
+        return _strength(self.metrics)
 
-    @property
-    def verdict(self) -> str:
-        return "match" if self.strength > MATCH else "partial" if self.strength >= PARTIAL else "different"
+
+def _strength(metrics: PairMetrics) -> float:
+    if metrics.max_abs_diff == 0 and metrics.n:
+        return 1.0  # equal values: a match even where correlation is undefined (all zeros)
+    return abs(metrics.correlation) if metrics.correlation is not None else 0.0
+
+
+def judge(
+    candidate: Candidate, metrics: PairMetrics, p_threshold: float, looks: int = 1
+) -> tuple[str, Evidence]:
+    """The verdict and the evidence it rests on. With the checkpoint values at hand the pair is
+    judged again on them (``significance.exact_evidence``), against the same threshold, where
+    that statistic can reach it (a tensor of a few rows cannot); otherwise the shortlist's
+    evidence stands. Related pairs are ``match`` when the
+    measured |correlation| reaches ``policy.MATCH``, else ``partial``; ``different`` when the
+    values do not confirm the relation or its sign flipped. ``looks``: how many candidates the
+    pair was chosen from without the fingerprints' evidence (its p-value is multiplied by it)."""
+    if candidate.identical:
+        return "match", candidate.evidence
+    checked = exact_evidence(metrics.row_sums, metrics.col_sums, metrics.correlation)
+    if checked is not None and reachable(checked, p_threshold / looks):
+        proof = scaled(checked, looks)
+    else:
+        proof = scaled(candidate.evidence, looks)
+        if _sign_flipped(candidate, metrics):
+            return "different", proof
+    if proof.p_value > p_threshold:
+        return "different", proof
+    return ("match" if _strength(metrics) >= policy.MATCH else "partial"), proof
+
+
+def _sign_flipped(candidate: Candidate, metrics: PairMetrics) -> bool:
+    """The measured correlation has the other sign than the estimate that chose the pair."""
+    return (metrics.correlation or 0.0) * candidate.estimate < 0 and _strength(metrics) < 1.0
 
 
 def compare_indexes(
@@ -102,8 +175,10 @@ def compare_indexes(
         index_only: estimate every metric from the fingerprints, reading no tensor values.
         progress: called with (pairs verified, pairs to verify).
     """
-    candidates = list(_score_candidates(a, b))
-    kept = _assign(candidates, tie_key=lambda key: _content_key(b.rows[key]))
+    shortlist = _score_candidates(a, b)
+    p_threshold = shortlist.p_threshold()
+    significant = [c for c in shortlist.candidates if c.identical or c.evidence.p_value <= p_threshold]
+    kept = _assign(significant, tie_key=lambda key: _content_key(b.rows[key]))
     exact = not index_only and a.files_present() and b.files_present()
     matches = []
     with ShardReader() as reader:  # one set of open shard files for verification, permutations, lineage
@@ -112,25 +187,41 @@ def compare_indexes(
                 metrics = _exact_metrics(reader, a, b, candidate)
             else:
                 metrics = _estimated_metrics(a, b, candidate)
-            matches.append(Match(candidate, metrics, "exact" if exact else "estimated"))
+            verdict, proof = judge(candidate, metrics, p_threshold)
+            matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
             if progress is not None:
                 progress(done + 1, len(kept))
         if exact:
-            matches += _permuted_matches(reader, a, b, kept)
+            matches += _second_looks(reader, a, b, shortlist, matches, p_threshold)
+            matches += _permuted_matches(reader, a, b, [m.candidate for m in matches], p_threshold)
+        second, cut = _within_blocks(a, b, shortlist, matches)
+        for candidate in second:
+            metrics = (
+                _exact_metrics(reader, a, b, candidate) if exact else _estimated_metrics(a, b, candidate)
+            )
+            verdict, proof = judge(candidate, metrics, cut)
+            if verdict != "different":
+                matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
+        matches += _constant_matches(a, b, shortlist.constant_pairs, matches)
         for match in matches:
             match.transform = _transforms(a, b, match)
-        comparable = any(
-            c.relation in ("same", "transpose") and is_matrix(a.rows[c.a.key]) and is_matrix(b.rows[c.b.key])
-            for c in candidates
-        )
-        report = build_report(a, b, matches, comparable)
-        if not any(is_matrix(b.rows[m.candidate.b.key]) and m.verdict != "different" for m in matches):
-            if exact:
-                report["lineage"] = lineage.analyse(a, b, lambda model, key: _whole_view(reader, model, key))
-            else:
-                report["lineage"] = lineage.analyse_sketches(a, b)
-            report["summary"]["verdict"] += " Across the width change: " + report["lineage"]["verdict"]
-    return report
+        lineage_section = _lineage(reader, a, b, matches, shortlist.comparable, exact)
+    return build_report(a, b, matches, shortlist, p_threshold, lineage_section)
+
+
+def _lineage(
+    reader: ShardReader, a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool, exact: bool
+) -> dict | None:
+    """The lineage section, when no weight matrix of B is related to one of A and the widths
+    differ: no matrix shape in common, or an axis both share whose other side changed. Two
+    models of one shape have no width change to look across: None."""
+    if any(is_weight_matrix(b.rows[m.candidate.b.key]) and m.verdict != "different" for m in matches):
+        return None
+    if comparable and not (lineage.shared_axes(a, b) or lineage.shared_axes(a, b, sketched=True)):
+        return None
+    if exact:
+        return lineage.analyse(a, b, lambda model, key: _whole_view(reader, model, key))
+    return lineage.analyse_sketches(a, b)
 
 
 def _whole_view(reader: ShardReader, model: IndexedModel, key: str) -> np.ndarray:
@@ -141,8 +232,107 @@ def _whole_view(reader: ShardReader, model: IndexedModel, key: str) -> np.ndarra
 _MAX_PERMUTATION_PAIRS = 64
 
 
+def block_map(matches: list[Match]) -> dict[int, int]:
+    """For each numbered block of B, the block of A most of its related tensors come from."""
+    votes: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for m in matches:
+        a_block, b_block = block_of(m.candidate.a.key), block_of(m.candidate.b.key)
+        if a_block is not None and b_block is not None:
+            votes[b_block][a_block] += 1
+    return {b_block: max(sorted(found), key=found.get) for b_block, found in votes.items()}
+
+
+def _within_blocks(
+    a: IndexedModel, b: IndexedModel, shortlist: Shortlist, matches: list[Match]
+) -> tuple[list[Candidate], float]:
+    """Tensors of B left unclaimed, looked for again where the related tensors around them say
+    their source should be.
+
+    Norms and biases of a few hundred values rarely clear a comparison-wide threshold when
+    training moved them far, and a model's LayerNorm weights resemble each other across blocks.
+    The related tensors give a map of blocks (B's block 3 is A's block 3) and of roles (B's
+    ``blocks.#.attn.qkv.bias`` is A's ``layers.#.self_attn.q.bias``; unmapped roles keep their
+    name): a tensor whose predicted source is a candidate is tested against it alone; one
+    without, against the best of A's tensors of its shape in the mapped block, its p-value
+    multiplied by how many there were (Bonferroni). These second looks form a family of their
+    own, corrected with Benjamini-Hochberg at the same rate (the rates of the two families add
+    up, to twice ``policy.FALSE_DISCOVERY_RATE`` at most). Returns the chosen candidates and the
+    family's cut-off.
+    """
+    related = [m for m in matches if m.verdict != "different"]
+    blocks, roles = block_map(related), role_map(related)
+    used_a = {m.candidate.a.key for m in related}
+    used_b = {m.candidate.b.key for m in related}
+    shapes: dict[tuple[int | None, tuple[int, int]], int] = defaultdict(int)
+    for key, row in a.rows.items():
+        if row["supported"] and row["rows"] is not None:
+            shapes[block_of(key), (int(row["rows"]), int(row["cols"]))] += 1
+    looked: dict[str, Candidate] = {}
+    for c in shortlist.candidates:
+        if c.b.key in used_b or c.a.key in used_a or c.a.axis is not None or c.b.axis is not None:
+            continue
+        b_block = block_of(c.b.key)
+        target = blocks.get(b_block) if b_block is not None else None
+        predicted = in_block(roles.get(role_of(c.b.key), role_of(c.b.key)), target)
+        if c.a.key == predicted:
+            looks = 1
+        elif target is not None and block_of(c.a.key) == target:
+            looks = shapes[target, (int(b.rows[c.b.key]["rows"]), int(b.rows[c.b.key]["cols"]))]
+        else:
+            continue
+        judged = replace(c, evidence=scaled(c.evidence, looks))
+        if c.b.key not in looked or judged.evidence.p_value < looked[c.b.key].evidence.p_value:
+            looked[c.b.key] = judged
+    family = sum(1 for k, r in b.rows.items() if k not in used_b and r["supported"])
+    p_values = [c.evidence.p_value for c in looked.values()]
+    cut = false_discovery_threshold(p_values, max(family, len(looked)), policy.FALSE_DISCOVERY_RATE)
+    chosen = []
+    for c in sorted(looked.values(), key=lambda c: c.evidence.p_value):
+        if c.evidence.p_value <= cut and c.a.key not in used_a:
+            used_a.add(c.a.key)
+            chosen.append(c)
+    return chosen, cut
+
+
+def role_map(matches: list[Match]) -> dict[str, str]:
+    """For each role of B (``role_of``), the role of A most of its related tensors come from."""
+    votes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for m in matches:
+        if m.candidate.a.axis is None and m.candidate.b.axis is None:
+            votes[role_of(m.candidate.b.key)][role_of(m.candidate.a.key)] += 1
+    return {role: max(sorted(found), key=found.get) for role, found in votes.items()}
+
+
+def _second_looks(
+    reader: ShardReader,
+    a: IndexedModel,
+    b: IndexedModel,
+    shortlist: Shortlist,
+    matches: list[Match],
+    p_threshold: float,
+) -> list[Match]:
+    """Weight matrices of B with no significant candidate get a second look from the values:
+    their best candidate (whose A tensor is still free) is read and judged on the checkpoint
+    values, which see far more than the fingerprints (a matrix that kept a correlation of 0.1
+    stands out). Its p-value is multiplied by the number of candidates it was chosen from, so
+    choosing the best costs what testing them all would (Bonferroni)."""
+    used_a = {m.candidate.a.key for m in matches}
+    used_b = {m.candidate.b.key for m in matches}
+    found = []
+    for b_key, candidate in sorted(shortlist.best.items()):
+        if b_key in used_b or candidate.a.key in used_a or candidate.identical:
+            continue
+        metrics = _exact_metrics(reader, a, b, candidate)
+        verdict, proof = judge(candidate, metrics, p_threshold, looks=shortlist.looks.get(b_key, 1))
+        if verdict == "different":
+            continue
+        used_a.add(candidate.a.key)
+        found.append(Match(candidate, metrics, "exact", verdict, proof))
+    return found
+
+
 def _permuted_matches(
-    reader: ShardReader, a: IndexedModel, b: IndexedModel, kept: list[Candidate]
+    reader: ShardReader, a: IndexedModel, b: IndexedModel, kept: list[Candidate], p_threshold: float
 ) -> list[Match]:
     """Left-over matrices of B that are left-over matrices of A with rows or columns reordered."""
     used_a = {c.a.key for c in kept}
@@ -162,7 +352,7 @@ def _permuted_matches(
             if row_a["numel"] > MAX_VALUES or tried >= _MAX_PERMUTATION_PAIRS:
                 continue
             tried += 1
-            match = _try_permutation(reader, a, b, a_key, b_key)
+            match = _try_permutation(reader, a, b, a_key, b_key, p_threshold)
             if match is not None:
                 matches.append(match)
                 free_a.remove(a_key)
@@ -171,8 +361,10 @@ def _permuted_matches(
 
 
 def _try_permutation(
-    reader: ShardReader, a: IndexedModel, b: IndexedModel, a_key: str, b_key: str
+    reader: ShardReader, a: IndexedModel, b: IndexedModel, a_key: str, b_key: str, p_threshold: float
 ) -> Match | None:
+    """B's matrix as A's reordered along one axis. The evidence counts one value per reordered
+    row (or column): the order was chosen to fit, so the values within a row are not free."""
     values_a, values_b = _whole_view(reader, a, a_key), _whole_view(reader, b, b_key)
     for axis in (0, 1):
         found = recover(values_a, values_b, axis)
@@ -184,14 +376,42 @@ def _try_permutation(
         )
         accumulator.add(apply_permutation(values_a, found), values_b)
         metrics = accumulator.finish()
-        if metrics.correlation is not None and abs(metrics.correlation) >= PARTIAL:
-            relation = "permute_rows" if axis == 0 else "permute_cols"
-            candidate = Candidate(Region(a_key), Region(b_key), relation, metrics.correlation, 0, False)
-            return Match(candidate, metrics, "exact", permutation=found)
+        proof = evidence("reordered", metrics.correlation, len(found.order))
+        if proof is None or proof.p_value > p_threshold:
+            continue
+        relation = "permute_rows" if axis == 0 else "permute_cols"
+        candidate = Candidate(
+            Region(a_key), Region(b_key), relation, proof.correlation, proof, False, proof.values
+        )
+        verdict, _ = judge(candidate, metrics, p_threshold)
+        return Match(candidate, metrics, "exact", verdict, proof, permutation=found)
     return None
 
 
-def _score_candidates(a: IndexedModel, b: IndexedModel) -> Iterator[Candidate]:
+def _constant_matches(
+    a: IndexedModel, b: IndexedModel, pairs: list[tuple[str, str]], matches: list[Match]
+) -> list[Match]:
+    """Byte-identical constant tensors (zero biases, LayerNorm weights of ones) are the same in
+    unrelated models, so they are paired only when other tensors show the models are related:
+    one to one, the same key first. They stay ``weak_evidence`` and decide nothing."""
+    if not any(m.verdict != "different" for m in matches):
+        return []
+    used_a = {m.candidate.a.key for m in matches}
+    used_b = {m.candidate.b.key for m in matches}
+    found = []
+    for a_key, b_key in sorted(pairs, key=lambda pair: (pair[0] != pair[1], pair[1], pair[0])):
+        if a_key in used_a or b_key in used_b:
+            continue
+        used_a.add(a_key)
+        used_b.add(b_key)
+        candidate = Candidate(Region(a_key), Region(b_key), "same", 1.0, EQUAL_BYTES, True)
+        metrics = pair_metrics(int(b.rows[b_key]["numel"]), 0, 0, 0, 0, 0, 0, 0.0, 1.0)
+        found.append(Match(candidate, metrics, "exact", "match", EQUAL_BYTES))
+    return found
+
+
+def _score_candidates(a: IndexedModel, b: IndexedModel) -> Shortlist:
+    """Every pair the shortlist query proposes, judged from the fingerprints."""
     pairs = run_query("compare_candidates", [a.index, b.index], block=BLOCK).fetchall()
     sketches: dict[tuple[str, str], Sketches] = {}
 
@@ -200,26 +420,81 @@ def _score_candidates(a: IndexedModel, b: IndexedModel) -> Iterator[Candidate]:
             sketches[side, key] = Sketches.from_row((a if side == "a" else b).rows[key])
         return sketches[side, key]
 
+    kept: list[Candidate] = []
+    tests = 0
+    strongest_matrix: Evidence | None = None
+    fewest, most = math.inf, 0
+    comparable = False
+    constant: list[tuple[str, str]] = []
+    best: dict[str, Candidate] = {}
+    looks: dict[str, int] = defaultdict(int)
     for a_key, b_key, relation, identical in pairs:
-        if relation == "same" and int(a.rows[a_key]["cols"]) == 1:
-            # A vector's sketch sees only variation inside blocks of 16 values, which misses smooth
-            # vectors (position ids); its sample holds up to 1,024 of its values, so use Pearson on that.
-            region_a, region_b = Region(a_key), Region(b_key)
-            probe = Candidate(region_a, region_b, relation, 0.0, 0, bool(identical))
-            va, vb = aligned_samples(a.rows[a_key], b.rows[b_key], probe)
-            estimate = _pearson(va, vb)
-            if estimate is not None or identical:
-                yield Candidate(
-                    region_a, region_b, relation, 1.0 if identical else estimate, va.size, bool(identical)
-                )
+        row_a, row_b = a.rows[a_key], b.rows[b_key]
+        matrices = is_weight_matrix(row_a) and is_weight_matrix(row_b)
+        comparable |= matrices and relation in ("same", "transpose")
+        if not (row_a["std"] and row_b["std"]):  # constant (or no finite value): no evidence
+            if identical or _same_constant(row_a, row_b, relation):
+                constant.append((a_key, b_key))
             continue
-        sa, sb = sketch("a", a_key), sketch("b", b_key)
-        for a_region, b_region, estimate, values in _estimates(a_key, b_key, sa, sb, relation):
-            if estimate is None and not identical:
-                continue
-            yield Candidate(
-                a_region, b_region, relation, 1.0 if identical else estimate, values, bool(identical)
+        if identical:
+            found: Iterator[Candidate] = iter(
+                [Candidate(Region(a_key), Region(b_key), relation, 1.0, EQUAL_BYTES, True)]
             )
+        elif relation == "same" and int(row_a["cols"]) == 1:
+            found = _vector_candidates(row_a, row_b)
+        else:
+            found = _candidates(a_key, b_key, row_a, row_b, sketch("a", a_key), sketch("b", b_key), relation)
+        tests += 1  # a slice pair's offsets are corrected within the pair (``scaled``)
+        looks[b_key] += 1
+        for candidate in found:
+            if matrices and not candidate.identical:
+                fewest, most = min(fewest, candidate.evidence.values), max(most, candidate.evidence.values)
+                if strongest_matrix is None or candidate.evidence.p_value < strongest_matrix.p_value:
+                    strongest_matrix = candidate.evidence
+                if relation in ("same", "transpose") and (
+                    b_key not in best or candidate.evidence.p_value < best[b_key].evidence.p_value
+                ):
+                    best[b_key] = candidate
+            if candidate.identical or candidate.evidence.p_value <= policy.FALSE_DISCOVERY_RATE:
+                kept.append(candidate)
+    matrix_values = (int(fewest), most) if most else None
+    return Shortlist(kept, tests, strongest_matrix, matrix_values, comparable, constant, best, dict(looks))
+
+
+def _same_constant(row_a: dict, row_b: dict, relation: str) -> bool:
+    """Both tensors hold one value, the same one (zeros in F32 and in BF16, say)."""
+    return (
+        relation == "same"
+        and row_a["std"] == 0
+        and row_b["std"] == 0
+        and row_a["min"] == row_b["min"]
+        and row_a["finite"] == row_a["numel"]
+        and row_b["finite"] == row_b["numel"]
+    )
+
+
+def pair_candidates(
+    row_a: dict, row_b: dict, relation: str, sa: Sketches | None = None, sb: Sketches | None = None
+) -> Iterator[Candidate]:
+    """The pair of index rows under ``relation`` (see ``queries/compare_candidates.sql``) judged
+    from their fingerprints: one candidate for a whole tensor, one per block-aligned offset for
+    a slice, none when nothing can be judged. ``sa``, ``sb``: the rows' sketches, if at hand."""
+    if relation == "same" and int(row_a["cols"]) == 1:
+        return _vector_candidates(row_a, row_b)
+    sa = sa or Sketches.from_row(row_a)
+    sb = sb or Sketches.from_row(row_b)
+    return _candidates(row_a["key"], row_b["key"], row_a, row_b, sa, sb, relation)
+
+
+def _vector_candidates(row_a: dict, row_b: dict) -> Iterator[Candidate]:
+    """A vector's sketch sees only variation inside blocks of 16 values, which misses smooth
+    vectors (position ids); its sample holds up to 1,024 of its values: judged by their ranks."""
+    region_a, region_b = Region(row_a["key"]), Region(row_b["key"])
+    va, vb = aligned_samples(row_a, row_b, region_a, region_b, "same")
+    proof = sample_evidence(va, vb)
+    estimate = _pearson(va.ravel(), vb.ravel())
+    if proof is not None and estimate is not None:
+        yield Candidate(region_a, region_b, "same", estimate, proof, False, va.size)
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -230,34 +505,60 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(x @ y) / norm if norm > 0 else None
 
 
-def _estimates(
-    a_key: str, b_key: str, sa: Sketches, sb: Sketches, relation: str
-) -> Iterator[tuple[Region, Region, float | None, int]]:
-    if relation == "same":
-        yield Region(a_key), Region(b_key), same_layout(sa, sb), centred_values(sa)
-    elif relation == "transpose":
-        yield Region(a_key), Region(b_key), transposed(sa, sb), centred_values(sa)
-    elif relation in ("a_in_b_rows", "a_in_b_cols", "b_in_a_rows", "b_in_a_cols"):
-        axis = 0 if relation.endswith("rows") else 1
-        part, whole = (sa, sb) if relation.startswith("a_in_b") else (sb, sa)
-        part_len = part.rows if axis == 0 else part.cols
-        whole_len = whole.rows if axis == 0 else whole.cols
-        step = max(BLOCK, math.gcd(part_len, whole_len) // BLOCK * BLOCK)
-        starts, estimates = slice_scan(part, whole, axis, step)
-        values = (part.row_sketch if axis == 0 else part.col_sketch).size
-        for start, estimate in zip(starts.tolist(), estimates.tolist(), strict=True):
-            if not _clear_of_null(estimate, values):
-                continue
-            region = (start, start + part_len)
-            if relation.startswith("a_in_b"):
-                yield Region(a_key), Region(b_key, axis, *region), estimate, values
-            else:
-                yield Region(a_key, axis, *region), Region(b_key), estimate, values
+def _candidates(
+    a_key: str, b_key: str, row_a: dict, row_b: dict, sa: Sketches, sb: Sketches, relation: str
+) -> Iterator[Candidate]:
+    """The pair (or, for slices, each block-aligned offset) with its estimate and evidence: the
+    sketches, and the samples where both lattices line up (the stronger of the two, Bonferroni)."""
+    if relation in ("same", "transpose"):
+        estimate = same_layout(sa, sb) if relation == "same" else transposed(sa, sb)
+        sizes = layout_parts(sa, sb, relation)
+        parts = [evidence("sketch", r, n) for r, n in sizes]
+        region_a, region_b = Region(a_key), Region(b_key)
+        samples = aligned_samples(row_a, row_b, region_a, region_b, relation)
+        proof = _with_sample(weakest(*parts), samples)
+        capacity = max([n for _, n in sizes] + [samples[0].size])
+        if proof is not None and estimate is not None:
+            yield Candidate(region_a, region_b, relation, estimate, proof, False, capacity)
+        return
+    axis = 0 if relation.endswith("rows") else 1
+    part, whole = (sa, sb) if relation.startswith("a_in_b") else (sb, sa)
+    part_len = part.rows if axis == 0 else part.cols
+    whole_len = whole.rows if axis == 0 else whole.cols
+    step = max(BLOCK, math.gcd(part_len, whole_len) // BLOCK * BLOCK)
+    starts, estimates = slice_scan(part, whole, axis, step)
+    values = slice_values(part, axis)
+    offsets = len(starts)
+    for start, estimate in zip(starts.tolist(), estimates.tolist(), strict=True):
+        region = (start, start + part_len)
+        if relation.startswith("a_in_b"):
+            region_a, region_b = Region(a_key), Region(b_key, axis, *region)
+        else:
+            region_a, region_b = Region(a_key, axis, *region), Region(b_key)
+        sketched = evidence("sketch", estimate, values)
+        if sketched is not None and sketched.p_value > _SAMPLE_WORTH_P and values >= _SAMPLE_WORTH_VALUES:
+            proof, capacity = sketched, values  # clearly unrelated at this offset: no need for samples
+        else:
+            samples = aligned_samples(row_a, row_b, region_a, region_b, relation)
+            proof, capacity = _with_sample(sketched, samples), max(values, samples[0].size)
+        if proof is not None:
+            yield Candidate(region_a, region_b, relation, estimate, scaled(proof, offsets), False, capacity)
 
 
-def _clear_of_null(estimate: float, sketch_values: int) -> bool:
-    """Whether an estimate stands clear of unrelated tensors (spread 1/sqrt(values))."""
-    return abs(estimate) >= _MIN_ESTIMATE and abs(estimate) * math.sqrt(sketch_values) >= _NULL_SIGMAS
+_SAMPLE_WORTH_P = 0.05  # slice offsets: samples are read only where the sketch is not clearly null
+_SAMPLE_WORTH_VALUES = 64  # ... or too small to judge
+
+
+def _with_sample(sketched: Evidence | None, samples: tuple[np.ndarray, np.ndarray]) -> Evidence | None:
+    """The sketch's evidence combined with the samples' (Spearman on the aligned samples). A
+    sketch that is decisive on its own (p <= 1e-12) is taken alone: looking at the samples only
+    when it is not adds at most 1e-12 to the error."""
+    va, vb = samples
+    if va.size < policy.MIN_EVIDENCE_VALUES:
+        return sketched
+    if sketched is not None and sketched.p_value <= _DECISIVE_P:
+        return sketched
+    return combined(sketched, sample_evidence(va, vb))
 
 
 def _content_key(row: dict) -> tuple:
@@ -266,14 +567,15 @@ def _content_key(row: dict) -> tuple:
 
 
 def _assign(candidates: list[Candidate], tie_key: Callable[[str], tuple]) -> list[Candidate]:
-    """Greedy one-to-one: strongest estimates first; each region of A and of B used once.
+    """Greedy one-to-one over significant candidates: strongest estimates first; each region of
+    A and of B used once.
 
     The exception is weights B really ties: a B tensor byte-identical to another B tensor
     may map to the A region that other one took (e.g. an embedding and a tied LM head).
     """
 
     ranked = sorted(
-        (c for c in candidates if c.identical or _clear_of_null(c.estimate, c.sketch_values)),
+        candidates,
         key=lambda c: (not c.identical, -abs(c.estimate), c.relation != "same", c.b.key != c.a.key, c.b.key),
     )
     kept: list[Candidate] = []
@@ -320,7 +622,7 @@ def _exact_metrics(reader: ShardReader, a: IndexedModel, b: IndexedModel, c: Can
     a_rows, a_cols = _region_shape(ra, c.a)
     a_r0, a_c0 = _region_origin(c.a)
     b_r0, b_c0 = _region_origin(c.b)
-    step = max(1, _CHUNK_ELEMS // max(a_cols, 1))
+    step = chunk_rows(a_cols)
     for r in range(0, a_rows, step):
         r1 = min(r + step, a_rows)
         block_a = read_a(a_r0 + r, a_r0 + r1, a_c0, a_c0 + a_cols)
@@ -347,7 +649,8 @@ def _region_origin(region: Region) -> tuple[int, int]:
 
 def _estimated_metrics(a: IndexedModel, b: IndexedModel, c: Candidate) -> PairMetrics:
     """Correlation from the sketches; cosine, scale and differences from the aligned samples."""
-    va, vb = aligned_samples(a.rows[c.a.key], b.rows[c.b.key], c)
+    va, vb = aligned_samples(a.rows[c.a.key], b.rows[c.b.key], c.a, c.b, c.relation)
+    va, vb = va.ravel(), vb.ravel()
     if va.size:
         d = vb - va
         sample = pair_metrics(
@@ -363,21 +666,23 @@ def _estimated_metrics(a: IndexedModel, b: IndexedModel, c: Candidate) -> PairMe
         scale=1.0 if c.identical else sample.scale,
         max_abs_diff=0.0 if c.identical else sample.max_abs_diff,
         equal_after_cast=1.0 if c.identical else None,
-        z_score=z_score(c.estimate, c.sketch_values),
     )
 
 
-def aligned_samples(row_a: dict, row_b: dict, c: Candidate) -> tuple[np.ndarray, np.ndarray]:
-    """Sample values of A and B at the same elements under the candidate's mapping."""
+def aligned_samples(
+    row_a: dict, row_b: dict, region_a: Region, region_b: Region, relation: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample values of A and B at the same elements under a mapping, as two grids of one
+    shape in A's orientation (empty when the two lattices share no element at that offset)."""
     grid_a = np.asarray(row_a["sample"], dtype=np.float64).reshape(row_a["sample_rows"], row_a["sample_cols"])
     grid_b = np.asarray(row_b["sample"], dtype=np.float64).reshape(row_b["sample_rows"], row_b["sample_cols"])
     sa = (int(row_a["sample_stride_rows"]), int(row_a["sample_stride_cols"]))
     sb = (int(row_b["sample_stride_rows"]), int(row_b["sample_stride_cols"]))
-    swap = c.relation == "transpose"
+    swap = relation == "transpose"
     stride_b_in_a = (sb[1], sb[0]) if swap else sb
     step = (max(sa[0], stride_b_in_a[0]), max(sa[1], stride_b_in_a[1]))
-    rows, cols = _region_shape(row_a, c.a)
-    a0, b0 = _region_origin(c.a), _region_origin(c.b)
+    rows, cols = _region_shape(row_a, region_a)
+    a0, b0 = _region_origin(region_a), _region_origin(region_b)
     ii, jj = np.arange(0, rows, step[0]), np.arange(0, cols, step[1])
     if swap:
         b_rows, b_cols = jj + b0[0], ii + b0[1]
@@ -387,10 +692,10 @@ def aligned_samples(row_a: dict, row_b: dict, c: Candidate) -> tuple[np.ndarray,
     if any(
         x.size and x[0] % s for x, s in ((a_rows, sa[0]), (a_cols, sa[1]), (b_rows, sb[0]), (b_cols, sb[1]))
     ):
-        return np.zeros(0), np.zeros(0)  # the slice does not start on both lattices
+        return np.zeros((0, 0)), np.zeros((0, 0))  # the slice does not start on both lattices
     va = grid_a[np.ix_(a_rows // sa[0], a_cols // sa[1])]
     vb = grid_b[np.ix_(b_rows // sb[0], b_cols // sb[1])]
-    return va.ravel(), (vb.T if swap else vb).ravel()
+    return va, (vb.T if swap else vb)
 
 
 def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[str]:
@@ -411,7 +716,7 @@ def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[str]:
     elif list(ra["shape"]) != list(rb["shape"]):
         steps.append("reshape")
     scale = match.metrics.scale
-    if scale is not None and match.strength > MATCH and abs(scale - 1) > 0.02:
+    if scale is not None and match.strength >= policy.MATCH and abs(scale - 1) > 0.02:
         steps.append(f"scale:{scale:.4g}")
     return steps
 

@@ -85,9 +85,37 @@ def transposed(a: Sketches, b: Sketches) -> float | None:
     )
 
 
+def layout_parts(a: Sketches, b: Sketches, relation: str) -> list[tuple[float | None, int]]:
+    """Per sketch (rows, then columns): the correlation of A with B under ``relation``
+    (``"same"`` or ``"transpose"``) and how many sketch values it covers.
+
+    The two are judged separately (``significance.weakest``): a tensor whose rows are an
+    interface axis (token rows, positions) gives unrelated models a row-sketch correlation
+    spread three times wider than its count says, but not a column-sketch one; requiring both
+    keeps such pairs inside the null.
+    """
+    if relation == "same":
+        pairs = [(a.row_sketch, a.rows, b.row_sketch, b.rows), (a.col_sketch, a.cols, b.col_sketch, b.cols)]
+    elif relation == "transpose":
+        pairs = [(a.row_sketch, a.rows, b.col_sketch, b.cols), (a.col_sketch, a.cols, b.row_sketch, b.rows)]
+    else:
+        raise ValueError(f"not a whole-tensor relation: {relation}")
+    parts = []
+    for x, x_len, y, y_len in pairs:
+        fx, fy = _full(x, x_len), _full(y, y_len)
+        parts.append((sketch_correlation(fx, fy) if fx.size else None, fx.size))
+    return parts
+
+
 def centred_values(s: Sketches) -> int:
     """How many sketch values the estimates use (the null spread is 1/sqrt of this)."""
     return _full(s.row_sketch, s.rows).size + _full(s.col_sketch, s.cols).size
+
+
+def slice_values(part: Sketches, axis: int) -> int:
+    """How many sketch values a slice estimate (``slice_scan``) of ``part`` along ``axis`` uses."""
+    sketch, length = (part.row_sketch, part.rows) if axis == 0 else (part.col_sketch, part.cols)
+    return _full(sketch, length).size
 
 
 def aligned(start: int) -> bool:

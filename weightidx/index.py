@@ -42,12 +42,14 @@ from .fingerprint import (
     K,
     TensorAccumulator,
     Tile,
+    fingerprint_array,
     kernel_name,
     plan_tiles,
     view_2d,
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -404,6 +406,21 @@ def _row(model: str, state: _TensorState) -> dict:
     row["crc32"] = f"{state.crc:08x}"
     row.update(_fingerprint_columns(state.accumulator.finish()))
     return row
+
+
+def index_row(key: str, values: np.ndarray, dtype: str = "F32") -> dict:
+    """The index row of an in-memory tensor, as ``load_index`` gives it (no file: its location
+    columns are absent). For tests and calibration tools."""
+    fp = fingerprint_array(values)
+    return {
+        "key": key,
+        "dtype": dtype,
+        "shape": list(values.shape),
+        "numel": int(values.size),
+        "supported": True,
+        "crc32": None,
+        **_fingerprint_columns(fp),
+    }
 
 
 def _fingerprint_columns(fp: Fingerprint) -> dict:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import ml_dtypes
 import numpy as np
@@ -20,11 +20,69 @@ _CAST = {
 }
 
 
+CHUNK_VALUES = 1 << 20  # per side; float32 chunk sums stay accurate to ~1e-6
+
+
+def chunk_rows(cols: int) -> int:
+    """Rows per chunk when streaming a pair of views ``cols`` wide (the shape alone decides, so
+    the per-chunk column centring of ``UnitSums`` is the same on every run)."""
+    return max(1, CHUNK_VALUES // max(cols, 1))
+
+
+def array_metrics(a: np.ndarray, b: np.ndarray, cast_to: str | None = None) -> PairMetrics:
+    """The exact metrics of two aligned in-memory 2-D arrays, chunked as the compare stage
+    streams them (tests, calibration)."""
+    accumulator = PairAccumulator(cast_to, a.dtype == b.dtype)
+    step = chunk_rows(a.shape[1])
+    for start in range(0, a.shape[0], step):
+        accumulator.add(a[start : start + step], b[start : start + step])
+    return accumulator.finish()
+
+
 def lower_precision(dtype_a: str, dtype_b: str) -> str | None:
     """The dtype with fewer mantissa bits, or None for integer / bool tensors."""
     if dtype_a not in _MANTISSA or dtype_b not in _MANTISSA:
         return None
     return min(dtype_a, dtype_b, key=lambda d: _MANTISSA[d])
+
+
+@dataclass
+class UnitSums:
+    """Per-row and per-column sums of the products of the two tensors, each double-centred.
+
+    ``c_i = Σ_j ã_ij b̃_ij`` (rows) and ``c_j = Σ_i ã_ij b̃_ij`` (columns), with ``ã`` the values
+    minus their row means and minus their column means. Rows come whole in each chunk, so row
+    means are exact; column means are taken within each chunk of rows (whose size depends on
+    the shape alone). ``significance.exact_evidence`` turns them into self-normalised sums.
+    """
+
+    rows: list[np.ndarray] = field(default_factory=list)
+    cols: np.ndarray | None = None
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        """One chunk of whole rows of both (2-D, the same shape)."""
+        if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+            return
+        products = _double_centred(a) * _double_centred(b)
+        self.rows.append(products.sum(axis=1, dtype=np.float64))
+        column_sums = products.sum(axis=0, dtype=np.float64)
+        self.cols = column_sums if self.cols is None else self.cols + column_sums
+
+    def totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-row and per-column sums (float64)."""
+        rows = np.concatenate(self.rows) if self.rows else np.zeros(0)
+        return rows, (self.cols if self.cols is not None else np.zeros(0))
+
+
+def _double_centred(values: np.ndarray) -> np.ndarray:
+    """Row means, then column means, taken out; an axis of length 1 keeps its mean (a vector
+    as one column would otherwise be all zeros)."""
+    centred = np.nan_to_num(values.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    if centred.shape[1] > 1:
+        centred = centred - centred.mean(axis=1, keepdims=True)
+    if centred.shape[0] > 1:
+        centred = centred - centred.mean(axis=0, keepdims=True)
+    return centred
 
 
 @dataclass
@@ -41,9 +99,13 @@ class PairAccumulator:
     sums: np.ndarray = field(default_factory=lambda: np.zeros(6))  # Σa Σb Σa² Σb² Σab Σ(b-a)²
     max_abs_diff: float = 0.0
     equal_after_cast: int = 0
+    units: UnitSums = field(default_factory=UnitSums)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Add one aligned chunk (any shapes with the same number of values)."""
+        """Add one aligned chunk: whole rows of both as 2-D arrays of one shape (any other shapes
+        with the same number of values add to every metric but the per-row and per-column sums)."""
+        if a.ndim == 2 and a.shape == b.shape:
+            self.units.add(a, b)
         a, b = np.ascontiguousarray(a).ravel(), np.ascontiguousarray(b).ravel()
         if a.dtype != b.dtype:
             wide = np.result_type(a.dtype, b.dtype)
@@ -67,7 +129,9 @@ class PairAccumulator:
 
     def finish(self) -> PairMetrics:
         share = self.equal_after_cast / self.n if self.n and (self.cast_to or self.same_dtype) else None
-        return pair_metrics(self.n, *self.sums, self.max_abs_diff, share)
+        metrics = pair_metrics(self.n, *self.sums, self.max_abs_diff, share)
+        rows, cols = self.units.totals()
+        return replace(metrics, row_sums=rows, col_sums=cols)
 
 
 @dataclass(frozen=True)
@@ -81,7 +145,8 @@ class PairMetrics:
     scale: float | None
     max_abs_diff: float | None
     equal_after_cast: float | None
-    z_score: float | None
+    row_sums: np.ndarray | None = None  # UnitSums.totals(), exact metrics only
+    col_sums: np.ndarray | None = None
 
 
 def pair_metrics(
@@ -94,11 +159,13 @@ def pair_metrics(
     sdd: float,
     max_abs_diff: float | None,
     equal_after_cast: float | None,
-    effective_n: int | None = None,
 ) -> PairMetrics:
-    """Cosine, Pearson correlation, ‖b−a‖/‖a‖, least-squares scale and a z-score from sums."""
+    """Cosine, Pearson correlation, ‖b−a‖/‖a‖ and least-squares scale from sums.
+
+    The correlation measures how far B moved from A; it does not decide whether they are
+    related (``significance.py`` does, on statistics whose null holds for trained weights)."""
     if n == 0:
-        return PairMetrics(0, None, None, None, None, None, None, None)
+        return PairMetrics(0, None, None, None, None, None, None)
     cosine = sab / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else None
     var_a, var_b = saa / n - (sa / n) ** 2, sbb / n - (sb / n) ** 2
     cov = sab / n - (sa / n) * (sb / n)
@@ -113,13 +180,4 @@ def pair_metrics(
         scale=sab / saa if saa > 0 else None,
         max_abs_diff=max_abs_diff,
         equal_after_cast=equal_after_cast,
-        z_score=z_score(correlation, effective_n or n),
     )
-
-
-def z_score(correlation: float | None, n: int) -> float | None:
-    """Fisher z of a correlation against the null of unrelated tensors with n values."""
-    if correlation is None or n < 4:
-        return None
-    clipped = max(-0.999999999999, min(0.999999999999, correlation))
-    return math.atanh(clipped) * math.sqrt(n - 3)

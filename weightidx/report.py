@@ -10,51 +10,78 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, policy
 from .atomic import atomic_path
 from .errors import InputError
+from .significance import critical_correlation, z_from_p
 from .sql import run_query
 
 if TYPE_CHECKING:
-    from .compare import Match
+    from .compare import Match, Shortlist
     from .indexes import IndexedModel
 
-MATCH, PARTIAL = 0.95, 0.80
-_WEAK_NUMEL = 4096
 _BLOCK_PATTERN = re.compile(
     r"(?:^|\.)(?:blocks|layers|layer|h|block|transformer_blocks|single_blocks|double_blocks)\.(\d+)\."
 )
 
 
 def block_of(key: str) -> int | None:
+    """The number of the repeated block a key belongs to (``blocks.3.attn.q.weight`` -> 3)."""
     found = _BLOCK_PATTERN.search(key)
     return int(found.group(1)) if found else None
 
 
+def role_of(key: str) -> str:
+    """The key with its block number replaced by ``#``: what the tensor is in any block."""
+    found = _BLOCK_PATTERN.search(key)
+    return key if found is None else key[: found.start(1)] + "#" + key[found.end(1) :]
+
+
+def in_block(role: str, block: int | None) -> str:
+    """The key of ``role`` in ``block`` (the inverse of ``role_of``)."""
+    return role if block is None else role.replace("#", str(block), 1)
+
+
 def is_matrix(row: dict) -> bool:
-    return int(row["rows"]) > 1 and int(row["cols"]) > 1 and int(row["numel"]) >= _WEAK_NUMEL
+    """A weight matrix large enough for the Gram statistics of lineage (``policy.WEAK_NUMEL``)."""
+    return is_weight_matrix(row) and int(row["numel"]) >= policy.WEAK_NUMEL
 
 
-def build_report(a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool) -> dict:
-    """The JSON report (schema_version 1) from the kept matches.
+def is_weight_matrix(row: dict) -> bool:
+    """A tensor whose 2-D view has at least two rows and two columns, with decoded values: what
+    the model-level shares count (1-D tensors, norms and biases, are counted apart)."""
+    return (
+        bool(row["supported"]) and row["rows"] is not None and int(row["rows"]) > 1 and int(row["cols"]) > 1
+    )
 
-    ``comparable``: whether any weight matrix of B shares a shape (or its transpose) with one of A.
-    """
+
+def build_report(
+    a: IndexedModel,
+    b: IndexedModel,
+    matches: list[Match],
+    shortlist: Shortlist,
+    p_threshold: float,
+    lineage: dict | None,
+) -> dict:
+    """The JSON report (schema_version 1) from the kept matches; ``lineage`` is the section
+    across a width change (None when there is none to make)."""
     matched_a = {m.candidate.a.key for m in matches if m.verdict != "different"}
     matched_b = {m.candidate.b.key for m in matches if m.verdict != "different"}
     cosines = [m.metrics.cosine for m in matches if m.metrics.cosine is not None]
+    high, medium = policy.COSINE_HIGH, policy.COSINE_MEDIUM
     summary = {
         "mean_cosine_similarity": _clean(sum(cosines) / len(cosines)) if cosines else None,
-        "high_similarity_count": sum(1 for m in matches if (m.metrics.cosine or 0) > MATCH),
-        "medium_similarity_count": sum(1 for m in matches if PARTIAL <= (m.metrics.cosine or 0) <= MATCH),
-        "low_similarity_count": sum(1 for m in matches if (m.metrics.cosine or 0) < PARTIAL),
+        "high_similarity_count": sum(1 for m in matches if (m.metrics.cosine or 0) > high),
+        "medium_similarity_count": sum(1 for m in matches if medium <= (m.metrics.cosine or 0) <= high),
+        "low_similarity_count": sum(1 for m in matches if (m.metrics.cosine or 0) < medium),
         "matched_b_tensors": len(matched_b),
         "unmatched_a": len(set(a.rows) - matched_a),
         "unmatched_b": len(set(b.rows) - matched_b),
+        **_facts(a, b, matches, shortlist, p_threshold),
     }
-    scenario, verdict = _scenario(a, b, matches, comparable)
-    summary.update(scenario=scenario, verdict=verdict)
-    return {
+    summary["scenario"] = scenario_of(summary)
+    summary["verdict"] = verdict_text(summary, a.name, b.name, lineage)
+    report = {
         "schema_version": 1,
         "tool": {"name": "weightidx", "version": __version__},
         "models": {side: _model_json(model) for side, model in (("a", a), ("b", b))},
@@ -67,6 +94,192 @@ def build_report(a: IndexedModel, b: IndexedModel, matches: list[Match], compara
             for shape, ac, bc in run_query("shape_table", [a.index, b.index]).fetchall()
         ],
     }
+    if lineage is not None:
+        report["lineage"] = lineage
+    return report
+
+
+def _facts(
+    a: IndexedModel, b: IndexedModel, matches: list[Match], shortlist: Shortlist, p_threshold: float
+) -> dict:
+    """What the verdict is generated from: counts, the degree, the transforms and the test."""
+    b_matrices = [k for k, r in b.rows.items() if is_weight_matrix(r)]
+    b_others = [k for k, r in b.rows.items() if r["supported"] and not is_weight_matrix(r)]
+    related = [m for m in matches if m.verdict != "different"]
+    on_matrices = [m for m in related if is_weight_matrix(b.rows[m.candidate.b.key])]
+    covered = {m.candidate.b.key for m in on_matrices}
+    matched = {m.candidate.b.key for m in on_matrices if m.verdict == "match"}
+    degrees = [m.strength for m in on_matrices]
+    strongest = shortlist.strongest_matrix
+    threshold = p_threshold
+    sizes = shortlist.matrix_values
+    kinds = sorted({t.split(":")[0] for m in related for t in m.transform})
+    return {
+        "matrices": {
+            "b": len(b_matrices),
+            "related": len(covered),
+            "match": len(matched),
+            "partial": len(covered - matched),
+        },
+        "other_tensors": {
+            "b": len(b_others),
+            "related": len({m.candidate.b.key for m in related} - covered),
+        },
+        "correlation_range": [_round(min(degrees)), _round(max(degrees))] if degrees else None,
+        "weakest_z": _round(min(m.proof.z for m in on_matrices), 1) if on_matrices else None,
+        "transforms": kinds,
+        "identical": _identical(a, b, matches),
+        "comparable": shortlist.comparable,
+        "widths": [_width(a), _width(b)],
+        "blocks": [_depth(a), _depth(b)],
+        "significance": {
+            "method": "Benjamini-Hochberg",
+            "false_discovery_rate": policy.FALSE_DISCOVERY_RATE,
+            "null_inflation": policy.NULL_INFLATION,
+            "tests": shortlist.tests,
+            "p_threshold": float(f"{threshold:.4g}"),
+            "z_threshold": _round(z_from_p(threshold), 2),
+            "strongest_matrix_z": None if strongest is None else _round(strongest.z, 1),
+            "detectable_correlation": [_round(critical_correlation(size, threshold), 3) for size in sizes]
+            if sizes
+            else None,
+        },
+    }
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _identical(a: IndexedModel, b: IndexedModel, matches: list[Match]) -> bool:
+    return len(a.rows) == len(b.rows) == len(matches) and all(
+        m.candidate.a.key == m.candidate.b.key and m.metrics.max_abs_diff == 0 for m in matches
+    )
+
+
+def scenario_of(summary: dict) -> str:
+    """The model-level scenario from the summary's facts (see the README's table)."""
+    matrices = summary["matrices"]
+    if summary["identical"]:
+        return "identical"
+    if matrices["related"] == 0:
+        return "unrelated" if summary["comparable"] else "incompatible"
+    if matrices["related"] < policy.MAJORITY * matrices["b"]:
+        return "partially_related"
+    if matrices["partial"] * 2 >= matrices["related"]:
+        return "fine_tuned"
+    if set(summary["transforms"]) & _RESHAPING:
+        return "transformed"
+    return "copied"
+
+
+_RESHAPING = {"concat", "split", "reshape", "scale", "permute", "transpose"}
+
+
+def verdict_text(summary: dict, a_name: str, b_name: str, lineage: dict | None) -> str:
+    """The plain-English verdict, every sentence generated from the summary's facts."""
+    scenario = summary["scenario"]
+    if scenario == "identical":
+        text = f"{b_name} is {a_name}: the same tensors under the same names, byte for byte."
+    elif scenario == "unrelated":
+        text = _unrelated_text(summary, a_name, b_name)
+    elif scenario == "incompatible":
+        text = _incompatible_text(summary, a_name, b_name)
+    else:
+        text = _related_text(summary, a_name, b_name)
+    if lineage is not None:
+        text += " Across the width change: " + lineage["verdict"]
+    return text
+
+
+def _related_text(summary: dict, a_name: str, b_name: str) -> str:
+    scenario, matrices = summary["scenario"], summary["matrices"]
+    low, high = summary["correlation_range"]
+    test = summary["significance"]
+    lead = "shares part of" if scenario == "partially_related" else "derives from"
+    sentences = [
+        f"{b_name} {lead} {a_name} ({scenario.replace('_', ' ')}): {matrices['related']} of "
+        f"{matrices['b']} weight matrices (2-D tensors) of B are significantly related to A's "
+        f"({matrices['match']} match, {matrices['partial']} partial; correlation {_range(low, high)}; "
+        f"weakest z = {summary['weakest_z']}, threshold z = {test['z_threshold']})."
+    ]
+    others = summary["other_tensors"]
+    if others["b"]:
+        sentences.append(
+            f"{others['related']} of B's {others['b']} other tensors (1-D: norms, biases) trace back too."
+        )
+    if scenario == "partially_related":
+        rest = matrices["b"] - matrices["related"]
+        sentences.append(
+            f"The other {rest} weight matrices show no significant relation to A's: re-initialised, "
+            "trained anew, or moved further than the tests can see."
+        )
+    if matrices["partial"]:
+        sentences.append(
+            f"{matrices['partial']} of them changed by training (correlation below {policy.MATCH}): "
+            f"B was trained further from A, far beyond chance but away from A's values."
+        )
+    sentences.append(_how_text(summary["transforms"]))
+    sentences.append(_lora_text(summary))
+    return " ".join(sentences)
+
+
+def _count(n: int, singular: str, plural: str) -> str:
+    return f"{n} {singular if n == 1 else plural}"
+
+
+def _range(low: float, high: float) -> str:
+    return f"{low:.2f}" if round(low, 2) == round(high, 2) else f"{low:.2f}–{high:.2f}"
+
+
+def _how_text(kinds: list[str]) -> str:
+    if not kinds:
+        return "Keys and layouts are unchanged."
+    named = [kind for kind in kinds if kind != "rename"]
+    keys = "Keys were renamed" if "rename" in kinds else "Keys are unchanged"
+    return f"{keys}; transforms: {', '.join(named)}." if named else f"{keys}; no other transform."
+
+
+def _lora_text(summary: dict) -> str:
+    kinds = set(summary["transforms"]) - {"rename", "cast"}
+    matrices = summary["matrices"]
+    if summary["scenario"] == "partially_related":
+        lead = f"A LoRA made for A converts to B only on the {matrices['related']} related weight matrices"
+    elif not kinds:
+        lead = (
+            "A LoRA made for A converts to B by renaming keys"
+            if "rename" in summary["transforms"]
+            else "A LoRA made for A applies to B as it is"
+        )
+    else:
+        lead = f"A LoRA made for A converts to B with these transforms ({', '.join(sorted(kinds))})"
+    if matrices["partial"]:
+        low = summary["correlation_range"][0]
+        strength = "weakly" if low < _WEAK_TRANSFER else "less well"
+        changed = _count(matrices["partial"], "changed matrix", "changed matrices")
+        lead += f"; on the {changed} expect it to transfer {strength}"
+    return lead + "."
+
+
+_WEAK_TRANSFER = 0.5  # below this correlation most of a weight is new: a LoRA's delta lands on other weights
+
+
+def _unrelated_text(summary: dict, a_name: str, b_name: str) -> str:
+    test = summary["significance"]
+    strongest = test["strongest_matrix_z"]
+    found = f"the strongest at z = {strongest}" if strongest is not None else "none could be judged"
+    detectable = [r for r in test["detectable_correlation"] or [] if r is not None]
+    power = ""
+    if detectable:
+        reach = _range(min(detectable), max(detectable))
+        power = f" At these sizes a weight matrix that kept a correlation of {reach} or more would be found."
+    return (
+        f"No weight matrix of {b_name} is significantly related to one of {a_name}: {test['tests']} pairs "
+        f"were tested, {found} (threshold z = {test['z_threshold']}, false discovery rate "
+        f"{test['false_discovery_rate']:g}).{power} B's weights show no sign of derivation from A's: "
+        "trained independently, re-initialised, or moved further than the tests can see. "
+        "A LoRA made for A cannot be converted to B."
+    )
 
 
 def _model_json(model: IndexedModel) -> dict:
@@ -103,11 +316,13 @@ def _match_json(a: IndexedModel, b: IndexedModel, m: Match) -> dict:
         "correlation": _clean(metrics.correlation),
         "relative_l2": _clean(metrics.relative_l2),
         "scale": _clean(metrics.scale),
-        "z_score": _clean(metrics.z_score),
+        "z_score": _clean(m.proof.z),
         "max_abs_diff": _clean(metrics.max_abs_diff),
         "equal_after_cast": _clean(metrics.equal_after_cast),
         "identical": identical,
-        "evidence": m.evidence,
+        "evidence": m.source,
+        "significance": m.proof.as_json(),
+        "screening": m.candidate.evidence.as_json(),
         "verdict": m.verdict,
         "weak_evidence": not is_matrix(b.rows[m.candidate.b.key]),
         "estimated_correlation": _clean(m.candidate.estimate),
@@ -134,72 +349,27 @@ def _blocks(matches: list[Match]) -> list[dict]:
     ]
 
 
-def _scenario(a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool) -> tuple[str, str]:
-    b_matrices = [k for k, r in b.rows.items() if is_matrix(r)]
-    matrix_matches = [m for m in matches if m.candidate.b.key in set(b_matrices)]
-    strong = [m for m in matrix_matches if m.verdict != "different"]
-    covered = {m.candidate.b.key for m in strong}
-    share = len(covered) / len(b_matrices) if b_matrices else 0.0
-    transforms = {t.split(":")[0] for m in strong for t in m.transform}
-    if not strong and not comparable:
-        return "incompatible", _incompatible_text(a, b)
-    if not strong:
-        return "unrelated", (
-            f"No matrix of {b.name} matches one of {a.name}: {len(matrix_matches)} shape-compatible "
-            "candidates all scored near zero. B's weights are not derived from A's (trained independently, "
-            "or fully re-initialised). A LoRA made for A cannot be converted to B; train a new one."
-        )
-    identical = len(a.rows) == len(b.rows) == len(matches) and all(
-        m.candidate.a.key == m.candidate.b.key and m.metrics.max_abs_diff == 0 for m in matches
-    )
-    if identical:
-        return "identical", f"{b.name} is {a.name}: the same tensors under the same names, byte for byte."
-    fine = [m for m in strong if m.verdict == "partial"]
-    if share < 0.5:
-        scenario = "partially_related"
-    elif fine and len(fine) >= len(strong) / 2:
-        scenario = "fine_tuned"
-    elif transforms & {"concat", "split", "reshape", "scale"}:
-        scenario = "transformed"
-    else:
-        scenario = "copied"
-    return scenario, _related_text(a, b, scenario, strong, share, transforms)
+def _width(model: IndexedModel) -> int | None:
+    """The most common axis size among the model's weight matrices: its hidden width."""
+    dims: dict[int, int] = defaultdict(int)
+    for r in model.rows.values():
+        if is_matrix(r):
+            dims[int(r["rows"])] += 1
+            dims[int(r["cols"])] += 1
+    return max(dims, key=dims.get) if dims else None
 
 
-def _related_text(a, b, scenario: str, strong: list[Match], share: float, transforms: set[str]) -> str:
-    matched = sum(1 for m in strong if m.verdict == "match")
-    partial = len(strong) - matched
-    how = ", ".join(sorted(transforms - {"rename"})) or "renaming only"
-    lora = (
-        "LoRAs for A convert to B by renaming keys"
-        if transforms <= {"rename", "cast"}
-        else f"LoRAs for A convert to B with these transforms ({how})"
-    )
-    if partial:
-        lora += f"; {partial} module(s) were changed by training, so expect those to transfer less well"
+def _depth(model: IndexedModel) -> int:
+    """How many numbered blocks the model's keys name."""
+    return len({blk for k in model.rows if (blk := block_of(k)) is not None})
+
+
+def _incompatible_text(summary: dict, a_name: str, b_name: str) -> str:
+    (width_a, width_b), (depth_a, depth_b) = summary["widths"], summary["blocks"]
     return (
-        f"{b.name} derives from {a.name} ({scenario.replace('_', ' ')}): {share:.0%} of B's weight matrices "
-        f"trace back to A ({matched} match, {partial} partial), under {how}. {lora}."
-    )
-
-
-def _incompatible_text(a: IndexedModel, b: IndexedModel) -> str:
-    def width(model: IndexedModel) -> int | None:
-        dims: dict[int, int] = defaultdict(int)
-        for r in model.rows.values():
-            if is_matrix(r):
-                dims[int(r["rows"])] += 1
-                dims[int(r["cols"])] += 1
-        return max(dims, key=dims.get) if dims else None
-
-    def depth(model: IndexedModel) -> int:
-        return len({blk for k in model.rows if (blk := block_of(k)) is not None})
-
-    return (
-        f"No tensor of {b.name} has a shape compatible with any tensor of {a.name}: hidden width "
-        f"{width(a)} vs {width(b)}, {depth(a)} vs {depth(b)} blocks. Tensor-to-tensor matching cannot "
-        "show derivation across a width change (only the shared axes below can); LoRAs for A cannot be "
-        "converted to B."
+        f"No weight matrix of {b_name} has a shape compatible with one of {a_name}: hidden width "
+        f"{width_a} vs {width_b}, {depth_a} vs {depth_b} blocks. Tensor-to-tensor matching cannot "
+        "show derivation across a width change; LoRAs for A cannot be converted to B."
     )
 
 

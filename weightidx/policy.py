@@ -1,0 +1,42 @@
+"""Every decision constant of the compare stage, named once, with where its value comes from.
+
+Messages, the HTML report and the tests import these; no other module writes the numbers.
+"""
+
+from __future__ import annotations
+
+#: Two questions are answered separately. *Related*: a pair's evidence clears the null of
+#: unrelated tensors after the comparison-wide correction (``significance.py``). *Degree*: the
+#: correlation of the two tensors. A related pair whose |correlation| reaches ``MATCH`` is a
+#: ``match``; below it, a ``partial``; a compared pair that is not significantly related is
+#: ``different``. 0.95 is the guide's "essentially identical" line: casts to fp8 (0.97-0.99)
+#: and light fine-tuning stay above it, retraining falls below.
+MATCH = 0.95
+
+#: Benjamini-Hochberg false discovery rate over every pair (and slice offset) one comparison
+#: tests. With no related pair at all it bounds the chance of any false claim (family-wise).
+FALSE_DISCOVERY_RATE = 1e-3
+
+#: The widest spread of the normal-equivalent z, in units of its nominal 1, measured on nulls
+#: with the structure of trained weights (``tests/benchmarks/calibrate_null.py``): an
+#: independently trained real pair (all-MiniLM-L6-v2 against DINOv2-small, 9,369 pairs, max |z|
+#: 4.3, as many independent normal draws give) and all-MiniLM-L6-v2 against copies with their
+#: hidden axes permuted, which keep every interface structure (token rows, position tables) and
+#: lose only the correspondence: spread 1.0-1.3, 1.45 for the sample of a position table.
+NULL_INFLATION = 1.3
+
+#: Fewer values than this cannot make a correlation significant at any useful level.
+MIN_EVIDENCE_VALUES = 8
+
+#: Tensors under this many values, and 1-D tensors, are marked ``weak_evidence``: a handful of
+#: values can be shared by unrelated models (all-zero biases, LayerNorm weights of ones).
+WEAK_NUMEL = 4096
+
+#: A model-level share: ``copied`` / ``transformed`` / ``fine_tuned`` need at least this share of
+#: B's weight matrices related to A's; fewer is ``partially_related``.
+MAJORITY = 0.5
+
+#: The guide's bands for its summary counts of *cosine* similarity (high, medium, low); they
+#: bin the matches for display and decide nothing.
+COSINE_HIGH = 0.95
+COSINE_MEDIUM = 0.80
