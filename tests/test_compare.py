@@ -10,6 +10,7 @@ import pytest
 
 from tests import derive
 from tests.conftest import trained_like, write_tensors
+from tests.helpers.verdicts import check_verdict
 from weightidx.compare import compare_paths
 from weightidx.html import render_html
 
@@ -34,6 +35,7 @@ def compare(tmp_path: Path, a: derive.Tensors, b: derive.Tensors, **options) -> 
     pb = write_tensors(tmp_path / "b.safetensors", b)
     report = compare_paths(pa, pb, cache=tmp_path / "cache", **options)
     json.dumps(report, allow_nan=False)  # strict JSON
+    check_verdict(report)  # every sentence of the verdict follows from the report
     return report
 
 
@@ -206,6 +208,7 @@ def test_different_widths_are_incompatible_and_say_which_dims(tmp_path: Path) ->
 
 def test_demo_pair_matches_its_truth(demo_pair, tmp_path: Path) -> None:
     report = compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path)
+    check_verdict(report)
     truth = json.loads(demo_pair["truth"].read_text())
     expected = {
         (
@@ -355,6 +358,7 @@ def test_wan_style_twin_of_identical_architecture_is_unrelated(demo_pair, tmp_pa
     config = DemoConfig(**json.loads(demo_pair["truth"].read_text())["config"])
     twin = write_twin(tmp_path / "twin.safetensors", config, seed=12345)
     report = compare_paths(demo_pair["a"], twin, cache=tmp_path / "cache")
+    check_verdict(report)
     assert report["summary"]["scenario"] == "unrelated"
     assert predicted(report) == set() and report["matches"] == []
     assert len(report["shapes"]) == len({tuple(s["shape"]) for s in report["shapes"]})  # same architecture

@@ -12,8 +12,11 @@ import pytest
 from safetensors import safe_open
 
 from tests import derive
+from tests.helpers import real_models
+from tests.helpers.verdicts import check_verdict
 from tests.test_compare import assert_mapping, compare, predicted
 from weightidx import index_checkpoint
+from weightidx.compare import compare_paths
 
 pytestmark = pytest.mark.real_model
 
@@ -46,9 +49,7 @@ def test_minilm_index_matches_safetensors_reader(minilm: Path, tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def minilm_tensors(minilm: Path) -> dict:
-    from safetensors.numpy import load_file
-
-    return {k: ("F32" if v.dtype == np.float32 else "I64", v) for k, v in load_file(minilm).items()}
+    return real_models.load(minilm)
 
 
 def _qkv_groups(tensors: dict) -> list[list[str]]:
@@ -82,8 +83,12 @@ def test_minilm_variants_map_back_to_the_original(minilm_tensors: dict, tmp_path
 
 
 @pytest.mark.slow
-def test_minilm_against_a_same_shape_random_model_is_unrelated(minilm_tensors: dict, tmp_path: Path) -> None:
-    rng = np.random.default_rng(3)
+@pytest.mark.parametrize("seed", range(20))
+def test_minilm_against_independently_initialised_twins_is_unrelated(
+    minilm_tensors: dict, tmp_path: Path, seed: int
+) -> None:
+    """Twins with each tensor's mean and std: no matrix and no norm weight is claimed."""
+    rng = np.random.default_rng(seed)
     twin = {
         k: (dtype, (rng.standard_normal(v.shape) * (v.std() or 1) + v.mean()).astype(v.dtype))
         for k, (dtype, v) in minilm_tensors.items()
@@ -92,6 +97,70 @@ def test_minilm_against_a_same_shape_random_model_is_unrelated(minilm_tensors: d
     report = compare(tmp_path, minilm_tensors, twin)
     assert predicted(report) == set()
     assert report["summary"]["scenario"] == "unrelated"
+
+
+RENAMES = {"encoder.layer.": "blocks.", "attention.self.": "attn.", "intermediate.dense": "mlp.up"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("renamed", [False, True], ids=["names kept", "names changed"])
+@pytest.mark.parametrize("level", [0.15, 0.3, 0.5, 0.75, 0.9])
+def test_minilm_trained_far_reads_fine_tuned(
+    minilm_tensors: dict, tmp_path: Path, level: float, renamed: bool
+) -> None:
+    """Every tensor moved to a centred correlation of about ``level`` (fp16), as heavy training
+    moves it: related at every level, at least 99 % of pairs claimed from 0.3 on; at 0.15, what
+    is claimed is right and the text says how far B moved."""
+    moved = derive.drift(minilm_tensors, level, seed=1, dtype="F16")
+    b, truth = moved.tensors, moved.expected(0.0)
+    if renamed:
+        names = {}
+        for key in b:
+            names[key] = key
+            for old, new in RENAMES.items():
+                names[key] = names[key].replace(old, new)
+        b = {names[k]: v for k, v in b.items()}
+        truth = {(names[t[0]], t[1], t[2], t[3]) for t in truth}
+    report = compare(tmp_path, minilm_tensors, b)
+    got = predicted(report)
+    assert len(got - truth) <= 0.01 * len(got)  # precision
+    assert report["summary"]["scenario"] == "fine_tuned"
+    if level >= 0.3:
+        assert len(got & truth) >= 0.99 * len(truth)
+    else:
+        assert report["summary"]["matrices"]["related"] >= 0.9 * report["summary"]["matrices"]["b"]
+    low, high = report["summary"]["correlation_range"]
+    assert level - 0.1 < low <= high < level + 0.1
+    if level < 0.95:
+        assert "B was trained further from A" in report["summary"]["verdict"]
+
+
+@pytest.mark.slow
+def test_minilm_against_dinov2_trained_independently_is_unrelated(
+    minilm: Path, dinov2_small: Path, tmp_path: Path
+) -> None:
+    """A real independently trained pair with the same layer shapes (384 and 1536 wide)."""
+    report = compare_paths(minilm, dinov2_small, cache=tmp_path)
+    check_verdict(report)
+    assert report["summary"]["scenario"] == "unrelated" and predicted(report) == set()
+    assert report["summary"]["significance"]["tests"] > 10_000
+    assert "lineage" not in report  # one width (384): nothing to look across
+
+
+@pytest.mark.slow
+def test_minilm_against_its_real_fine_tune_is_a_light_copy(
+    minilm: Path, sre_embedding: Path, tmp_path: Path
+) -> None:
+    """sre-embedding-model: all-MiniLM-L6-v2 fine-tuned on 636 text pairs."""
+    report = compare_paths(minilm, sre_embedding, cache=tmp_path)
+    check_verdict(report)
+    summary = report["summary"]
+    assert summary["scenario"] == "copied"
+    assert summary["matrices"] == {"b": 40, "related": 40, "match": 40, "partial": 0}
+    assert (
+        summary["changed_values"]["matrices"] > 30 and "lightly trained after the copy" in summary["verdict"]
+    )
+    assert all(m["a"]["key"] == m["b"]["key"] for m in report["matches"])
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from .indexes import IndexedModel, cached_index, is_index_file, load_index
 from .metrics import PairAccumulator, PairMetrics, chunk_rows, lower_precision, pair_metrics
 from .permutation import MAX_VALUES, Permutation, moments_agree, recover
 from .permutation import apply as apply_permutation
-from .report import block_of, build_report, in_block, is_matrix, is_weight_matrix, role_of
+from .report import block_of, build_report, in_block, is_matrix, is_weight_matrix, model_width, role_of
 from .significance import (
     EQUAL_BYTES,
     Evidence,
@@ -36,9 +36,9 @@ from .significance import (
     evidence,
     exact_evidence,
     false_discovery_threshold,
-    reachable,
     sample_evidence,
     scaled,
+    strongest,
     weakest,
 )
 from .sql import run_query
@@ -135,23 +135,20 @@ def _strength(metrics: PairMetrics) -> float:
 def judge(
     candidate: Candidate, metrics: PairMetrics, p_threshold: float, looks: int = 1
 ) -> tuple[str, Evidence]:
-    """The verdict and the evidence it rests on. With the checkpoint values at hand the pair is
-    judged again on them (``significance.exact_evidence``), against the same threshold, where
-    that statistic can reach it (a tensor of a few rows cannot); otherwise the shortlist's
-    evidence stands. Related pairs are ``match`` when the
-    measured |correlation| reaches ``policy.MATCH``, else ``partial``; ``different`` when the
-    values do not confirm the relation or its sign flipped. ``looks``: how many candidates the
-    pair was chosen from without the fingerprints' evidence (its p-value is multiplied by it)."""
+    """The verdict and the evidence it rests on: the shortlist's evidence from the fingerprints
+    and, where the values were read, theirs (``significance.exact_evidence``), the stronger of
+    the two at twice its p-value. The values see far more of a large matrix; the samples are the
+    whole of a small one. ``looks``: how many candidates the pair was chosen from without the
+    fingerprints' evidence clearing the threshold (its p-value is multiplied by it).
+
+    Related pairs are ``match`` when the measured |correlation| reaches ``policy.MATCH``, else
+    ``partial``; ``different`` when the evidence does not clear ``p_threshold``, or (judged on the
+    fingerprints alone) the measured correlation has the other sign than the estimate."""
     if candidate.identical:
         return "match", candidate.evidence
     checked = exact_evidence(metrics.row_sums, metrics.col_sums, metrics.correlation)
-    if checked is not None and reachable(checked, p_threshold / looks):
-        proof = scaled(checked, looks)
-    else:
-        proof = scaled(candidate.evidence, looks)
-        if _sign_flipped(candidate, metrics):
-            return "different", proof
-    if proof.p_value > p_threshold:
+    proof = scaled(strongest(candidate.evidence, checked), looks)
+    if proof.p_value > p_threshold or (checked is None and _sign_flipped(candidate, metrics)):
         return "different", proof
     return ("match" if _strength(metrics) >= policy.MATCH else "partial"), proof
 
@@ -213,11 +210,11 @@ def _lineage(
     reader: ShardReader, a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool, exact: bool
 ) -> dict | None:
     """The lineage section, when no weight matrix of B is related to one of A and the widths
-    differ: no matrix shape in common, or an axis both share whose other side changed. Two
-    models of one shape have no width change to look across: None."""
+    differ (or no matrix shape is in common); two models of one width have no width change to
+    look across: None."""
     if any(is_weight_matrix(b.rows[m.candidate.b.key]) and m.verdict != "different" for m in matches):
         return None
-    if comparable and not (lineage.shared_axes(a, b) or lineage.shared_axes(a, b, sketched=True)):
+    if comparable and model_width(a) == model_width(b):
         return None
     if exact:
         return lineage.analyse(a, b, lambda model, key: _whole_view(reader, model, key))
@@ -273,8 +270,7 @@ def _within_blocks(
             continue
         b_block = block_of(c.b.key)
         target = blocks.get(b_block) if b_block is not None else None
-        predicted = in_block(roles.get(role_of(c.b.key), role_of(c.b.key)), target)
-        if c.a.key == predicted:
+        if c.a.key == in_block(roles.get(role_of(c.b.key), role_of(c.b.key)), target):
             looks = 1
         elif target is not None and block_of(c.a.key) == target:
             looks = shapes[target, (int(b.rows[c.b.key]["rows"]), int(b.rows[c.b.key]["cols"]))]
@@ -311,24 +307,60 @@ def _second_looks(
     matches: list[Match],
     p_threshold: float,
 ) -> list[Match]:
-    """Weight matrices of B with no significant candidate get a second look from the values:
-    their best candidate (whose A tensor is still free) is read and judged on the checkpoint
-    values, which see far more than the fingerprints (a matrix that kept a correlation of 0.1
-    stands out). Its p-value is multiplied by the number of candidates it was chosen from, so
-    choosing the best costs what testing them all would (Bonferroni)."""
-    used_a = {m.candidate.a.key for m in matches}
-    used_b = {m.candidate.b.key for m in matches}
-    found = []
-    for b_key, candidate in sorted(shortlist.best.items()):
-        if b_key in used_b or candidate.a.key in used_a or candidate.identical:
-            continue
-        metrics = _exact_metrics(reader, a, b, candidate)
-        verdict, proof = judge(candidate, metrics, p_threshold, looks=shortlist.looks.get(b_key, 1))
-        if verdict == "different":
-            continue
-        used_a.add(candidate.a.key)
-        found.append(Match(candidate, metrics, "exact", verdict, proof))
+    """Weight matrices of B with no significant candidate get a second look from the values,
+    which see far more than the fingerprints (a matrix that kept a correlation of 0.1 stands
+    out): first their best candidate, then, for those still unclaimed, the A tensor the related
+    tensors around them point to (``predicted_source``). Each p-value is multiplied by the
+    number of candidates the B tensor had, so choosing costs what testing them all would
+    (Bonferroni)."""
+    found: list[Match] = []
+    rounds = (
+        lambda b_key: shortlist.best.get(b_key),
+        lambda b_key: _whole_candidate(a, b, predicted_source(a, b_key, matches + found), b_key),
+    )
+    for pick in rounds:
+        used_a = {m.candidate.a.key for m in matches + found if m.verdict != "different"}
+        used_b = {m.candidate.b.key for m in matches + found if m.verdict != "different"}
+        for b_key in sorted(shortlist.best):
+            candidate = None if b_key in used_b else pick(b_key)
+            if candidate is None or candidate.a.key in used_a or candidate.identical:
+                continue
+            metrics = _exact_metrics(reader, a, b, candidate)
+            verdict, proof = judge(candidate, metrics, p_threshold, looks=shortlist.looks.get(b_key, 1))
+            if verdict != "different":
+                used_a.add(candidate.a.key)
+                found.append(Match(candidate, metrics, "exact", verdict, proof))
     return found
+
+
+def predicted_source(a: IndexedModel, b_key: str, matches: list[Match]) -> str | None:
+    """The A tensor the related tensors point to for ``b_key``: its role mapped as theirs are
+    (``role_map``; unmapped roles keep their name), in the block its block maps to."""
+    related = [m for m in matches if m.verdict != "different"]
+    block = block_of(b_key)
+    target = block_map(related).get(block) if block is not None else None
+    if block is not None and target is None:
+        return None
+    role = role_of(b_key)
+    key = in_block(role_map(related).get(role, role), target)
+    return key if key in a.rows else None
+
+
+def _whole_candidate(a: IndexedModel, b: IndexedModel, a_key: str | None, b_key: str) -> Candidate | None:
+    """The whole-tensor candidate of two tensors of one view (or transposed), judged from their
+    fingerprints; None when their views do not fit."""
+    if a_key is None:
+        return None
+    row_a, row_b = a.rows[a_key], b.rows[b_key]
+    if not (row_a["std"] and row_b["std"]):
+        return None
+    if (row_a["rows"], row_a["cols"]) == (row_b["rows"], row_b["cols"]):
+        relation = "same"
+    elif (row_a["rows"], row_a["cols"]) == (row_b["cols"], row_b["rows"]):
+        relation = "transpose"
+    else:
+        return None
+    return next(pair_candidates(row_a, row_b, relation), None)
 
 
 def _permuted_matches(

@@ -446,11 +446,21 @@ def _verdict(results: list[AxisResult]) -> str:
     )
     decided = [r for r in results if r.z_score is not None and r.z_score >= _DECIDE_Z and abs(r.score) > 0.5]
     undecided = [r for r in results if r.z_score is None]
+    corresponding = [r for r in undecided if r.mantel_z is not None and r.mantel_z >= _DECIDE_Z]
     if decided:
         return (
             f"Compared the axes both models share ({described}). {len(decided)} of {len(results)} stand far "
             "above the within-model controls: those tensors of B were derived from A's (pruned, projected or "
             "re-parameterised across the width change), not trained independently."
+        )
+    if corresponding:
+        named = ", ".join(f"{r.side} axis of size {r.size}" for r in corresponding)
+        return (
+            f"Compared the axes both models share ({described}). The {named} "
+            f"{'correspond' if len(corresponding) > 1 else 'corresponds'} position by position (axis-shuffle "
+            "z of 5 or more), with no within-model controls to judge against: derivation keeps such "
+            "correspondence, but models trained on the same inputs (the same tokens, positions or text "
+            "encoder) can share it too, so the evidence cannot decide."
         )
     if undecided and len(undecided) == len(results):
         return (

@@ -45,8 +45,8 @@ def recover(a: np.ndarray, b: np.ndarray, axis: int) -> Permutation | None:
         a, b = a.T, b.T
     rng = np.random.default_rng(_SEED)
     probes = rng.standard_normal((a.shape[1], _PROBES)).astype(np.float32)
-    summary_a = _normalised(a.astype(np.float32) @ probes)
-    summary_b = _normalised(b.astype(np.float32) @ probes)
+    summary_a = _normalised(_finite(a) @ probes)
+    summary_b = _normalised(_finite(b) @ probes)
     order = np.empty(b.shape[0], dtype=np.int64)
     for start in range(0, b.shape[0], _CHUNK_ROWS):
         similarity = summary_b[start : start + _CHUNK_ROWS] @ summary_a.T
@@ -61,6 +61,14 @@ def recover(a: np.ndarray, b: np.ndarray, axis: int) -> Permutation | None:
 def apply(a: np.ndarray, permutation: Permutation) -> np.ndarray:
     """A reordered as the permutation says (so it lines up with B)."""
     return a[permutation.order] if permutation.axis == 0 else a[:, permutation.order]
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """Float32 with NaN and ±Inf as 0 (left out, as everywhere else), and the rest scaled into
+    a range whose projections cannot overflow."""
+    finite = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = float(np.abs(finite).max()) if finite.size else 0.0
+    return (finite / peak if peak > 0 else finite).astype(np.float32)
 
 
 def _normalised(summary: np.ndarray) -> np.ndarray:

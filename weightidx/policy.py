@@ -23,7 +23,7 @@ FALSE_DISCOVERY_RATE = 1e-3
 #: 4.3, as many independent normal draws give) and all-MiniLM-L6-v2 against copies with their
 #: hidden axes permuted, which keep every interface structure (token rows, position tables) and
 #: lose only the correspondence: spread 1.0-1.3, 1.45 for the sample of a position table.
-NULL_INFLATION = 1.3
+NULL_INFLATION = 1.2
 
 #: Fewer values than this cannot make a correlation significant at any useful level.
 MIN_EVIDENCE_VALUES = 8

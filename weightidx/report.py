@@ -110,6 +110,7 @@ def _facts(
     covered = {m.candidate.b.key for m in on_matrices}
     matched = {m.candidate.b.key for m in on_matrices if m.verdict == "match"}
     degrees = [m.strength for m in on_matrices]
+    moved = [m for m in on_matrices if not _equal_values(m)]
     strongest = shortlist.strongest_matrix
     threshold = p_threshold
     sizes = shortlist.matrix_values
@@ -126,11 +127,15 @@ def _facts(
             "related": len({m.candidate.b.key for m in related} - covered),
         },
         "correlation_range": [_round(min(degrees)), _round(max(degrees))] if degrees else None,
+        "changed_values": {
+            "matrices": len(moved),
+            "largest_relative_l2": _round(max((m.metrics.relative_l2 or 0.0 for m in moved), default=0.0)),
+        },
         "weakest_z": _round(min(m.proof.z for m in on_matrices), 1) if on_matrices else None,
         "transforms": kinds,
         "identical": _identical(a, b, matches),
         "comparable": shortlist.comparable,
-        "widths": [_width(a), _width(b)],
+        "widths": [model_width(a), model_width(b)],
         "blocks": [_depth(a), _depth(b)],
         "significance": {
             "method": "Benjamini-Hochberg",
@@ -149,6 +154,12 @@ def _facts(
 
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
+
+
+def _equal_values(m: Match) -> bool:
+    """B's values are A's, bytes or values after the cast (or a reordering, or equal constants)."""
+    metrics = m.metrics
+    return bool(m.candidate.identical or metrics.max_abs_diff == 0 or metrics.equal_after_cast == 1.0)
 
 
 def _identical(a: IndexedModel, b: IndexedModel, matches: list[Match]) -> bool:
@@ -214,10 +225,17 @@ def _related_text(summary: dict, a_name: str, b_name: str) -> str:
             f"The other {rest} weight matrices show no significant relation to A's: re-initialised, "
             "trained anew, or moved further than the tests can see."
         )
+    changed = summary["changed_values"]
     if matrices["partial"]:
+        further = ": B was trained further from A" if scenario == "fine_tuned" else ""
         sentences.append(
-            f"{matrices['partial']} of them changed by training (correlation below {policy.MATCH}): "
-            f"B was trained further from A, far beyond chance but away from A's values."
+            f"{matrices['partial']} of them were changed by training (correlation below {policy.MATCH}, "
+            f"still far beyond chance){further}."
+        )
+    elif changed["matrices"]:
+        sentences.append(
+            f"{changed['matrices']} of them differ from A's in value beyond the cast (relative L2 up to "
+            f"{changed['largest_relative_l2']:.2g}): lightly trained after the copy."
         )
     sentences.append(_how_text(summary["transforms"]))
     sentences.append(_lora_text(summary))
@@ -349,7 +367,7 @@ def _blocks(matches: list[Match]) -> list[dict]:
     ]
 
 
-def _width(model: IndexedModel) -> int | None:
+def model_width(model: IndexedModel) -> int | None:
     """The most common axis size among the model's weight matrices: its hidden width."""
     dims: dict[int, int] = defaultdict(int)
     for r in model.rows.values():

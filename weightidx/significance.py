@@ -159,10 +159,13 @@ def exact_evidence(
     return Evidence("values", correlation if correlation is not None else 0.0, units, z_from_p(p), p)
 
 
-def reachable(found: Evidence, p_threshold: float) -> bool:
-    """Whether ``exact_evidence`` over ``found.values`` units could reach ``p_threshold`` at all:
-    a self-normalised sum of n terms is at most sqrt(n), so its p-value at least 2·exp(-n/2)."""
-    return 2 * math.exp(-found.values / 2) <= p_threshold
+def strongest(*found: Evidence | None) -> Evidence | None:
+    """The most significant of several statistics of one pair, its p-value multiplied by how
+    many there were (Bonferroni: taking the best of them is itself a choice)."""
+    usable = [e for e in found if e is not None]
+    if not usable:
+        return None
+    return scaled(min(usable, key=lambda e: e.p_value), len(usable))
 
 
 def scaled(found: Evidence, tests: int) -> Evidence:
@@ -197,7 +200,7 @@ def sample_evidence(a: np.ndarray, b: np.ndarray) -> Evidence | None:
     rows, cols = a.shape
     values = (rows - 1) * (cols - 1) if rows > 1 and cols > 1 else a.size - 1
     found = evidence("sample", rank_correlation(a.ravel(), b.ravel()), values)
-    if found is None or found.p_value > _SHUFFLE_BELOW_P or rows < 2 or cols < 2:
+    if found is None or found.p_value > _SHUFFLE_BELOW_P:
         return found
     widening = _shuffled_spread(a, b) / policy.NULL_INFLATION  # beyond what the inflation allows for
     if widening <= 1.0:
@@ -216,9 +219,11 @@ def _shuffled_spread(a: np.ndarray, b: np.ndarray) -> float:
     rows but not its columns, or its columns but not its rows (16 fixed shuffles of each):
     the pair's own null under one shared axis. Deterministic: the shuffles are seeded."""
     rng = np.random.default_rng(_SHUFFLE_SEED)
-    nominal = 1.0 / math.sqrt(a.size - 1)
+    nominal = 1.0 / math.sqrt(max(a.size - 1, 1))
     widest = 0.0
     for axis in (0, 1):
+        if b.shape[axis] < _MIN_UNITS:  # too few positions to shuffle into a null
+            continue
         found = []
         for _ in range(_SHUFFLES):
             order = rng.permutation(b.shape[axis])

@@ -37,7 +37,7 @@ from weightidx.metrics import array_metrics
 from weightidx.significance import exact_evidence, false_discovery_threshold, p_from_z, z_from_p
 
 SIZES = {"256": (16, 16), "4k": (64, 64), "65k": (256, 256), "1M": (1024, 1024), "10M": (4096, 2560)}
-TWINS = {"256": 400, "4k": 200, "65k": 100, "1M": 30, "10M": 6}
+TWINS = {"256": 400, "4k": 200, "65k": 100, "1M": 30, "10M": 16}
 CORRELATIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 0.9)
 DETECTION_SEEDS = {"256": 40, "4k": 30, "65k": 20, "1M": 6, "10M": 2}
 VALUES_TWINS = {"256": 60, "4k": 60, "65k": 60, "1M": 6}  # reading values costs more

@@ -1,0 +1,108 @@
+"""Check that a report's verdict says only what its matches and facts say.
+
+``check_verdict(report)`` re-derives every count, range and claim of the verdict text from the
+match list and from B's index, independently of the code that wrote them, and fails on the
+first sentence that does not follow.
+"""
+
+from __future__ import annotations
+
+import re
+
+from weightidx.indexes import load_index
+
+
+def _weight_matrix(row: dict) -> bool:
+    return bool(row["supported"]) and row["rows"] is not None and row["rows"] > 1 and row["cols"] > 1
+
+
+def _number(text: str, pattern: str) -> list[str]:
+    found = re.search(pattern, text)
+    assert found is not None, f"{pattern!r} not in {text!r}"
+    return list(found.groups())
+
+
+def recount(report: dict) -> dict:
+    """The facts, counted again from the matches and B's index."""
+    rows = load_index(report["models"]["b"]["index"]).rows
+    matrices = {k for k, r in rows.items() if _weight_matrix(r)}
+    others = {k for k, r in rows.items() if r["supported"] and k not in matrices}
+    related = [m for m in report["matches"] if m["verdict"] != "different"]
+    on_matrices = [m for m in related if m["b"]["key"] in matrices]
+    strengths = [1.0 if m["max_abs_diff"] == 0 else abs(m["correlation"]) for m in on_matrices]
+    kinds = {t.split(":")[0] for m in related for t in m["transform"]}
+    return {
+        "matrices": len(matrices),
+        "related": len({m["b"]["key"] for m in on_matrices}),
+        "match": len({m["b"]["key"] for m in on_matrices if m["verdict"] == "match"}),
+        "others": len(others),
+        "related_others": len({m["b"]["key"] for m in related} & others),
+        "low": min(strengths, default=None),
+        "high": max(strengths, default=None),
+        "weakest_z": min((m["significance"]["z"] for m in on_matrices), default=None),
+        "renamed": "rename" in kinds,
+        "kinds": sorted(kinds - {"rename"}),
+    }
+
+
+def check_verdict(report: dict) -> None:
+    """Every number and claim in ``report["summary"]["verdict"]`` follows from the report."""
+    summary, text = report["summary"], report["summary"]["verdict"]
+    facts = recount(report)
+    scenario = summary["scenario"]
+    assert ("Across the width change" in text) == ("lineage" in report), text
+    if "lineage" in report:
+        assert report["lineage"]["verdict"] in text
+    if scenario in ("unrelated", "incompatible"):
+        assert facts["related"] == 0, "a related matrix, yet no relation claimed"
+    if scenario == "unrelated":
+        tests, strongest = _number(text, r": (\d+) pairs were tested, the strongest at z = ([-\d.]+)")
+        assert int(tests) == summary["significance"]["tests"]
+        assert float(strongest) == summary["significance"]["strongest_matrix_z"]
+        (threshold,) = _number(text, r"threshold z = ([\d.]+)")
+        assert float(threshold) == summary["significance"]["z_threshold"]
+        assert float(strongest) < float(threshold), "the strongest pair would have been claimed"
+    elif scenario == "incompatible":
+        wa, wb, da, db = _number(text, r"hidden width (\w+) vs (\w+), (\d+) vs (\d+) blocks")
+        assert [wa, wb] == [str(w) for w in summary["widths"]] and [int(da), int(db)] == summary["blocks"]
+    elif scenario != "identical":
+        _check_related(text, summary, facts)
+
+
+def _check_related(text: str, summary: dict, facts: dict) -> None:
+    related, total, match, partial = map(
+        int, _number(text, r"(\d+) of (\d+) weight matrices .*?\((\d+) match, (\d+) partial")
+    )
+    assert (related, total, match, partial) == (
+        facts["related"],
+        facts["matrices"],
+        facts["match"],
+        facts["related"] - facts["match"],
+    ), (text, facts)
+    (degrees,) = _number(text, r"correlation ([\d.–]+);")
+    low, _, high = degrees.partition("–")
+    assert float(low) == round(facts["low"], 2) and float(high or low) == round(facts["high"], 2), (
+        text,
+        facts,
+    )
+    (weakest,) = _number(text, r"weakest z = ([\d.]+)")
+    assert abs(float(weakest) - facts["weakest_z"]) <= 0.05 + 1e-9
+    (threshold,) = _number(text, r"threshold z = ([\d.]+)")
+    assert float(threshold) == summary["significance"]["z_threshold"]
+    assert facts["weakest_z"] >= float(threshold) - 0.05, "a claimed matrix below the threshold"
+    if facts["others"]:
+        others, of = map(int, _number(text, r"(\d+) of B's (\d+) other tensors"))
+        assert (others, of) == (facts["related_others"], facts["others"])
+    assert ("Keys were renamed" in text) == facts["renamed"], text
+    if facts["kinds"]:
+        (listed,) = _number(text, r"transforms: ([^.]+)\.")
+        assert listed.split(", ") == facts["kinds"], (listed, facts["kinds"])
+    else:
+        assert "transforms:" not in text
+    if partial:
+        assert "changed by training" in text and "transfer" in text
+    else:
+        assert "changed by training" not in text
+    if summary["scenario"] == "partially_related":
+        (rest,) = _number(text, r"The other (\d+) weight matrices show no significant relation")
+        assert int(rest) == total - related
