@@ -209,3 +209,38 @@ def drift(source: Tensors, correlation: float, seed: int, dtype: str | None = No
         out.tensors[key] = (new, moved)
         out.truth.append(Truth(key, None, key, None, _corr(values, moved)))
     return out
+
+
+def interleave_heads(
+    source: Tensors, groups: list[list[str]], head_dim: int, prefix: str = "layers"
+) -> Derived:
+    """q, k, v (each group's tensors, rows = heads x ``head_dim``) fused into one tensor whose rows
+    go head by head: ``[q_h0, k_h0, v_h0, q_h1, ...]`` (GPT-NeoX's and BLOOM's ``query_key_value``).
+    Biases (``.bias`` beside each weight) are laid out the same way. The truth has one entry a head."""
+    out = Derived()
+    fused_keys = {k for group in groups for k in group}
+    fused_keys |= {_bias(k) for k in fused_keys if _bias(k) in source}
+    for key, item in source.items():
+        if key not in fused_keys:
+            out.tensors[key] = item
+            out.truth.append(Truth(key, None, key, None, 1.0))
+    for n, group in enumerate(groups):
+        for suffix in ("weight", "bias"):
+            keys = [k if suffix == "weight" else _bias(k) for k in group]
+            if not all(k in source for k in keys):
+                continue
+            name = f"{prefix}.{n}.attention.query_key_value.{suffix}"
+            heads = source[keys[0]][1].shape[0] // head_dim
+            pieces, start = [], 0
+            for h in range(heads):
+                for key in keys:
+                    rows = (h * head_dim, (h + 1) * head_dim)
+                    pieces.append(source[key][1][rows[0] : rows[1]])
+                    out.truth.append(Truth(name, (0, start, start + head_dim), key, (0, *rows), 1.0))
+                    start += head_dim
+            out.tensors[name] = (source[keys[0]][0], np.ascontiguousarray(np.concatenate(pieces)))
+    return out
+
+
+def _bias(weight_key: str) -> str:
+    return weight_key[: -len("weight")] + "bias" if weight_key.endswith("weight") else weight_key

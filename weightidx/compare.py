@@ -26,6 +26,7 @@ from .estimate import Sketches, layout_parts, same_layout, slice_scan, slice_val
 from .fingerprint import BLOCK
 from .indexes import IndexedModel, cached_index, is_index_file, load_index
 from .metrics import PairAccumulator, PairMetrics, chunk_rows, lower_precision, pair_metrics
+from .pairs import Candidate, Match, Region, judge, strength_of
 from .permutation import MAX_VALUES, Permutation, moments_agree, recover
 from .permutation import apply as apply_permutation
 from .report import block_of, build_report, in_block, is_matrix, is_weight_matrix, model_width, role_of
@@ -34,51 +35,15 @@ from .significance import (
     Evidence,
     combined,
     evidence,
-    exact_evidence,
     false_discovery_threshold,
     sample_evidence,
     scaled,
-    strongest,
     weakest,
 )
 from .sql import run_query
+from .structure import Structures, find_structures
 
 _DECISIVE_P = 1e-12  # a sketch this significant needs no second statistic
-
-
-@dataclass(frozen=True)
-class Region:
-    """A tensor or a slice of its 2-D view (axis 0 = rows, 1 = columns)."""
-
-    key: str
-    axis: int | None = None
-    start: int = 0
-    stop: int = 0
-
-    def overlaps(self, other: Region) -> bool:
-        if self.key != other.key:
-            return False
-        if self.axis is None or other.axis is None or self.axis != other.axis:
-            return True
-        return self.start < other.stop and other.start < self.stop
-
-    def as_json(self) -> dict:
-        slice_ = None if self.axis is None else {"axis": self.axis, "start": self.start, "stop": self.stop}
-        return {"key": self.key, "slice": slice_}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A pair of regions under a relation: its estimated correlation (the degree, from the
-    sketches or, for vectors, the samples) and the evidence that the two are related."""
-
-    a: Region
-    b: Region
-    relation: str
-    estimate: float
-    evidence: Evidence
-    identical: bool
-    capacity: int = 0  # values in the largest statistic the pair had (sketch part or samples)
 
 
 @dataclass(frozen=True)
@@ -107,55 +72,6 @@ class Shortlist:
         """The Benjamini-Hochberg cut-off at ``policy.FALSE_DISCOVERY_RATE``."""
         p_values = [c.evidence.p_value for c in self.candidates]
         return false_discovery_threshold(p_values, self.tests, policy.FALSE_DISCOVERY_RATE)
-
-
-@dataclass
-class Match:
-    """One kept pair with its metrics and verdict (``match``, ``partial`` or ``different``)."""
-
-    candidate: Candidate
-    metrics: PairMetrics
-    source: str  # "exact" (from the checkpoints) or "estimated" (from the fingerprints)
-    verdict: str
-    proof: Evidence  # what the verdict rests on: the values' evidence when they were read
-    transform: list[str] = field(default_factory=list)
-    permutation: Permutation | None = None
-
-    @property
-    def strength(self) -> float:
-        return _strength(self.metrics)
-
-
-def _strength(metrics: PairMetrics) -> float:
-    if metrics.max_abs_diff == 0 and metrics.n:
-        return 1.0  # equal values: a match even where correlation is undefined (all zeros)
-    return abs(metrics.correlation) if metrics.correlation is not None else 0.0
-
-
-def judge(
-    candidate: Candidate, metrics: PairMetrics, p_threshold: float, looks: int = 1
-) -> tuple[str, Evidence]:
-    """The verdict and the evidence it rests on: the shortlist's evidence from the fingerprints
-    and, where the values were read, theirs (``significance.exact_evidence``), the stronger of
-    the two at twice its p-value. The values see far more of a large matrix; the samples are the
-    whole of a small one. ``looks``: how many candidates the pair was chosen from without the
-    fingerprints' evidence clearing the threshold (its p-value is multiplied by it).
-
-    Related pairs are ``match`` when the measured |correlation| reaches ``policy.MATCH``, else
-    ``partial``; ``different`` when the evidence does not clear ``p_threshold``, or (judged on the
-    fingerprints alone) the measured correlation has the other sign than the estimate."""
-    if candidate.identical:
-        return "match", candidate.evidence
-    checked = exact_evidence(metrics.row_sums, metrics.col_sums, metrics.correlation)
-    proof = scaled(strongest(candidate.evidence, checked), looks)
-    if proof.p_value > p_threshold or (checked is None and _sign_flipped(candidate, metrics)):
-        return "different", proof
-    return ("match" if _strength(metrics) >= policy.MATCH else "partial"), proof
-
-
-def _sign_flipped(candidate: Candidate, metrics: PairMetrics) -> bool:
-    """The measured correlation has the other sign than the estimate that chose the pair."""
-    return (metrics.correlation or 0.0) * candidate.estimate < 0 and _strength(metrics) < 1.0
 
 
 def compare_indexes(
@@ -199,11 +115,87 @@ def compare_indexes(
             verdict, proof = judge(candidate, metrics, cut)
             if verdict != "different":
                 matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
+        structures = Structures([], [], [])
+        if exact:
+            structured, structures = _structured_matches(reader, a, b, matches, p_threshold)
+            matches += structured
         matches += _constant_matches(a, b, shortlist.constant_pairs, matches)
         for match in matches:
             match.transform = _transforms(a, b, match)
         lineage_section = _lineage(reader, a, b, matches, shortlist.comparable, exact)
-    return build_report(a, b, matches, shortlist, p_threshold, lineage_section)
+    return build_report(a, b, matches, shortlist, p_threshold, lineage_section, structures)
+
+
+def _settled(b: IndexedModel, related: list[Match]) -> set[str]:
+    """B tensors their related matches explain: a whole-tensor match, or slices that cover every
+    row (or column), unless the degree stands out below the model's own (by more than
+    ``_OUTLIER``: a slice that straddles interleaved heads relates at 0.3 where the rest of the
+    model copies at 1.0). Those are looked at again for structure."""
+    degrees = sorted(m.strength for m in related if is_weight_matrix(b.rows[m.candidate.b.key]))
+    floor = degrees[len(degrees) // 2] - _OUTLIER if degrees else 0.0
+    parts: dict[str, list[Match]] = defaultdict(list)
+    for m in related:
+        parts[m.candidate.b.key].append(m)
+    settled = set()
+    for key, found in parts.items():
+        if any(m.strength < floor for m in found):
+            continue
+        if any(m.candidate.b.axis is None for m in found):
+            settled.add(key)
+            continue
+        axes = {m.candidate.b.axis for m in found}
+        if len(axes) == 1:
+            length = int(b.rows[key]["rows" if axes == {0} else "cols"])
+            if sum(m.candidate.b.stop - m.candidate.b.start for m in found) == length:
+                settled.add(key)
+    return settled
+
+
+_OUTLIER = 0.2
+
+
+def _structured_matches(
+    reader: ShardReader, a: IndexedModel, b: IndexedModel, matches: list[Match], p_threshold: float
+) -> tuple[list[Match], Structures]:
+    """Interleaved, permuted and pruned tensors of B, found from the values (``structure.py``)."""
+    related = [m for m in matches if m.verdict != "different"]
+    settled = _settled(b, related)
+    taken_a = {m.candidate.a.key for m in related if m.candidate.b.key in settled}
+    read = lambda model, key: _whole_view(reader, model, key)  # noqa: E731
+    structures = find_structures(a, b, taken_a, settled, block_map(related), read, p_threshold)
+    found = structures.found
+    redone = {item.b.key for item in found}
+    matches[:] = [m for m in matches if m.candidate.b.key not in redone]
+    taken = {m.candidate.a.key for m in matches if m.verdict != "different"}
+    found = [item for item in found if item.a.key not in taken or item.b.key in redone]
+    out = []
+    for item in found:
+        if item.relation == "gather":
+            relation = "gather_rows" if item.b.axis == 0 else "gather_cols"
+        elif item.relation == "permute":
+            relation = "permute_rows" if item.rows is not None else "permute_cols"
+        else:
+            relation = "select"
+        candidate = Candidate(item.a, item.b, relation, item.metrics.correlation or 0.0, item.evidence, False)
+        verdict = "match" if strength_of(item.metrics) >= policy.MATCH else "partial"
+        permutation = None
+        if item.relation == "permute":
+            order = item.rows if item.rows is not None else item.cols
+            moved = float(np.mean(order != np.arange(len(order))))
+            permutation = Permutation(0 if item.rows is not None else 1, order, 1.0, moved, item.pattern)
+        selection = (item.rows, item.cols) if item.relation != "permute" else None
+        out.append(
+            Match(
+                candidate,
+                item.metrics,
+                "exact",
+                verdict,
+                item.evidence,
+                permutation=permutation,
+                selection=selection,
+            )
+        )
+    return out, structures
 
 
 def _lineage(
@@ -739,6 +731,11 @@ def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[str]:
         steps.append(f"cast:{ra['dtype'].lower()}->{rb['dtype'].lower()}")
     if c.relation.startswith("permute"):
         steps.append("permute:rows" if c.relation == "permute_rows" else "permute:cols")
+    elif c.relation.startswith("gather"):
+        steps.append(f"gather:{c.b.axis}")
+    elif c.relation == "select":
+        rows, cols = match.selection or (None, None)
+        steps += [f"select:{axis}" for axis, kept in (("rows", rows), ("cols", cols)) if kept is not None]
     elif c.relation == "transpose":
         steps.append("transpose")
     elif c.relation.startswith("a_in_b"):

@@ -29,10 +29,13 @@ def chunk_rows(cols: int) -> int:
     return max(1, CHUNK_VALUES // max(cols, 1))
 
 
-def array_metrics(a: np.ndarray, b: np.ndarray, cast_to: str | None = None) -> PairMetrics:
-    """The exact metrics of two aligned in-memory 2-D arrays, chunked as the compare stage
-    streams them (tests, calibration)."""
-    accumulator = PairAccumulator(cast_to, a.dtype == b.dtype)
+def array_metrics(
+    a: np.ndarray, b: np.ndarray, cast_to: str | None = None, same_dtype: bool = False
+) -> PairMetrics:
+    """The exact metrics of two aligned in-memory 2-D arrays (values decoded from tensors of
+    the dtypes ``lower_precision`` and ``same_dtype`` describe), chunked as the compare stage
+    streams them."""
+    accumulator = PairAccumulator(cast_to, same_dtype)
     step = chunk_rows(a.shape[1])
     for start in range(0, a.shape[0], step):
         accumulator.add(a[start : start + step], b[start : start + step])

@@ -28,6 +28,7 @@ class Permutation:
     order: np.ndarray
     one_to_one: float  # share of A's rows used exactly once
     moved: float  # share of positions that changed
+    pattern: str | None = None  # a named order ("rotary (llama.cpp, heads of 64)")
 
 
 def moments_agree(row_a: dict, row_b: dict, tolerance: float = 1e-3) -> bool:

@@ -7,18 +7,24 @@ import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from . import __version__, policy
 from .atomic import atomic_path
 from .errors import InputError
+from .gather import compact
 from .significance import critical_correlation, z_from_p
 from .sql import run_query
 
 if TYPE_CHECKING:
-    from .compare import Match, Shortlist
+    from .compare import Shortlist
     from .indexes import IndexedModel
+    from .pairs import Match
+    from .structure import AxisSelection, Layout, Structures
 
 _BLOCK_PATTERN = re.compile(
     r"(?:^|\.)(?:blocks|layers|layer|h|block|transformer_blocks|single_blocks|double_blocks)\.(\d+)\."
@@ -62,9 +68,12 @@ def build_report(
     shortlist: Shortlist,
     p_threshold: float,
     lineage: dict | None,
+    structures: Structures | None = None,
 ) -> dict:
     """The JSON report (schema_version 1) from the kept matches; ``lineage`` is the section
-    across a width change (None when there is none to make)."""
+    across a width change (None when there is none to make); ``structures`` what the structured
+    search found (layouts of tensors from several of A's, pruned axes)."""
+    layouts = structures.layouts if structures is not None else []
     matched_a = {m.candidate.a.key for m in matches if m.verdict != "different"}
     matched_b = {m.candidate.b.key for m in matches if m.verdict != "different"}
     cosines = [m.metrics.cosine for m in matches if m.metrics.cosine is not None]
@@ -79,6 +88,8 @@ def build_report(
         "unmatched_b": len(set(b.rows) - matched_b),
         **_facts(a, b, matches, shortlist, p_threshold),
     }
+    summary["layouts"] = _layout_lines(layouts)
+    summary["pruned"] = _pruned_axes(structures.axes if structures is not None else [], b, matches)
     summary["scenario"] = scenario_of(summary)
     summary["verdict"] = verdict_text(summary, a.name, b.name, lineage)
     report = {
@@ -94,6 +105,8 @@ def build_report(
             for shape, ac, bc in run_query("shape_table", [a.index, b.index]).fetchall()
         ],
     }
+    if layouts:
+        report["layouts"] = [{"b": layout.b_key, "text": layout.text} for layout in layouts]
     if lineage is not None:
         report["lineage"] = lineage
     return report
@@ -128,7 +141,7 @@ def _facts(
         },
         "correlation_range": [_round(min(degrees)), _round(max(degrees))] if degrees else None,
         "changed_values": {
-            "matrices": len(moved),
+            "matrices": len({m.candidate.b.key for m in moved}),
             "largest_relative_l2": _round(max((m.metrics.relative_l2 or 0.0 for m in moved), default=0.0)),
         },
         "weakest_z": _round(min(m.proof.z for m in on_matrices), 1) if on_matrices else None,
@@ -168,6 +181,36 @@ def _identical(a: IndexedModel, b: IndexedModel, matches: list[Match]) -> bool:
     )
 
 
+def _pruned_axes(axes: Sequence[AxisSelection], b: IndexedModel, matches: list[Match]) -> dict | None:
+    """The axes B keeps a subset of: the hidden width (model-wide) and, per kind, the heads or
+    units kept in the blocks, with the A tensors that carry each."""
+    if not axes:
+        return None
+    hidden = next((x for x in axes if x.block is None), None)
+    kinds: dict[tuple[int, int, int | None], list[AxisSelection]] = defaultdict(list)
+    for axis in axes:
+        same_as_hidden = hidden is not None and np.array_equal(axis.order, hidden.order)
+        if axis.block is not None and not same_as_hidden:
+            kinds[axis.kept, axis.of, axis.head_size].append(axis)
+    return {
+        "hidden": None
+        if hidden is None
+        else {"kept": hidden.kept, "of": hidden.of, "in_order": hidden.in_order},
+        "per_block": [
+            {
+                "kept": kept,
+                "of": of,
+                "head_size": head,
+                "blocks": len(found),
+                "in_order": all(x.in_order for x in found),
+            }
+            for (kept, of, head), found in sorted(
+                kinds.items(), key=lambda item: (item[0][2] is None, -item[0][1])
+            )
+        ],
+    }
+
+
 def scenario_of(summary: dict) -> str:
     """The model-level scenario from the summary's facts (see the README's table)."""
     matrices = summary["matrices"]
@@ -177,6 +220,8 @@ def scenario_of(summary: dict) -> str:
         return "unrelated" if summary["comparable"] else "incompatible"
     if matrices["related"] < policy.MAJORITY * matrices["b"]:
         return "partially_related"
+    if summary.get("pruned") and "select" in summary["transforms"]:
+        return "pruned"
     if matrices["partial"] * 2 >= matrices["related"]:
         return "fine_tuned"
     if set(summary["transforms"]) & _RESHAPING:
@@ -184,7 +229,7 @@ def scenario_of(summary: dict) -> str:
     return "copied"
 
 
-_RESHAPING = {"concat", "split", "reshape", "scale", "permute", "transpose"}
+_RESHAPING = {"concat", "split", "reshape", "scale", "permute", "transpose", "gather", "select"}
 
 
 def verdict_text(summary: dict, a_name: str, b_name: str, lineage: dict | None) -> str:
@@ -208,7 +253,8 @@ def _related_text(summary: dict, a_name: str, b_name: str) -> str:
     low, high = summary["correlation_range"]
     test = summary["significance"]
     lead = "shares part of" if scenario == "partially_related" else "derives from"
-    sentences = [
+    sentences = [_pruned_text(summary, a_name, b_name)] if scenario == "pruned" else []
+    sentences += [
         f"{b_name} {lead} {a_name} ({scenario.replace('_', ' ')}): {matrices['related']} of "
         f"{matrices['b']} weight matrices (2-D tensors) of B are significantly related to A's "
         f"({matrices['match']} match, {matrices['partial']} partial; correlation {_range(low, high)}; "
@@ -238,8 +284,47 @@ def _related_text(summary: dict, a_name: str, b_name: str) -> str:
             f"{changed['largest_relative_l2']:.2g}): lightly trained after the copy."
         )
     sentences.append(_how_text(summary["transforms"]))
+    sentences += [f"{line}." for line in summary.get("layouts", [])]
     sentences.append(_lora_text(summary))
     return " ".join(sentences)
+
+
+def _layout_lines(layouts: Sequence[Layout]) -> list[str]:
+    """One line per distinct layout: the tensors laid out that way (the first named) and how."""
+    by_text: dict[str, list[str]] = defaultdict(list)
+    for layout in layouts:
+        by_text[layout.text].append(layout.b_key)
+    lines = []
+    for text, keys in by_text.items():
+        more = f" and {_count(len(keys) - 1, 'other', 'others')} alike" if len(keys) > 1 else ""
+        lines.append(f"{keys[0]}{more}: {text}")
+    return lines
+
+
+def _pruned_text(summary: dict, a_name: str, b_name: str) -> str:
+    """``B is A pruned: hidden width 384 -> 256 (...), 8 of 12 heads of 32 and 1,024 of 1,536
+    units in each of 6 blocks, then changed (correlation 0.99-1.00).``"""
+    pruned = summary["pruned"]
+    parts = []
+    hidden = pruned["hidden"]
+    if hidden is not None:
+        kept, of = f"{hidden['kept']:,}", f"{hidden['of']:,}"
+        order = "in order" if hidden["in_order"] else "reordered"
+        parts.append(f"hidden width {of} → {kept} ({kept} of {of} channels kept, {order})")
+    for axis in pruned["per_block"]:
+        where = f"in {_count(axis['blocks'], 'block', 'blocks')}"
+        if axis["head_size"]:
+            size = axis["head_size"]
+            parts.append(f"{axis['kept'] // size} of {axis['of'] // size} heads of {size} {where}")
+        else:
+            parts.append(f"{axis['kept']:,} of {axis['of']:,} units {where}")
+    low, high = summary["correlation_range"]
+    change = (
+        "values kept"
+        if summary["changed_values"]["matrices"] == 0
+        else f"then changed (correlation {_range(low, high)})"
+    )
+    return f"{b_name} is {a_name} pruned: {'; '.join(parts)}; {change}."
 
 
 def _count(n: int, singular: str, plural: str) -> str:
@@ -351,6 +436,13 @@ def _match_json(a: IndexedModel, b: IndexedModel, m: Match) -> dict:
             "order": m.permutation.order.tolist(),
             "one_to_one": m.permutation.one_to_one,
             "moved": m.permutation.moved,
+            "pattern": m.permutation.pattern,
+        }
+    if m.selection is not None and any(kept is not None for kept in m.selection):
+        rows, cols = m.selection
+        entry["select"] = {
+            "rows": None if rows is None else compact(rows),
+            "cols": None if cols is None else compact(cols),
         }
     return entry
 
