@@ -8,6 +8,7 @@ the transform leaves. Everything is generated in memory: these are small test mo
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,3 +245,133 @@ def interleave_heads(
 
 def _bias(weight_key: str) -> str:
     return weight_key[: -len("weight")] + "bias" if weight_key.endswith("weight") else weight_key
+
+
+def reorder_rows(source: Tensors, keys: list[str], order: np.ndarray, name: str = "") -> Derived:
+    """The rows of ``keys`` (and of their biases) reordered: ``B[i] = A[order[i]]``. The truth
+    is the whole tensor (the order is the compare's to find)."""
+    out = Derived()
+    moved = set(keys) | {_bias(k) for k in keys if _bias(k) in source}
+    for key, (dtype, values) in source.items():
+        new = values[order] if key in moved else values
+        out.tensors[key + name] = (dtype, np.ascontiguousarray(new))
+        out.truth.append(Truth(key + name, None, key, None, 1.0))
+    return out
+
+
+def rotary_order(rows: int, head_dim: int) -> np.ndarray:
+    """llama.cpp's reordering of q and k rows (convert_hf_to_gguf.py, LlamaModel.permute):
+    the rows of each head seen as (2, head_dim / 2) and transposed; ``B[i] = A[order[i]]``."""
+    return np.arange(rows).reshape(rows // head_dim, 2, head_dim // 2).swapaxes(1, 2).reshape(rows)
+
+
+def grouped_qkv(source: Tensors, layers: list[int], heads: int, kv_heads: int, head_dim: int) -> Derived:
+    """Falcon's multi-query layout: per key-value group, the group's q heads, then its k and v
+    head, in one ``query_key_value`` (A has q of ``heads`` and k, v of ``kv_heads`` heads)."""
+    out = Derived()
+    fused = {f"layer.{i}.attn.{p}.weight" for i in layers for p in "qkv"}
+    for key, item in source.items():
+        if key not in fused:
+            out.tensors[key] = item
+            out.truth.append(Truth(key, None, key, None, 1.0))
+    per_group = heads // kv_heads
+    for i in layers:
+        q, k, v = (source[f"layer.{i}.attn.{p}.weight"][1] for p in "qkv")
+        name, pieces, start = f"layers.{i}.self_attention.query_key_value.weight", [], 0
+        for g in range(kv_heads):
+            rows = (g * per_group * head_dim, (g + 1) * per_group * head_dim)
+            parts = [(f"layer.{i}.attn.q.weight", q, rows)]
+            parts += [
+                (f"layer.{i}.attn.{p}.weight", t, (g * head_dim, (g + 1) * head_dim))
+                for p, t in (("k", k), ("v", v))
+            ]
+            for key, values, (r0, r1) in parts:
+                pieces.append(values[r0:r1])
+                whole = (r0, r1) == (0, len(values))
+                out.truth.append(
+                    Truth(name, (0, start, start + r1 - r0), key, None if whole else (0, r0, r1), 1.0)
+                )
+                start += r1 - r0
+        out.tensors[name] = ("F32", np.ascontiguousarray(np.concatenate(pieces)))
+    return out
+
+
+def minitron_bert(
+    source: Tensors,
+    seed: int,
+    noise: float = 0.0,
+    permuted: bool = False,
+    hidden: int = 256,
+    heads: int = 8,
+    ffn: int = 1024,
+    head_dim: int = 32,
+    layers: list[int] | None = None,
+) -> tuple[Tensors, dict]:
+    """Minitron-style width pruning of a BERT checkpoint (all-MiniLM-L6-v2's names): ``hidden``
+    of the residual channels kept on every axis that carries them (in order, or ``permuted``),
+    ``heads`` whole heads and ``ffn`` FFN units per layer, then noise of ``noise`` x each
+    tensor's std (brief retraining). ``layers``: the layers kept (depth pruning too), renumbered.
+
+    Returns B's tensors and the truth: {B key: (A key, rows or None, cols or None)} with A's
+    indices for each of B's rows and columns."""
+    rng = np.random.default_rng(seed)
+    width = next(v.shape[1] for k, (_, v) in source.items() if k.endswith("word_embeddings.weight"))
+    total_heads, units = (
+        width // head_dim,
+        next(v.shape[0] for k, (_, v) in source.items() if k.endswith("intermediate.dense.weight")),
+    )
+    keep = np.sort(rng.choice(width, hidden, replace=False))
+    keep = rng.permutation(keep) if permuted else keep
+    depth = sorted({int(k.split(".")[2]) for k in source if k.startswith("encoder.layer.")})
+    kept_layers = layers if layers is not None else depth
+    per_layer = {}
+    for i in kept_layers:
+        chosen = np.sort(rng.choice(total_heads, heads, replace=False))
+        rows = np.concatenate([np.arange(h * head_dim, (h + 1) * head_dim) for h in chosen])
+        per_layer[i] = (rows, np.sort(rng.choice(units, ffn, replace=False)))
+    tensors, truth = {}, {}
+    for key, (dtype, values) in source.items():
+        if dtype != "F32":
+            continue
+        parts = key.split(".")
+        if key.startswith("encoder.layer."):
+            layer = int(parts[2])
+            if layer not in per_layer:
+                continue
+            head_rows, ffn_units = per_layer[layer]
+            new_key = ".".join([*parts[:2], str(kept_layers.index(layer)), *parts[3:]])
+        else:
+            head_rows = ffn_units = None
+            new_key = key
+        rows, cols = _bert_axes(key, values, keep, width, head_rows, ffn_units)
+        part = values if rows is None else values[rows]
+        part = part if cols is None else part[:, cols]
+        part = np.ascontiguousarray(part, dtype=np.float32)
+        if noise:
+            part = part + np.float32(noise * float(part.std())) * rng.standard_normal(part.shape).astype(
+                np.float32
+            )
+        tensors[new_key] = ("F32", part)
+        truth[new_key] = (key, rows, cols)
+    return tensors, truth
+
+
+def _bert_axes(key, values, keep, width, head_rows, ffn_units):
+    """The A rows and columns a pruned BERT tensor keeps (None: all, in order)."""
+    if re.search(r"attention\.self\.(query|key|value)\.weight$", key):
+        return head_rows, keep
+    if re.search(r"attention\.self\.(query|key|value)\.bias$", key):
+        return head_rows, None
+    if key.endswith("attention.output.dense.weight"):
+        return keep, head_rows
+    if key.endswith("intermediate.dense.weight"):
+        return ffn_units, keep
+    if key.endswith("intermediate.dense.bias"):
+        return ffn_units, None
+    if key.endswith("output.dense.weight") and values.shape[1] != width:
+        return keep, ffn_units
+    if values.ndim == 1:
+        return (keep, None) if values.shape[0] == width else (None, None)
+    rows = keep if values.shape[0] == width else None
+    cols = keep if values.shape[1] == width else None
+    return rows, cols

@@ -27,9 +27,8 @@ from .fingerprint import BLOCK
 from .indexes import IndexedModel, cached_index, is_index_file, load_index
 from .metrics import PairAccumulator, PairMetrics, chunk_rows, lower_precision, pair_metrics
 from .pairs import Candidate, Match, Region, judge, strength_of
-from .permutation import MAX_VALUES, Permutation, moments_agree, recover
-from .permutation import apply as apply_permutation
-from .report import block_of, build_report, in_block, is_matrix, is_weight_matrix, model_width, role_of
+from .permutation import Permutation
+from .report import block_of, build_report, in_block, is_weight_matrix, model_width, role_of
 from .significance import (
     EQUAL_BYTES,
     Evidence,
@@ -106,7 +105,6 @@ def compare_indexes(
                 progress(done + 1, len(kept))
         if exact:
             matches += _second_looks(reader, a, b, shortlist, matches, p_threshold)
-            matches += _permuted_matches(reader, a, b, [m.candidate for m in matches], p_threshold)
         second, cut = _within_blocks(a, b, shortlist, matches)
         for candidate in second:
             metrics = (
@@ -166,8 +164,6 @@ def _structured_matches(
     found = structures.found
     redone = {item.b.key for item in found}
     matches[:] = [m for m in matches if m.candidate.b.key not in redone]
-    taken = {m.candidate.a.key for m in matches if m.verdict != "different"}
-    found = [item for item in found if item.a.key not in taken or item.b.key in redone]
     out = []
     for item in found:
         if item.relation == "gather":
@@ -216,9 +212,6 @@ def _lineage(
 def _whole_view(reader: ShardReader, model: IndexedModel, key: str) -> np.ndarray:
     row = model.rows[key]
     return _view_reader(reader, model, key)(0, int(row["rows"]), 0, int(row["cols"]))
-
-
-_MAX_PERMUTATION_PAIRS = 64
 
 
 def block_map(matches: list[Match]) -> dict[int, int]:
@@ -353,63 +346,6 @@ def _whole_candidate(a: IndexedModel, b: IndexedModel, a_key: str | None, b_key:
     else:
         return None
     return next(pair_candidates(row_a, row_b, relation), None)
-
-
-def _permuted_matches(
-    reader: ShardReader, a: IndexedModel, b: IndexedModel, kept: list[Candidate], p_threshold: float
-) -> list[Match]:
-    """Left-over matrices of B that are left-over matrices of A with rows or columns reordered."""
-    used_a = {c.a.key for c in kept}
-    used_b = {c.b.key for c in kept}
-    free_a = [k for k, r in a.rows.items() if k not in used_a and is_matrix(r) and r["supported"]]
-    matches: list[Match] = []
-    tried = 0
-    for b_key, row_b in b.rows.items():
-        if b_key in used_b or not is_matrix(row_b) or not row_b["supported"]:
-            continue
-        for a_key in free_a:
-            row_a = a.rows[a_key]
-            if (row_a["rows"], row_a["cols"]) != (row_b["rows"], row_b["cols"]) or not moments_agree(
-                row_a, row_b
-            ):
-                continue
-            if row_a["numel"] > MAX_VALUES or tried >= _MAX_PERMUTATION_PAIRS:
-                continue
-            tried += 1
-            match = _try_permutation(reader, a, b, a_key, b_key, p_threshold)
-            if match is not None:
-                matches.append(match)
-                free_a.remove(a_key)
-                break
-    return matches
-
-
-def _try_permutation(
-    reader: ShardReader, a: IndexedModel, b: IndexedModel, a_key: str, b_key: str, p_threshold: float
-) -> Match | None:
-    """B's matrix as A's reordered along one axis. The evidence counts one value per reordered
-    row (or column): the order was chosen to fit, so the values within a row are not free."""
-    values_a, values_b = _whole_view(reader, a, a_key), _whole_view(reader, b, b_key)
-    for axis in (0, 1):
-        found = recover(values_a, values_b, axis)
-        if found is None or found.moved == 0:
-            continue
-        accumulator = PairAccumulator(
-            lower_precision(a.rows[a_key]["dtype"], b.rows[b_key]["dtype"]),
-            a.rows[a_key]["dtype"] == b.rows[b_key]["dtype"],
-        )
-        accumulator.add(apply_permutation(values_a, found), values_b)
-        metrics = accumulator.finish()
-        proof = evidence("reordered", metrics.correlation, len(found.order))
-        if proof is None or proof.p_value > p_threshold:
-            continue
-        relation = "permute_rows" if axis == 0 else "permute_cols"
-        candidate = Candidate(
-            Region(a_key), Region(b_key), relation, proof.correlation, proof, False, proof.values
-        )
-        verdict, _ = judge(candidate, metrics, p_threshold)
-        return Match(candidate, metrics, "exact", verdict, proof, permutation=found)
-    return None
 
 
 def _constant_matches(

@@ -131,7 +131,7 @@ def runs(order: np.ndarray, offsets: list[int]) -> list[Run]:
 
 def compact(indices: np.ndarray | list[int]) -> list[list[int]]:
     """An index list as ``[start, stop, step]`` ranges (Python's ``range``), longest runs of a
-    constant step first: ``[0, 1, 2, 3, 8, 10, 12]`` -> ``[[0, 4, 1], [8, 14, 2]]``."""
+    constant step first: ``[0, 1, 2, 3, 8, 10, 12]`` -> ``[[0, 4, 1], [8, 13, 2]]``."""
     values = [int(v) for v in indices]
     out: list[list[int]] = []
     i = 0

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from . import __version__, policy
 from .atomic import atomic_path
 from .errors import InputError
@@ -24,7 +22,8 @@ if TYPE_CHECKING:
     from .compare import Shortlist
     from .indexes import IndexedModel
     from .pairs import Match
-    from .structure import AxisSelection, Layout, Structures
+    from .structure import Layout, Structures
+
 
 _BLOCK_PATTERN = re.compile(
     r"(?:^|\.)(?:blocks|layers|layer|h|block|transformer_blocks|single_blocks|double_blocks)\.(\d+)\."
@@ -89,7 +88,7 @@ def build_report(
         **_facts(a, b, matches, shortlist, p_threshold),
     }
     summary["layouts"] = _layout_lines(layouts)
-    summary["pruned"] = _pruned_axes(structures.axes if structures is not None else [], b, matches)
+    summary["pruned"] = structures.pruned() if structures is not None else None
     summary["scenario"] = scenario_of(summary)
     summary["verdict"] = verdict_text(summary, a.name, b.name, lineage)
     report = {
@@ -179,36 +178,6 @@ def _identical(a: IndexedModel, b: IndexedModel, matches: list[Match]) -> bool:
     return len(a.rows) == len(b.rows) == len(matches) and all(
         m.candidate.a.key == m.candidate.b.key and m.metrics.max_abs_diff == 0 for m in matches
     )
-
-
-def _pruned_axes(axes: Sequence[AxisSelection], b: IndexedModel, matches: list[Match]) -> dict | None:
-    """The axes B keeps a subset of: the hidden width (model-wide) and, per kind, the heads or
-    units kept in the blocks, with the A tensors that carry each."""
-    if not axes:
-        return None
-    hidden = next((x for x in axes if x.block is None), None)
-    kinds: dict[tuple[int, int, int | None], list[AxisSelection]] = defaultdict(list)
-    for axis in axes:
-        same_as_hidden = hidden is not None and np.array_equal(axis.order, hidden.order)
-        if axis.block is not None and not same_as_hidden:
-            kinds[axis.kept, axis.of, axis.head_size].append(axis)
-    return {
-        "hidden": None
-        if hidden is None
-        else {"kept": hidden.kept, "of": hidden.of, "in_order": hidden.in_order},
-        "per_block": [
-            {
-                "kept": kept,
-                "of": of,
-                "head_size": head,
-                "blocks": len(found),
-                "in_order": all(x.in_order for x in found),
-            }
-            for (kept, of, head), found in sorted(
-                kinds.items(), key=lambda item: (item[0][2] is None, -item[0][1])
-            )
-        ],
-    }
 
 
 def scenario_of(summary: dict) -> str:

@@ -38,6 +38,7 @@ Reader = Callable[[IndexedModel, str], np.ndarray]
 
 MAX_POOL_VALUES = 1 << 26  # the A rows one B tensor is matched against, held in float32 (256 MB)
 _MAX_ROUNDS = 3
+_BLOCK_TRIES = 8  # A blocks tried for a B block whose source block is not known yet
 
 
 @dataclass(frozen=True)
@@ -84,19 +85,23 @@ class AxisSelection:
     def in_order(self) -> bool:
         return bool(np.all(np.diff(self.order) > 0))
 
-    @property
-    def head_size(self) -> int | None:
-        """``h`` when the kept positions are whole heads of ``h`` (aligned runs, the largest such h)."""
+    def whole_runs(self, head: int) -> bool:
+        """Whether the kept positions are whole aligned runs of ``head`` (whole heads)."""
+        if self.of % head or self.kept % head or self.kept == self.of:
+            return False
         kept = np.sort(self.order)
-        for head in (256, 128, 64, 32, 16):
-            if self.of % head or self.kept % head or self.kept == self.of:
-                continue
-            starts = kept[::head]
-            if np.all(starts % head == 0) and np.array_equal(
-                kept, (starts[:, None] + np.arange(head)).ravel()
-            ):
-                return head
-        return None
+        starts = kept[::head]
+        runs_of_head = (starts[:, None] + np.arange(head)).ravel()
+        return bool(np.all(starts % head == 0) and np.array_equal(kept, runs_of_head))
+
+
+HEAD_SIZES = (256, 128, 64, 32, 16)
+
+
+def head_size(axes: list[AxisSelection]) -> int | None:
+    """The largest head size every one of these selections keeps whole heads of (one block's
+    8 heads of 32 can happen to pair into 4 heads of 64; the other blocks then say 32)."""
+    return next((h for h in HEAD_SIZES if all(axis.whole_runs(h) for axis in axes)), None)
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,31 @@ class Structures:
     found: list[Found]
     layouts: list[Layout]
     axes: list[AxisSelection]
+
+    def pruned(self) -> dict | None:
+        """The report's ``summary.pruned``: the hidden width kept (model-wide) and, per kind,
+        the heads or units kept in the blocks; None when no axis was pruned."""
+        if not self.axes:
+            return None
+        hidden = next((x for x in self.axes if x.block is None), None)
+        kinds: dict[tuple[int, int], list[AxisSelection]] = {}
+        for axis in self.axes:
+            same_as_hidden = hidden is not None and np.array_equal(axis.order, hidden.order)
+            if axis.block is not None and not same_as_hidden:
+                kinds.setdefault((axis.kept, axis.of), []).append(axis)
+        per_block = [
+            {
+                "kept": kept,
+                "of": of,
+                "head_size": head_size(found),
+                "blocks": len(found),
+                "in_order": all(x.in_order for x in found),
+            }
+            for (kept, of), found in kinds.items()
+        ]
+        per_block.sort(key=lambda axis: (axis["head_size"] is None, -axis["of"]))
+        kept = None if hidden is None else {"kept": hidden.kept, "of": hidden.of, "in_order": hidden.in_order}
+        return {"hidden": kept, "per_block": per_block}
 
 
 @dataclass
@@ -173,7 +203,7 @@ class _Search:
         p_threshold: float,
     ) -> None:
         self.a, self.b, self.read, self.p_threshold = a, b, read, p_threshold
-        self.taken_a, self.taken_b, self.blocks = set(taken_a), taken_b, blocks
+        self.taken_a, self.taken_b, self.blocks = set(taken_a), taken_b, dict(blocks)
         self.axes = _AxisMaps({})
         self.found: list[Found] = []
         self.layouts: list[Layout] = []
@@ -202,7 +232,7 @@ class _Search:
         row_b = self.b.rows[key]
         rows_b, cols_b = int(row_b["rows"]), int(row_b["cols"])
         block = block_of(key)
-        for a_key in dict.fromkeys([key, *self._pool(key, 0)]):
+        for a_key in dict.fromkeys([key, *self._pool(key, 0, self._target_block(key))]):
             row_a = self.a.rows.get(a_key)
             if row_a is None or a_key in self.taken_a or not is_weight_matrix(row_a):
                 continue
@@ -232,12 +262,26 @@ class _Search:
             return None
         return self.blocks.get(block, block)
 
-    def _pool(self, key: str, axis: int) -> list[str]:
-        """A's matrices that could hold B's rows (axis 0) or columns (axis 1): in the block B's
-        block maps to, their other axis known to correspond to B's."""
+    def _targets(self, key: str) -> list[int | None]:
+        """A's blocks where B's tensor may come from: the block its block maps to, or, while
+        that is unknown (depth pruning renumbers blocks), A's blocks nearest to where it would
+        be if the order was kept, at most ``_BLOCK_TRIES`` of them."""
+        block = block_of(key)
+        if block is None:
+            return [None]
+        if block in self.blocks:
+            return [self.blocks[block]]
+        below = [a for b, a in self.blocks.items() if b < block]
+        start = max(below) + 1 if below else 0
+        a_blocks = sorted({x for k in self.a.rows if (x := block_of(k)) is not None})
+        ahead = [x for x in a_blocks if x >= start] or a_blocks
+        return sorted(ahead, key=lambda x: (abs(x - max(block, start)), x))[:_BLOCK_TRIES]
+
+    def _pool(self, key: str, axis: int, target: int | None) -> list[str]:
+        """A's matrices that could hold B's rows (axis 0) or columns (axis 1): in A's block
+        ``target``, their other axis known to correspond to B's."""
         row_b = self.b.rows[key]
         other_b = int(row_b["cols" if axis == 0 else "rows"])
-        target = self._target_block(key)
         pool = []
         for a_key, row_a in self.a.rows.items():
             if a_key in self.taken_a or not is_weight_matrix(row_a) or block_of(a_key) != target:
@@ -248,25 +292,31 @@ class _Search:
         return pool
 
     def _try(self, key: str, axis: int) -> bool:
+        """Match B's tensor along ``axis`` against pools of A's rows, block by candidate block,
+        each other-axis map in turn; every try counts in the Bonferroni factor."""
         row_b = self.b.rows[key]
         length_b = int(row_b["rows" if axis == 0 else "cols"])
         other_b = int(row_b["cols" if axis == 0 else "rows"])
         if other_b < 2 * MIN_COLUMNS:
             return False
-        groups: dict[int, list[str]] = {}
-        for a_key in self._pool(key, axis):
-            other_a = int(self.a.rows[a_key]["cols" if axis == 0 else "rows"])
-            groups.setdefault(other_a, []).append(a_key)
-        tries = [
-            (other_a, members, other_map)
-            for other_a, members in sorted(groups.items())
-            for other_map in self.axes.candidates(block_of(key), other_b, other_a)
-        ]
-        for _, members, other_map in tries:
+        tries = []
+        for target in self._targets(key):
+            groups: dict[int, list[str]] = {}
+            for a_key in self._pool(key, axis, target):
+                other_a = int(self.a.rows[a_key]["cols" if axis == 0 else "rows"])
+                groups.setdefault(other_a, []).append(a_key)
+            tries += [
+                (target, members, other_map)
+                for other_a, members in sorted(groups.items())
+                for other_map in self.axes.candidates(block_of(key), other_b, other_a)
+            ]
+        for target, members, other_map in tries:
             lengths = [int(self.a.rows[k]["rows" if axis == 0 else "cols"]) for k in members]
             if sum(lengths) < length_b or sum(lengths) * other_b > MAX_POOL_VALUES:
                 continue
             if self._match(key, axis, members, lengths, other_map, len(tries)):
+                if block_of(key) is not None:
+                    self.blocks.setdefault(block_of(key), target)
                 return True
         return False
 
@@ -402,12 +452,14 @@ class _Search:
 
     # --- 1-D tensors
     def follow_vectors(self) -> None:
-        """Biases follow their weight's rows; vectors of the hidden width follow the hidden axis."""
+        """Biases follow their weight's rows, even where a match of their own was found (a few
+        hundred values can look like a slice of the wrong rows; the weight's structure is far
+        stronger evidence); other vectors of a pruned width follow its axis."""
         for key, row in self.b.rows.items():
-            if key in self.taken_b or not row["supported"] or row["rows"] is None or int(row["cols"]) != 1:
+            if not row["supported"] or row["rows"] is None or int(row["cols"]) != 1:
                 continue
             found = self._bias_of(key)
-            if not found:
+            if not found and key not in self.taken_b:
                 on_axis = self._on_axis(key)
                 found = [] if on_axis is None else [on_axis]
             if found:
@@ -422,7 +474,7 @@ class _Search:
         a_weight, local, pieces = self.row_maps[owner]
         if not pieces:
             a_key = _bias_key(a_weight)
-            if a_key not in self.a.rows or a_key in self.taken_a:
+            if a_key not in self.a.rows:
                 return []
             found = self._vector(key, a_key, local)
             return [] if found is None else [found]
