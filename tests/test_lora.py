@@ -316,6 +316,7 @@ def test_mapping_export(demo_pair, tmp_path: Path) -> None:
         "transform": ["rename", "concat:0"],
         "verdict": "match",
         "permutation": None,
+        "select": None,
     }
 
 
@@ -344,3 +345,69 @@ def test_mapping_to_a_missing_folder_is_one_line(demo_pair, tmp_path: Path) -> N
     result = CliRunner().invoke(app, ["lora", "mapping", str(report), "-o", str(out)])
     assert result.exit_code == 3
     assert result.output == f"Error: {out}: cannot write (No such file or directory); choose another -o\n"
+
+
+def _convert(tmp_path: Path, report: Path, modules: dict, a_keys: set[str], b_keys: set[str]) -> dict:
+    lora = write_lora(tmp_path / "lora.safetensors", modules, "comfyui", a_keys)
+    out = tmp_path / "out.safetensors"
+    result = CliRunner().invoke(
+        app, ["lora", "convert", str(lora), "--report", str(report), "-o", str(out), "--verify", "--strict"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "worst relative error" in result.output
+    error = float(result.output.rsplit("=", 1)[1].split()[0])
+    assert error < 1e-5
+    return converted_deltas(out, b_keys)
+
+
+def test_lora_through_heads_interleaved(tmp_path: Path) -> None:
+    """q, k, v modules into GPT-NeoX's query_key_value, head by head: each head's rows of ΔW
+    land on that head's rows of B (checked here from the factors, not by --verify)."""
+    a = derive.toy_transformer(40, width=128, layers=2)
+    groups = [[f"layer.{i}.attn.{p}.weight" for p in "qkv"] for i in range(2)]
+    b = derive.interleave_heads(a, groups, head_dim=32).tensors
+    report = make_pair(tmp_path, a, b)
+    modules = make_lora(a, [k for group in groups for k in group], seed=1, alpha=4.0)
+    got = _convert(tmp_path, report, modules, set(a), set(b))
+    for i in range(2):
+        fused = got[f"layers.{i}.attention.query_key_value.weight"]
+        deltas = [delta(*modules[f"layer.{i}.attn.{p}.weight"]) for p in "qkv"]
+        expected = np.concatenate([d[h * 32 : (h + 1) * 32] for h in range(4) for d in deltas])
+        assert_close(fused, expected)
+
+
+def test_lora_through_the_rotary_order(tmp_path: Path) -> None:
+    a = derive.toy_transformer(41, width=128, layers=2)
+    keys = [f"layer.{i}.attn.{p}.weight" for i in range(2) for p in "qk"]
+    order = derive.rotary_order(128, 32)
+    b = derive.cast(derive.reorder_rows(a, keys, order).tensors, "F16").tensors
+    report = make_pair(tmp_path, a, b)
+    modules = make_lora(a, keys, seed=2, alpha=None)
+    got = _convert(tmp_path, report, modules, set(a), set(b))
+    for key in keys:
+        assert_close(got[key], delta(*modules[key])[order])
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_lora_through_width_pruning(minilm: Path, tmp_path: Path) -> None:
+    """ΔW_B = ΔW_A[rows][:, cols] for a Minitron-pruned all-MiniLM-L6-v2: up's rows and down's
+    columns selected."""
+    from tests.helpers import real_models
+
+    a = real_models.load(minilm)
+    b, truth = derive.minitron_bert(a, seed=3, noise=0.02)
+    report = make_pair(tmp_path, a, b)
+    targets = [
+        f"encoder.layer.{i}.{m}.weight"
+        for i in (0, 3)
+        for m in ("attention.self.query", "intermediate.dense", "output.dense", "attention.output.dense")
+    ]
+    modules = make_lora(a, targets, seed=3, alpha=8.0)
+    got = _convert(tmp_path, report, modules, set(a), set(b))
+    for key in targets:
+        _, rows, cols = truth[key]
+        expected = delta(*modules[key])
+        expected = expected if rows is None else expected[rows]
+        expected = expected if cols is None else expected[:, cols]
+        assert_close(got[key], expected)

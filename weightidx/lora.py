@@ -29,6 +29,7 @@ from .atomic import atomic_path
 from .checkpoint import ShardReader, TensorSpec, decode, open_checkpoint, write_safetensors
 from .errors import WeightidxError
 from .fingerprint import view_2d
+from .gather import compact, expand
 from .permutation import Permutation
 from .permutation import apply as apply_permutation
 from .report import read_report
@@ -205,6 +206,8 @@ class Target:
     verdict: str
     scale: float
     permutation: Permutation | None = None  # B's rows or columns are A's reordered
+    rows: np.ndarray | None = None  # B's rows are these rows of A (a pruned model's selection)
+    cols: np.ndarray | None = None  # B's columns are these columns of A
 
 
 def mapping_from_report(report: dict) -> list[Target]:
@@ -221,6 +224,7 @@ def mapping_from_report(report: dict) -> list[Target]:
             if step.startswith("scale:"):
                 scale = float(step.split(":", 1)[1])
         found = match.get("permutation")
+        select = match.get("select") or {}
         targets.append(
             Target(
                 match["a"]["key"],
@@ -235,6 +239,8 @@ def mapping_from_report(report: dict) -> list[Target]:
                 else Permutation(
                     int(found["axis"]), np.asarray(found["order"]), found["one_to_one"], found["moved"]
                 ),
+                None if select.get("rows") is None else expand(select["rows"]),
+                None if select.get("cols") is None else expand(select["cols"]),
             )
         )
     return targets
@@ -257,6 +263,12 @@ def export_mapping(report: dict) -> list[dict]:
             "permutation": None
             if t.permutation is None
             else {"axis": t.permutation.axis, "order": t.permutation.order.tolist()},
+            "select": None
+            if t.rows is None and t.cols is None
+            else {
+                "rows": None if t.rows is None else compact(t.rows),
+                "cols": None if t.cols is None else compact(t.cols),
+            },
         }
         for t in mapping_from_report(report)
         if t.verdict != "different"
@@ -307,7 +319,7 @@ def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tupl
     if any(t.permutation is None or t.a_slice or t.b_slice or "transpose" in t.transform for t in permuted):
         return "its B weight is a reordered slice or transpose of it, which LoRA conversion does not handle"
     if all(t.verdict == "different" for t in targets):
-        return "its best match in B is 'different' (|correlation| < 0.80): the weights were not carried over"
+        return "its match in B is 'different' (the values did not confirm a relation): not carried over"
     rows, cols = view_2d(a_shapes[module.target])
     if module.up.shape[0] != rows or math.prod(module.down.shape[1:]) != cols:
         return (
@@ -342,33 +354,52 @@ def _move(module: LoraModule, target: Target, b_shape: tuple) -> LoraModule:
             up = apply_permutation(up, target.permutation)
         else:
             down = apply_permutation(down, target.permutation)
-    if target.a_slice is not None:  # A fused, B one part of it
-        axis, start, stop = target.a_slice
-        up, down = (up[start:stop], down) if axis == 0 else (up, down[:, start:stop])
+    up, down = _selected(up, down, target)
     if "transpose" in target.transform:
         up, down = down.T, up.T
     up, down = _shaped(up, down, b_shape)
     return LoraModule(target.b_key, down, up, module.alpha, module.dtype)
 
 
+def _selected(up: np.ndarray, down: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
+    """The factors of the part of ΔW that lands in B: A's slice (A fused, B one part of it),
+    then A's selected rows and columns (B pruned): ΔW_B = ΔW_A[rows][:, cols], so up's rows and
+    down's columns are selected, exactly."""
+    if target.a_slice is not None:
+        axis, start, stop = target.a_slice
+        up, down = (up[start:stop], down) if axis == 0 else (up, down[:, start:stop])
+    if target.rows is not None:
+        up = up[target.rows]
+    if target.cols is not None:
+        down = down[:, target.cols]
+    return up, down
+
+
 def _fuse(parts: list[tuple[LoraModule, Target]], b_shape: tuple) -> LoraModule:
-    """Several A modules into slices of one B weight: one module of their summed rank."""
+    """Several A modules (or several pieces of one: heads interleaved) into slices of one B
+    weight: one module whose rank is the sum of the A modules' ranks. Each A module keeps one
+    rank block; its pieces scatter its up rows (or down columns) into B's slices."""
     rows, cols = view_2d(b_shape)
-    ranks = [module.rank for module, _ in parts]
-    total = sum(ranks)
+    by_module: dict[int, list[tuple[LoraModule, Target]]] = defaultdict(list)
+    for module, target in parts:
+        by_module[id(module)].append((module, target))
+    total = sum(pieces[0][0].rank for pieces in by_module.values())
     up, down = np.zeros((rows, total)), np.zeros((total, cols))
     offset = 0
-    for (module, target), rank in zip(parts, ranks, strict=True):
-        part_up, part_down = _factors(module)
-        part_up = part_up * (module.scale * target.scale)  # each part's alpha/r folded into its block
-        axis, start, stop = target.b_slice
-        if axis == 0:
-            up[start:stop, offset : offset + rank] = part_up
-            down[offset : offset + rank] = part_down
-        else:
-            up[:, offset : offset + rank] = part_up
-            down[offset : offset + rank, start:stop] = part_down
-        offset += rank
+    for pieces in by_module.values():
+        module = pieces[0][0]
+        block = slice(offset, offset + module.rank)
+        for _, target in pieces:
+            part_up, part_down = _factors(module)
+            part_up, part_down = _selected(part_up * (module.scale * target.scale), part_down, target)
+            axis, start, stop = target.b_slice
+            if axis == 0:
+                up[start:stop, block] = part_up
+                down[block] = part_down
+            else:
+                up[:, block] = part_up
+                down[block, start:stop] = part_down
+        offset += module.rank
     up, down = _shaped(up, down, b_shape)
     return LoraModule(parts[0][1].b_key, down, up, float(total), parts[0][0].dtype)
 
@@ -384,6 +415,10 @@ def expected_delta(plan: _Planned, b_shape: tuple) -> np.ndarray:
         if target.a_slice is not None:
             axis, start, stop = target.a_slice
             delta = delta[start:stop] if axis == 0 else delta[:, start:stop]
+        if target.rows is not None:
+            delta = delta[target.rows]
+        if target.cols is not None:
+            delta = delta[:, target.cols]
         if "transpose" in target.transform:
             delta = delta.T
         if target.b_slice is None:
