@@ -227,11 +227,13 @@ class _Search:
 
     def _direct(self, key: str) -> bool:
         """A tensor too small to match row by row (two token-type rows), whose both axes follow
-        maps found on other tensors: compared with A's tensor of the same name, or of the one
-        role in the block, through those maps (one test: nothing is fitted)."""
+        maps found on other tensors: compared with A's tensor of the same name, or with A's
+        tensors of its block, through those maps (nothing is fitted; the p-value is multiplied
+        by the number of pairs and maps tried)."""
         row_b = self.b.rows[key]
         rows_b, cols_b = int(row_b["rows"]), int(row_b["cols"])
         block = block_of(key)
+        tries = []
         for a_key in dict.fromkeys([key, *self._pool(key, 0, self._target_block(key))]):
             row_a = self.a.rows.get(a_key)
             if row_a is None or a_key in self.taken_a or not is_weight_matrix(row_a):
@@ -239,21 +241,20 @@ class _Search:
             rows_a, cols_a = int(row_a["rows"]), int(row_a["cols"])
             for rows in self.axes.candidates(block, rows_b, rows_a):
                 for cols in self.axes.candidates(block, cols_b, cols_a):
-                    if rows is None and cols is None:
-                        continue  # the same shape: the main stage has judged it
-                    values_a = self._values(self.a, a_key)
-                    mapped = values_a if rows is None else values_a[rows]
-                    mapped = mapped if cols is None else mapped[:, cols]
-                    values_b = self._values(self.b, key)
-                    proof = evidence(
-                        "values", rank_correlation(mapped.ravel(), values_b.ravel()), mapped.size
-                    )
-                    if proof is None or proof.p_value > self.p_threshold:
-                        continue
-                    metrics = self._metrics(a_key, key, mapped, values_b)
-                    self.found.append(Found(Region(a_key), Region(key), "select", rows, cols, proof, metrics))
-                    self.taken_a.add(a_key)
-                    return True
+                    if rows is not None or cols is not None:  # the same shape: the main stage judged it
+                        tries.append((a_key, rows, cols))
+        values_b = self._values(self.b, key)
+        for a_key, rows, cols in tries:
+            mapped = self._values(self.a, a_key)
+            mapped = mapped if rows is None else mapped[rows]
+            mapped = mapped if cols is None else mapped[:, cols]
+            found = evidence("values", rank_correlation(mapped.ravel(), values_b.ravel()), mapped.size)
+            if found is None or (proof := scaled(found, len(tries))).p_value > self.p_threshold:
+                continue
+            metrics = self._metrics(a_key, key, mapped, values_b)
+            self.found.append(Found(Region(a_key), Region(key), "select", rows, cols, proof, metrics))
+            self.taken_a.add(a_key)
+            return True
         return False
 
     def _target_block(self, key: str) -> int | None:
@@ -505,35 +506,38 @@ class _Search:
         return found
 
     def _on_axis(self, key: str) -> Found | None:
+        """A vector of B on an axis found pruned (the hidden width, a block's FFN units): A's
+        vector of the same kind (weight with weight, bias with bias) in the block, through that
+        axis's map (the p-value multiplied by the pairs and maps tried)."""
         size_b = int(self.b.rows[key]["rows"])
-        for a_key in (key, *self.a.rows):
+        kind = key.rsplit(".", 1)[-1]
+        tries = []
+        for a_key in dict.fromkeys([key, *self.a.rows]):
             row_a = self.a.rows.get(a_key)
             if row_a is None or a_key in self.taken_a or int(row_a["cols"] or 0) != 1:
                 continue
-            if (
-                block_of(a_key) != self._target_block(key)
-                or a_key.rsplit(".", 1)[-1] != key.rsplit(".", 1)[-1]
-            ):
+            if block_of(a_key) != self._target_block(key) or a_key.rsplit(".", 1)[-1] != kind:
                 continue
             size_a = int(row_a["rows"])
-            if size_a == size_b:
-                continue
-            for local in self.axes.candidates(block_of(key), size_b, size_a):
-                found = self._vector(key, a_key, local)
-                if found is not None:
-                    return found
+            if size_a != size_b:
+                tries += [(a_key, local) for local in self.axes.candidates(block_of(key), size_b, size_a)]
+        for a_key, local in tries:
+            found = self._vector(key, a_key, local, looks=len(tries))
+            if found is not None:
+                return found
         return None
 
-    def _vector(self, b_key: str, a_key: str, local: np.ndarray | None) -> Found | None:
+    def _vector(self, b_key: str, a_key: str, local: np.ndarray | None, looks: int = 1) -> Found | None:
         """A 1-D tensor of B as A's ``a_key`` mapped by ``local`` (None: in order), judged by the
-        rank correlation of all its values (one test: the mapping was fixed beforehand)."""
+        rank correlation of all its values (the mapping was fixed beforehand; ``looks``: how many
+        such pairs were tried for this tensor)."""
         values_b = self.read(self.b, b_key).ravel().astype(np.float64)
         values_a = self.read(self.a, a_key).ravel().astype(np.float64)
         mapped = values_a if local is None else values_a[local]
         if mapped.size != values_b.size:
             return None
         proof = evidence("values", rank_correlation(mapped, values_b), mapped.size)
-        if proof is None or proof.p_value > self.p_threshold:
+        if proof is None or (proof := scaled(proof, looks)).p_value > self.p_threshold:
             return None
         self.taken_a.add(a_key)
         metrics = self._metrics(a_key, b_key, mapped.reshape(-1, 1), values_b.reshape(-1, 1))
