@@ -31,13 +31,18 @@ from .permutation import Permutation
 from .report import block_of, build_report, in_block, is_weight_matrix, model_width, role_of
 from .significance import (
     EQUAL_BYTES,
+    SHUFFLE_BELOW_P,
     Evidence,
     combined,
     evidence,
     false_discovery_threshold,
+    grid_values,
+    p_from_z,
     sample_evidence,
     scaled,
+    unit_ranks,
     weakest,
+    z_from_p,
 )
 from .sql import run_query
 from .structure import Structures, find_structures
@@ -51,8 +56,8 @@ class Shortlist:
 
     ``candidates``: pairs with a p-value under the false discovery rate (no other can be a
     discovery), and byte-identical pairs. ``tests``: how many pairs and slice offsets were
-    tested, for the correction. ``strongest_matrix``: the most significant evidence among
-    weight-matrix pairs (significant or not); ``matrix_values``: the fewest and the most values
+    tested, for the correction. ``strongest_z``: the largest z among weight-matrix pairs
+    (significant or not); ``matrix_values``: the fewest and the most values
     a weight-matrix pair's evidence covered (what the tests could see). ``comparable``: whether
     any weight matrix of B shares a shape (or its transpose) with one of A. ``constant_pairs``: byte-identical
     constant tensors, which carry no evidence of their own.
@@ -60,7 +65,7 @@ class Shortlist:
 
     candidates: list[Candidate]
     tests: int
-    strongest_matrix: Evidence | None
+    strongest_z: float | None
     matrix_values: tuple[int, int] | None
     comparable: bool
     constant_pairs: list[tuple[str, str]]
@@ -78,6 +83,7 @@ def compare_indexes(
     b: IndexedModel,
     *,
     index_only: bool = False,
+    second_looks: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Compare two indexed models and return the report (``schema_version`` 1) as a dict.
@@ -85,6 +91,9 @@ def compare_indexes(
     Args:
         a, b: the two sides (``load_index``).
         index_only: estimate every metric from the fingerprints, reading no tensor values.
+        second_looks: after the fingerprints' matches, look again from the values (weak
+            matrices, tensors where their neighbours point, structured derivations); False
+            skips that (the benchmark measures its cost).
         progress: called with (pairs verified, pairs to verify).
     """
     shortlist = _score_candidates(a, b)
@@ -103,9 +112,9 @@ def compare_indexes(
             matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
             if progress is not None:
                 progress(done + 1, len(kept))
-        if exact:
+        if exact and second_looks:
             matches += _second_looks(reader, a, b, shortlist, matches, p_threshold)
-        second, cut = _within_blocks(a, b, shortlist, matches)
+        second, cut = _within_blocks(a, b, shortlist, matches) if second_looks else ([], 0.0)
         for candidate in second:
             metrics = (
                 _exact_metrics(reader, a, b, candidate) if exact else _estimated_metrics(a, b, candidate)
@@ -114,7 +123,7 @@ def compare_indexes(
             if verdict != "different":
                 matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
         structures = Structures([], [], [])
-        if exact:
+        if exact and second_looks:
             structured, structures = _structured_matches(reader, a, b, matches, p_threshold)
             matches += structured
         matches += _constant_matches(a, b, shortlist.constant_pairs, matches)
@@ -380,10 +389,10 @@ def _score_candidates(a: IndexedModel, b: IndexedModel) -> Shortlist:
             sketches[side, key] = Sketches.from_row((a if side == "a" else b).rows[key])
         return sketches[side, key]
 
+    ranks = _RankCache(a, b)
     kept: list[Candidate] = []
     tests = 0
-    strongest_matrix: Evidence | None = None
-    fewest, most = math.inf, 0
+    tally = _Tally()
     comparable = False
     constant: list[tuple[str, str]] = []
     best: dict[str, Candidate] = {}
@@ -401,24 +410,46 @@ def _score_candidates(a: IndexedModel, b: IndexedModel) -> Shortlist:
                 [Candidate(Region(a_key), Region(b_key), relation, 1.0, EQUAL_BYTES, True)]
             )
         elif relation == "same" and int(row_a["cols"]) == 1:
-            found = _vector_candidates(row_a, row_b)
+            found = _vector_candidates(row_a, row_b, ranks)
         else:
-            found = _candidates(a_key, b_key, row_a, row_b, sketch("a", a_key), sketch("b", b_key), relation)
+            found = _candidates(
+                a_key,
+                b_key,
+                row_a,
+                row_b,
+                sketch("a", a_key),
+                sketch("b", b_key),
+                relation,
+                ranks,
+                tally if matrices else None,
+            )
         tests += 1  # a slice pair's offsets are corrected within the pair (``scaled``)
         looks[b_key] += 1
         for candidate in found:
-            if matrices and not candidate.identical:
-                fewest, most = min(fewest, candidate.evidence.values), max(most, candidate.evidence.values)
-                if strongest_matrix is None or candidate.evidence.p_value < strongest_matrix.p_value:
-                    strongest_matrix = candidate.evidence
-                if relation in ("same", "transpose") and (
-                    b_key not in best or candidate.evidence.p_value < best[b_key].evidence.p_value
-                ):
-                    best[b_key] = candidate
+            whole = matrices and relation in ("same", "transpose") and not candidate.identical
+            if whole and (b_key not in best or candidate.evidence.p_value < best[b_key].evidence.p_value):
+                best[b_key] = candidate
             if candidate.identical or candidate.evidence.p_value <= policy.FALSE_DISCOVERY_RATE:
                 kept.append(candidate)
-    matrix_values = (int(fewest), most) if most else None
-    return Shortlist(kept, tests, strongest_matrix, matrix_values, comparable, constant, best, dict(looks))
+    return Shortlist(kept, tests, tally.strongest, tally.sizes(), comparable, constant, best, dict(looks))
+
+
+@dataclass
+class _Tally:
+    """What every weight-matrix test adds up to, candidate or not: the largest z and the fewest
+    and most values a test covered."""
+
+    strongest: float | None = None
+    fewest: int | None = None
+    most: int | None = None
+
+    def add(self, z: float, values: int) -> None:
+        self.strongest = z if self.strongest is None else max(self.strongest, z)
+        self.fewest = values if self.fewest is None else min(self.fewest, values)
+        self.most = values if self.most is None else max(self.most, values)
+
+    def sizes(self) -> tuple[int, int] | None:
+        return None if self.fewest is None or self.most is None else (self.fewest, self.most)
 
 
 def _same_constant(row_a: dict, row_b: dict, relation: str) -> bool:
@@ -446,10 +477,63 @@ def pair_candidates(
     return _candidates(row_a["key"], row_b["key"], row_a, row_b, sa, sb, relation)
 
 
-def _vector_candidates(row_a: dict, row_b: dict) -> Iterator[Candidate]:
+class _RankCache:
+    """Each tensor's sample ranks (``significance.unit_ranks``), computed once: two tensors of one
+    view (or transposed views) share their sample lattice, so their rank correlation is one dot
+    product."""
+
+    _LATTICE = ("sample_rows", "sample_cols", "sample_stride_rows", "sample_stride_cols")
+
+    def __init__(self, a: IndexedModel, b: IndexedModel) -> None:
+        self.models = {"a": a, "b": b}
+        self.found: dict[tuple[str, str, bool], np.ndarray | None] = {}
+
+    def ranks(self, side: str, key: str, transposed: bool = False) -> np.ndarray | None:
+        if (side, key, transposed) not in self.found:
+            row = self.models[side].rows[key]
+            grid = np.asarray(row["sample"], dtype=np.float64).reshape(row["sample_rows"], row["sample_cols"])
+            self.found[side, key, transposed] = unit_ranks(grid.T if transposed else grid)
+        return self.found[side, key, transposed]
+
+    def correlation(self, row_a: dict, row_b: dict, transposed: bool = False) -> tuple[float, int] | None:
+        """The samples' rank correlation and free values, or None when the lattices differ or a
+        grid is constant."""
+        lattice_a = [row_a[k] for k in self._LATTICE]
+        lattice_b = [row_b[k] for k in self._LATTICE]
+        if transposed:
+            lattice_b = [lattice_b[1], lattice_b[0], lattice_b[3], lattice_b[2]]
+        if lattice_a != lattice_b:
+            return None
+        ra, rb = self.ranks("a", row_a["key"]), self.ranks("b", row_b["key"], transposed)
+        if ra is None or rb is None:
+            return None
+        return float(ra @ rb), grid_values((int(row_a["sample_rows"]), int(row_a["sample_cols"])))
+
+    def same_view(self, row_a: dict, row_b: dict, transposed: bool = False) -> Evidence | bool | None:
+        """The samples' evidence of two tensors of one view (or B transposed); False when the
+        lattices differ or the pair may be claimed (the grids are then judged in full, shuffles
+        included)."""
+        lattice_a = [row_a[k] for k in self._LATTICE]
+        lattice_b = [row_b[k] for k in self._LATTICE]
+        if transposed:
+            lattice_b = [lattice_b[1], lattice_b[0], lattice_b[3], lattice_b[2]]
+        if lattice_a != lattice_b:
+            return False
+        ra, rb = self.ranks("a", row_a["key"]), self.ranks("b", row_b["key"], transposed)
+        if ra is None or rb is None:
+            return None
+        shape = (int(row_a["sample_rows"]), int(row_a["sample_cols"]))
+        found = evidence("sample", float(ra @ rb), grid_values(shape))
+        return False if found is not None and found.p_value <= SHUFFLE_BELOW_P else found
+
+
+def _vector_candidates(row_a: dict, row_b: dict, ranks: _RankCache) -> Iterator[Candidate]:
     """A vector's sketch sees only variation inside blocks of 16 values, which misses smooth
     vectors (position ids); its sample holds up to 1,024 of its values: judged by their ranks."""
     region_a, region_b = Region(row_a["key"]), Region(row_b["key"])
+    quick = ranks.same_view(row_a, row_b)
+    if quick is not False and (quick is None or quick.z < _CLEARLY_NULL_Z):
+        return  # clearly unrelated: not worth the rest
     va, vb = aligned_samples(row_a, row_b, region_a, region_b, "same")
     proof = sample_evidence(va, vb)
     estimate = _pearson(va.ravel(), vb.ravel())
@@ -466,19 +550,46 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def _candidates(
-    a_key: str, b_key: str, row_a: dict, row_b: dict, sa: Sketches, sb: Sketches, relation: str
+    a_key: str,
+    b_key: str,
+    row_a: dict,
+    row_b: dict,
+    sa: Sketches,
+    sb: Sketches,
+    relation: str,
+    ranks: _RankCache | None = None,
+    tally: _Tally | None = None,
 ) -> Iterator[Candidate]:
-    """The pair (or, for slices, each block-aligned offset) with its estimate and evidence: the
-    sketches, and the samples where both lattices line up (the stronger of the two, Bonferroni)."""
+    """The pair (or, for slices, each offset where a part of a concatenation can sit: the start,
+    the end, or a multiple of its own length, which covers q/k/v of one size, GQA's q + k + v,
+    gate + up, k + v) with its estimate and evidence: the sketches, combined with the samples
+    where both lattices line up. Runs that go head by head are the structured search's. A
+    weight-matrix pair adds its z to ``tally``; a whole pair below ``_WORTH_A_LOOK_Z`` and
+    offsets below the clearly-null bar are not made candidates (no threshold or second look
+    could take them)."""
     if relation in ("same", "transpose"):
         estimate = same_layout(sa, sb) if relation == "same" else transposed(sa, sb)
         sizes = layout_parts(sa, sb, relation)
+        cheap = _cheap_z(sizes, ranks, row_a, row_b, relation == "transpose")
+        if cheap is not None and cheap[0] < _WORTH_A_LOOK_Z - _CHEAP_MARGIN:
+            if tally is not None:  # clearly nothing: counted, no objects made
+                tally.add(*cheap)
+            return
         parts = [evidence("sketch", r, n) for r, n in sizes]
         region_a, region_b = Region(a_key), Region(b_key)
-        samples = aligned_samples(row_a, row_b, region_a, region_b, relation)
-        proof = _with_sample(weakest(*parts), samples)
-        capacity = max([n for _, n in sizes] + [samples[0].size])
-        if proof is not None and estimate is not None:
+        quick = ranks.same_view(row_a, row_b, relation == "transpose") if ranks is not None else False
+        if quick is not False:
+            proof = combined(weakest(*parts), quick)
+            capacity = max([n for _, n in sizes] + [int(row_a["sample_rows"]) * int(row_a["sample_cols"])])
+        else:
+            samples = aligned_samples(row_a, row_b, region_a, region_b, relation)
+            proof = _with_sample(weakest(*parts), samples)
+            capacity = max([n for _, n in sizes] + [samples[0].size])
+        if proof is None or estimate is None:
+            return
+        if tally is not None:
+            tally.add(proof.z, proof.values)
+        if proof.z >= _WORTH_A_LOOK_Z:
             yield Candidate(region_a, region_b, relation, estimate, proof, False, capacity)
         return
     axis = 0 if relation.endswith("rows") else 1
@@ -487,8 +598,21 @@ def _candidates(
     whole_len = whole.rows if axis == 0 else whole.cols
     step = max(BLOCK, math.gcd(part_len, whole_len) // BLOCK * BLOCK)
     starts, estimates = slice_scan(part, whole, axis, step)
+    plausible = (starts == 0) | (starts == whole_len - part_len) | (starts % part_len == 0)
+    starts, estimates = starts[plausible], estimates[plausible]
     values = slice_values(part, axis)
     offsets = len(starts)
+    if offsets and values >= policy.MIN_EVIDENCE_VALUES:
+        # Offsets whose sketch is clearly null cannot be claimed: dropped before any object is
+        # made (a small sketch, whose samples are as small, with a lower bar). The best offset
+        # always stays: it is the pair's strongest test.
+        fisher = np.arctanh(np.clip(np.abs(estimates), 0.0, 1 - 1e-12)) * math.sqrt(values - 3)
+        fisher /= policy.NULL_INFLATION
+        if tally is not None:  # Fisher's z: what the exact test gives below 3, where no claim is
+            tally.add(z_from_p(min(1.0, p_from_z(float(fisher.max())) * offsets)), values)
+        bar = _CLEARLY_NULL_Z if values >= _SAMPLE_WORTH_VALUES else _SMALL_SKETCH_Z
+        keep = fisher >= bar
+        starts, estimates = starts[keep], estimates[keep]
     for start, estimate in zip(starts.tolist(), estimates.tolist(), strict=True):
         region = (start, start + part_len)
         if relation.startswith("a_in_b"):
@@ -505,7 +629,43 @@ def _candidates(
             yield Candidate(region_a, region_b, relation, estimate, scaled(proof, offsets), False, capacity)
 
 
+_WORTH_A_LOOK_Z = 1.28  # a whole pair under this z (one-sided p 0.1) gets no second look
+_CHEAP_MARGIN = 0.05  # Fisher's z against the exact test's, below z = 3: under 1 % apart
+
+
+def _cheap_z(
+    sizes: list[tuple[float | None, int]],
+    ranks: _RankCache | None,
+    row_a: dict,
+    row_b: dict,
+    transposed: bool,
+) -> tuple[float, int] | None:
+    """The pair's combined z by Fisher's approximation, in floats (no evidence objects), and the
+    values it covers; None when the samples' lattices differ (the full path then decides)."""
+    sample = ranks.correlation(row_a, row_b, transposed) if ranks is not None else None
+    if sample is None or sample[1] < policy.MIN_EVIDENCE_VALUES:
+        return None
+    r_sample, n_sample = sample
+    parts = [
+        (abs(_fisher(r, n)), n, r) for r, n in sizes if r is not None and n >= policy.MIN_EVIDENCE_VALUES
+    ]
+    z = _fisher(r_sample, n_sample)
+    total = n_sample
+    if parts:
+        z_sketch, n_sketch, r_sketch = min(parts)  # the weaker sketch, as ``weakest``
+        signed = math.copysign(z_sketch, r_sketch)
+        z = (math.sqrt(n_sketch) * signed + math.sqrt(n_sample) * z) / math.sqrt(n_sketch + n_sample)
+        total += n_sketch
+    return abs(z) / policy.NULL_INFLATION, total
+
+
+def _fisher(r: float, n: int) -> float:
+    return math.atanh(max(-1 + 1e-12, min(1 - 1e-12, r))) * math.sqrt(n - 3)
+
+
 _SAMPLE_WORTH_P = 0.05  # slice offsets: samples are read only where the sketch is not clearly null
+_CLEARLY_NULL_Z = 1.95  # the z of that p-value
+_SMALL_SKETCH_Z = 1.65  # for sketches under _SAMPLE_WORTH_VALUES: a tenth of null offsets go on
 _SAMPLE_WORTH_VALUES = 64  # ... or too small to judge
 
 

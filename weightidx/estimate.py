@@ -25,6 +25,16 @@ class Sketches:
     row_sketch: np.ndarray
     col_sketch: np.ndarray
 
+    def block_energy(self, axis: int) -> np.ndarray:
+        """Cumulative sums of the squared block sketches along ``axis`` (0: rows), from 0: the
+        energy of any run of blocks in two lookups. Computed once per sketch."""
+        cached = self.__dict__.get(f"_energy{axis}")
+        if cached is None:
+            sketch = self.row_sketch if axis == 0 else self.col_sketch
+            cached = np.concatenate([[0.0], np.cumsum(np.einsum("ij,ij->i", sketch, sketch))])
+            object.__setattr__(self, f"_energy{axis}", cached)
+        return cached
+
     @classmethod
     def from_row(cls, row: dict) -> Sketches:
         """From a dict with ``rows``, ``cols``, ``row_sketch`` and ``col_sketch`` (an index row)."""
@@ -158,14 +168,17 @@ def slice_scan(part: Sketches, whole: Sketches, axis: int, step: int) -> tuple[n
         raise ValueError("slice does not line up with the sketch blocks")
     starts = np.arange(0, total - length + 1, step)
     blocks, stride = len(small), step // BLOCK
-    windows = np.lib.stride_tricks.sliding_window_view(large, (blocks, K))[::stride, 0]
-    count = min(len(windows), len(starts))  # a partial last block adds no whole window
-    starts, windows = starts[:count], windows[:count]
-    dots = np.einsum("oij,ij->o", windows, small)
-    energy = np.concatenate([[0.0], np.cumsum(np.einsum("ij,ij->i", large, large))])
+    count = min(len(starts), (len(large) - blocks) // stride + 1)  # a partial last block: no window
+    starts = starts[:count]
+    flat = np.ascontiguousarray(large).ravel()
+    windows = np.lib.stride_tricks.as_strided(
+        flat, (count, blocks * K), (stride * K * flat.itemsize, flat.itemsize), writeable=False
+    )
+    dots = windows @ small.ravel()
+    energy = whole.block_energy(axis)
     first = starts // BLOCK
     window_energy = energy[first + blocks] - energy[first]
-    norm = np.sqrt(np.maximum(window_energy, 0.0) * float(np.einsum("ij,ij->", small, small)))
+    norm = np.sqrt(np.maximum(window_energy, 0.0) * float(small.ravel() @ small.ravel()))
     with np.errstate(invalid="ignore", divide="ignore"):
         estimates = np.where(norm > 0, dots / np.where(norm > 0, norm, 1.0), np.nan)
     keep = ~np.isnan(estimates)

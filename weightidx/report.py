@@ -123,7 +123,7 @@ def _facts(
     matched = {m.candidate.b.key for m in on_matrices if m.verdict == "match"}
     degrees = [m.strength for m in on_matrices]
     moved = [m for m in on_matrices if not _equal_values(m)]
-    strongest = shortlist.strongest_matrix
+    strongest = shortlist.strongest_z
     threshold = p_threshold
     sizes = shortlist.matrix_values
     kinds = sorted({t.split(":")[0] for m in related for t in m.transform})
@@ -156,7 +156,7 @@ def _facts(
             "tests": shortlist.tests,
             "p_threshold": float(f"{threshold:.4g}"),
             "z_threshold": _round(z_from_p(threshold), 2),
-            "strongest_matrix_z": None if strongest is None else _round(strongest.z, 1),
+            "strongest_matrix_z": None if strongest is None else _round(strongest, 1),
             "detectable_correlation": [_round(critical_correlation(size, threshold), 3) for size in sizes]
             if sizes
             else None,

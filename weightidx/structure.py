@@ -243,6 +243,8 @@ class _Search:
                 for cols in self.axes.candidates(block, cols_b, cols_a):
                     if rows is not None or cols is not None:  # the same shape: the main stage judged it
                         tries.append((a_key, rows, cols))
+        if not tries:
+            return False
         values_b = self._values(self.b, key)
         for a_key, rows, cols in tries:
             mapped = self._values(self.a, a_key)

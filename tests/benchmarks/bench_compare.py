@@ -84,6 +84,7 @@ def main() -> None:
     brute = brute_force(a_path, b_path)
     brute_time = time.perf_counter() - start
 
+    looks = second_look_cost(a_index, b_index)
     report = json.loads(report_path.read_text())
     ours = {
         m["b"]["key"]: m["a"]["key"]
@@ -99,6 +100,7 @@ def main() -> None:
         "compare_peak_rss_mib": round(compare_rss / 1024, 1),
         "best_matches_compared": len(visible),
         "best_matches_agreeing": agree,
+        **looks,
     }
     print(json.dumps(results, indent=1))
     print(
@@ -108,8 +110,36 @@ def main() -> None:
         f"{results['brute_force_seconds']} s |\n"
         f"| **speed-up** | **{results['speedup']}×** |\n"
         f"| compare peak RSS, process tree | {results['compare_peak_rss_mib']} MiB |\n"
-        f"| same best match as brute force | {agree} of {len(visible)} |"
+        f"| same best match as brute force | {agree} of {len(visible)} |\n"
+        f"| compare in-process, second looks and structured search off (median of 3) | "
+        f"{looks['without_second_looks_seconds']} s |\n"
+        f"| the same, on (the default) | {looks['with_second_looks_seconds']} s |\n"
+        f"| **cost of the second looks** | **{looks['second_look_ratio']}×** |"
     )
+
+
+def second_look_cost(a_index: Path, b_index: Path) -> dict:
+    """compare_indexes with and without the second looks (values re-read for weak matrices,
+    block neighbours, structured derivations), interleaved, medians of 3: what they cost on a
+    pair that has nothing structured to find."""
+    from statistics import median
+
+    from weightidx.compare import compare_indexes
+    from weightidx.indexes import load_index
+
+    a, b = load_index(a_index), load_index(b_index)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(3):
+        for on in (False, True):
+            start = time.perf_counter()
+            compare_indexes(a, b, second_looks=on)
+            times[on].append(time.perf_counter() - start)
+    off, on = median(times[False]), median(times[True])
+    return {
+        "without_second_looks_seconds": round(off, 2),
+        "with_second_looks_seconds": round(on, 2),
+        "second_look_ratio": round(on / off, 2),
+    }
 
 
 if __name__ == "__main__":
