@@ -468,13 +468,14 @@ def pair_candidates(
     row_a: dict, row_b: dict, relation: str, sa: Sketches | None = None, sb: Sketches | None = None
 ) -> Iterator[Candidate]:
     """The pair of index rows under ``relation`` (see ``queries/compare_candidates.sql``) judged
-    from their fingerprints: one candidate for a whole tensor, one per block-aligned offset for
-    a slice, none when nothing can be judged. ``sa``, ``sb``: the rows' sketches, if at hand."""
+    from their fingerprints, in full (no pair is passed over as clearly null, as a comparison
+    does): one candidate for a whole tensor, one per plausible offset for a slice, none when
+    nothing can be judged. ``sa``, ``sb``: the rows' sketches, if at hand."""
     if relation == "same" and int(row_a["cols"]) == 1:
-        return _vector_candidates(row_a, row_b)
+        return _vector_candidates(row_a, row_b, None)
     sa = sa or Sketches.from_row(row_a)
     sb = sb or Sketches.from_row(row_b)
-    return _candidates(row_a["key"], row_b["key"], row_a, row_b, sa, sb, relation)
+    return _candidates(row_a["key"], row_b["key"], row_a, row_b, sa, sb, relation, screen=False)
 
 
 class _RankCache:
@@ -527,11 +528,12 @@ class _RankCache:
         return False if found is not None and found.p_value <= SHUFFLE_BELOW_P else found
 
 
-def _vector_candidates(row_a: dict, row_b: dict, ranks: _RankCache) -> Iterator[Candidate]:
+def _vector_candidates(row_a: dict, row_b: dict, ranks: _RankCache | None) -> Iterator[Candidate]:
     """A vector's sketch sees only variation inside blocks of 16 values, which misses smooth
-    vectors (position ids); its sample holds up to 1,024 of its values: judged by their ranks."""
+    vectors (position ids); its sample holds up to 1,024 of its values: judged by their ranks.
+    With ``ranks`` (a comparison), clearly null pairs are passed over."""
     region_a, region_b = Region(row_a["key"]), Region(row_b["key"])
-    quick = ranks.same_view(row_a, row_b)
+    quick = ranks.same_view(row_a, row_b) if ranks is not None else False
     if quick is not False and (quick is None or quick.z < _CLEARLY_NULL_Z):
         return  # clearly unrelated: not worth the rest
     va, vb = aligned_samples(row_a, row_b, region_a, region_b, "same")
@@ -559,6 +561,7 @@ def _candidates(
     relation: str,
     ranks: _RankCache | None = None,
     tally: _Tally | None = None,
+    screen: bool = True,
 ) -> Iterator[Candidate]:
     """The pair (or, for slices, each offset where a part of a concatenation can sit: the start,
     the end, or a multiple of its own length, which covers q/k/v of one size, GQA's q + k + v,
@@ -570,7 +573,7 @@ def _candidates(
     if relation in ("same", "transpose"):
         estimate = same_layout(sa, sb) if relation == "same" else transposed(sa, sb)
         sizes = layout_parts(sa, sb, relation)
-        cheap = _cheap_z(sizes, ranks, row_a, row_b, relation == "transpose")
+        cheap = _cheap_z(sizes, ranks, row_a, row_b, relation == "transpose") if screen else None
         if cheap is not None and cheap[0] < _WORTH_A_LOOK_Z - _CHEAP_MARGIN:
             if tally is not None:  # clearly nothing: counted, no objects made
                 tally.add(*cheap)
@@ -589,7 +592,7 @@ def _candidates(
             return
         if tally is not None:
             tally.add(proof.z, proof.values)
-        if proof.z >= _WORTH_A_LOOK_Z:
+        if proof.z >= _WORTH_A_LOOK_Z or not screen:
             yield Candidate(region_a, region_b, relation, estimate, proof, False, capacity)
         return
     axis = 0 if relation.endswith("rows") else 1
@@ -611,7 +614,7 @@ def _candidates(
         if tally is not None:  # Fisher's z: what the exact test gives below 3, where no claim is
             tally.add(z_from_p(min(1.0, p_from_z(float(fisher.max())) * offsets)), values)
         bar = _CLEARLY_NULL_Z if values >= _SAMPLE_WORTH_VALUES else _SMALL_SKETCH_Z
-        keep = fisher >= bar
+        keep = (fisher >= bar) | (not screen)
         starts, estimates = starts[keep], estimates[keep]
     for start, estimate in zip(starts.tolist(), estimates.tolist(), strict=True):
         region = (start, start + part_len)
