@@ -12,6 +12,10 @@ be read in units of its nominal 1):
 - real: all-MiniLM-L6-v2 against DINOv2-small (trained independently, on images), every pair of
   the same shape or its transpose.
 
+Pairs of different tensors within all-MiniLM-L6-v2 are printed too, to show why they are not
+taken as the null: they are related (one residual basis; q and k trained together; LayerNorm
+weights of different layers correlate about 0.95).
+
 Then the false-positive rate of a claim at the decision threshold of a comparison of 1,000
 pairs (with the inflation), by tensor size, and the detection rate against correlation (B = A
 moved to that correlation by ``tests.derive.drift``), from the index (sketches and samples)
@@ -112,6 +116,22 @@ def one_axis_nulls(tensors: dict) -> dict[str, list[float]]:
     return found
 
 
+def within_model(tensors: dict) -> dict[str, list[float]]:
+    """Pairs of different tensors of one model, same shape: not a null (layers share the residual
+    stream's basis, q and k of a layer are trained together), printed to show why the null is
+    not taken from them."""
+    rows = {k: index_row(k, v) for k, (d, v) in tensors.items() if d == "F32" and v.std() > 0}
+    found: dict[str, list[float]] = defaultdict(list)
+    keys = sorted(rows)
+    for i, ka in enumerate(keys):
+        for kb in keys[i + 1 :]:
+            ra, rb = rows[ka], rows[kb]
+            if (ra["rows"], ra["cols"]) == (rb["rows"], rb["cols"]):
+                label = "1-D" if ra["cols"] == 1 else "matrices"
+                found[label].append(raw_z(ra, rb))
+    return found
+
+
 def real_null(a: dict, b: dict) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(size, z) of every same-shape or transposed pair of MiniLM and DINOv2, from the index
     and (for matrices) from the values."""
@@ -165,6 +185,8 @@ def main() -> None:
     minilm = real_models.load(real_models.minilm())
     for label, zs in one_axis_nulls(minilm).items():
         print(summarise(f"MiniLM, {label}", zs))
+    for label, zs in within_model(minilm).items():
+        print(summarise(f"MiniLM within itself, {label} (no null)", zs))
     dinov2 = real_models.load(real_models.dinov2_small())
     index, values = real_null(minilm, dinov2)
     bins: dict[str, list[float]] = defaultdict(list)
