@@ -8,7 +8,7 @@ DEMO := build/demo
 
 .PHONY: setup test lint browser demo bench clean
 
-$(STAMP): pyproject.toml weightidx/_fused.c
+$(STAMP): pyproject.toml weightidx/fingerprint/_fused.c
 	@$(PYTHON) -c 'import sys; sys.exit("weightidx needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml weightidx/_fused.c
 setup: $(STAMP)
 
 lint: $(STAMP)
-	$(PY) -m ruff check weightidx tests
+	$(PY) -m ruff check weightidx tests benchmarks
 
 test: lint browser
 	$(PY) -m pytest -q
@@ -41,9 +41,9 @@ demo: $(STAMP)
 	$(WEIGHTIDX) lora convert $(DEMO)/wan_a_lora.safetensors --report $(DEMO)/report.json -o $(DEMO)/longcat_b_lora.safetensors --verify
 
 bench: $(STAMP)
-	$(PY) tests/benchmarks/bench_index.py
-	$(PY) tests/benchmarks/bench_compare.py
-	$(PY) tests/benchmarks/bench_catalog.py
+	$(PY) benchmarks/bench_index.py
+	$(PY) benchmarks/bench_compare.py
+	$(PY) benchmarks/bench_catalog.py
 
 clean:
 	rm -rf build $(VENV)

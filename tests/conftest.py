@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import real_models
-from weightidx.checkpoint import TensorSpec, write_safetensors
 from weightidx.demo import DemoConfig, write_demo_pair
+from weightidx.io.safetensors import TensorSpec, write_safetensors
 
 Tensors = dict[str, tuple[str, np.ndarray]]
 

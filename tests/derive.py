@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from weightidx.checkpoint import decode, encode
+from weightidx.io.safetensors import decode, encode
 
 Tensors = dict[str, tuple[str, np.ndarray]]
 

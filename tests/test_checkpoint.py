@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from weightidx.checkpoint import open_checkpoint
 from weightidx.errors import CheckpointError, InputError
+from weightidx.io.safetensors import open_checkpoint
 
 ONE = {"w": ("F32", np.ones((4, 4), dtype=np.float32))}
 

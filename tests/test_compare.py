@@ -11,8 +11,8 @@ import pytest
 from tests import derive
 from tests.conftest import trained_like, write_tensors
 from tests.helpers.verdicts import check_verdict
-from weightidx.compare import compare_paths
-from weightidx.html import render_html
+from weightidx.compare.engine import compare_paths
+from weightidx.render.html import render_html
 
 Key = tuple[str, tuple | None, str, tuple | None]
 
@@ -338,7 +338,7 @@ def test_a_header_rewritten_with_the_same_size_and_mtime_is_still_stale(tmp_path
     import os
 
     from weightidx import index_checkpoint
-    from weightidx.indexes import load_index
+    from weightidx.index.reader import load_index
 
     a = {"w": ("F32", np.ones((4, 4), np.float32)), "v": ("F32", np.zeros((4, 4), np.float32))}
     path = write_tensors(tmp_path / "a.safetensors", a)
@@ -353,7 +353,8 @@ def test_a_header_rewritten_with_the_same_size_and_mtime_is_still_stale(tmp_path
 
 
 def test_wan_style_twin_of_identical_architecture_is_unrelated(demo_pair, tmp_path: Path) -> None:
-    from weightidx.demo import DemoConfig, write_twin
+    from tests.helpers.seed_pair import write_twin
+    from weightidx.demo import DemoConfig
 
     config = DemoConfig(**json.loads(demo_pair["truth"].read_text())["config"])
     twin = write_twin(tmp_path / "twin.safetensors", config, seed=12345)

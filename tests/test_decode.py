@@ -6,7 +6,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from weightidx.checkpoint import SUPPORTED_DTYPES, decode, encode
+from weightidx.io.safetensors import SUPPORTED_DTYPES, decode, encode
 
 REFERENCE = {
     "F64": np.float64,

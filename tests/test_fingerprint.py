@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import trained_like
 from weightidx import index_checkpoint
-from weightidx.estimate import Sketches, col_slice, row_slice, same_layout, transposed
-from weightidx.fingerprint import (
+from weightidx.compare.estimate import Sketches, col_slice, row_slice, same_layout, transposed
+from weightidx.fingerprint.sketch import (
     BLOCK,
     GRAM_DIM,
     GRAM_PROJECTIONS,
@@ -27,7 +27,7 @@ from weightidx.fingerprint import (
     sample_strides,
     view_2d,
 )
-from weightidx.index import moments
+from weightidx.index.writer import moments
 
 
 def sketches(values: np.ndarray) -> Sketches:
@@ -202,7 +202,7 @@ def test_sample_is_capped_and_uses_power_of_two_strides() -> None:
 
 
 def test_slice_scan_equals_one_estimate_per_offset() -> None:
-    from weightidx.estimate import slice_scan
+    from weightidx.compare.estimate import slice_scan
 
     rng = np.random.default_rng(11)
     q, k, v = (trained_like(rng, 96, 64) for _ in range(3))

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from tests.conftest import trained_like, write_tensors
 from tests.test_decode import REFERENCE
 from weightidx import index_checkpoint, open_checkpoint
-from weightidx.atomic import atomic_path
-from weightidx.checkpoint import SUPPORTED_DTYPES, decode
 from weightidx.cli import app
 from weightidx.errors import WeightidxError
+from weightidx.io.atomic import atomic_path
+from weightidx.io.safetensors import SUPPORTED_DTYPES, decode
 
 CORPUS = Path(__file__).parent / "corpus"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text())
@@ -138,7 +138,7 @@ def test_fuzz_decoders_match_the_reference(dtype: str, data: bytes) -> None:
 
 
 def test_odd_values_give_defined_statistics_and_strict_json(tmp_path: Path) -> None:
-    from weightidx.compare import compare_paths
+    from weightidx.compare.engine import compare_paths
 
     nan = np.full((64, 64), np.nan, np.float32)
     tensors = {
@@ -277,10 +277,10 @@ def test_allow_pickle_reads_tensors_and_refuses_code(tmp_path: Path, monkeypatch
 def test_interrupted_compare_and_lora_conversion_write_nothing(
     demo_pair, tmp_path: Path, monkeypatch
 ) -> None:
-    from weightidx import compare as compare_module
-    from weightidx.compare import compare_paths
-    from weightidx.lora import convert_lora
-    from weightidx.report import write_report
+    from weightidx.compare import engine as compare_module
+    from weightidx.compare.engine import compare_paths
+    from weightidx.compare.report import write_report
+    from weightidx.lora.convert import convert_lora
 
     report = compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path / "cache")
     report_path = write_report(report, tmp_path / "report.json")
@@ -298,7 +298,7 @@ def test_interrupted_compare_and_lora_conversion_write_nothing(
     assert (result.exit_code, result.output) == (130, "Interrupted: nothing was written.\n")
     assert not (tmp_path / "r2.json").exists()
 
-    from weightidx import checkpoint as checkpoint_module
+    from weightidx.io import safetensors as checkpoint_module
 
     real_encode = checkpoint_module.encode
     calls = []

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from tests import derive
 from tests.conftest import write_tensors
 from weightidx.cli import app
-from weightidx.compare import compare_paths
-from weightidx.html import render_html, tensor_type
-from weightidx.report import write_report
+from weightidx.compare.engine import compare_paths
+from weightidx.compare.report import write_report
+from weightidx.naming import tensor_type
+from weightidx.render.html import render_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import trained_like
-from weightidx import index as index_module
 from weightidx import index_checkpoint, open_checkpoint
-from weightidx.checkpoint import decode
-from weightidx.estimate import Sketches, row_slice, same_layout, transposed
-from weightidx.index import INDEX_SCHEMA, METADATA_KEY
+from weightidx.compare.estimate import Sketches, row_slice, same_layout, transposed
+from weightidx.index import writer as index_module
+from weightidx.index.schema import INDEX_SCHEMA, METADATA_KEY
+from weightidx.io.safetensors import decode
 
 FINGERPRINT_COLUMNS = [
     "crc32",
@@ -204,7 +204,7 @@ def test_output_folder_must_exist(demo_pair, tmp_path: Path) -> None:
 def test_record_batch_matches_pyarrow_from_pylist() -> None:
     import pyarrow as pa
 
-    from weightidx._arrow import record_batch
+    from weightidx.index.arrow import record_batch
 
     rows = [
         {"key": "blocks.0.ß", "shape": [4, 2], "numel": 8, "supported": True, "mean": 0.5,
@@ -236,7 +236,7 @@ def test_index_stage_does_not_import_pandas(demo_pair, tmp_path: Path) -> None:
 
 
 def test_cli_starts_workers_only_for_checkpoints_worth_them(tmp_path: Path) -> None:
-    from weightidx._spawn import PROCESS_POOL_MIN_BYTES, planned_workers
+    from weightidx.index.spawn import PROCESS_POOL_MIN_BYTES, planned_workers
 
     small, large = tmp_path / "small.safetensors", tmp_path / "shards" / "a.safetensors"
     small.write_bytes(b"x" * 1000)
@@ -251,7 +251,7 @@ def test_cli_starts_workers_only_for_checkpoints_worth_them(tmp_path: Path) -> N
 
 
 def test_prestarted_workers_are_used_or_stopped(demo_pair, tmp_path: Path, monkeypatch) -> None:
-    from weightidx import _spawn
+    from weightidx.index import spawn as _spawn
 
     with _spawn.prestarted(1):
         (unused,) = _spawn._prestarted
@@ -271,7 +271,7 @@ def test_prestarted_workers_are_used_or_stopped(demo_pair, tmp_path: Path, monke
 
 
 def test_cached_index_from_an_older_weightidx_is_rebuilt(demo_pair, tmp_path: Path) -> None:
-    from weightidx.indexes import cached_index
+    from weightidx.index.cache import cached_index
 
     first = cached_index(demo_pair["a"], tmp_path)
     table = pq.read_table(first)

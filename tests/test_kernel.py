@@ -25,9 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import trained_like
-from weightidx import fingerprint
-from weightidx.checkpoint import decode, encode
-from weightidx.fingerprint import (
+from weightidx.fingerprint import sketch as fingerprint
+from weightidx.fingerprint.sketch import (
     BLOCK,
     GramSums,
     K,
@@ -38,7 +37,8 @@ from weightidx.fingerprint import (
     reduce_tile,
     sample_strides,
 )
-from weightidx.index import METADATA_KEY, index_checkpoint
+from weightidx.index.writer import METADATA_KEY, index_checkpoint
+from weightidx.io.safetensors import decode, encode
 
 fused = fingerprint._fused
 needs_kernel = pytest.mark.skipif(fused is None, reason="the compiled kernel is not built (no C compiler)")

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import trained_like, write_tensors
+from tests.helpers.seed_pair import write_seed_pair
 from tests.helpers.verdicts import check_verdict
 from weightidx import index_checkpoint
-from weightidx.compare import compare_paths
-from weightidx.demo import write_seed_pair
+from weightidx.compare.engine import compare_paths
 
 
 def model(rng: np.random.Generator, width: int, inputs: dict[str, int]) -> dict:
@@ -68,8 +68,9 @@ def values_lineage(a: Path, b: Path) -> dict:
     pruned model is mapped tensor by tensor, which leaves no lineage section in its report)."""
     from safetensors.numpy import load_file
 
-    from weightidx.indexes import cached_index, load_index
-    from weightidx.lineage import analyse
+    from weightidx.compare.lineage import analyse
+    from weightidx.index.cache import cached_index
+    from weightidx.index.reader import load_index
 
     values = {path: load_file(path) for path in (a, b)}
     models = {path: load_index(cached_index(path, a.parent / "cache")) for path in (a, b)}
@@ -237,8 +238,8 @@ def test_seed_pair_from_the_indexes_alone(tmp_path: Path) -> None:
 
 
 def test_indexes_without_gram_sketches_say_to_reindex(tmp_path: Path) -> None:
-    from weightidx.indexes import load_index
-    from weightidx.lineage import analyse_sketches
+    from weightidx.compare.lineage import analyse_sketches
+    from weightidx.index.reader import load_index
 
     rng = np.random.default_rng(0)
     a = model(rng, 128, INPUTS)

@@ -11,12 +11,13 @@ from typer.testing import CliRunner
 
 from tests import derive
 from tests.conftest import trained_like, write_tensors
-from weightidx.checkpoint import TensorSpec, write_safetensors
 from weightidx.cli import app
-from weightidx.compare import compare_paths
-from weightidx.fingerprint import view_2d
-from weightidx.lora import LoraError, convert_lora, read_lora
-from weightidx.report import write_report
+from weightidx.compare.engine import compare_paths
+from weightidx.compare.report import write_report
+from weightidx.errors import LoraError
+from weightidx.fingerprint.sketch import view_2d
+from weightidx.io.safetensors import TensorSpec, write_safetensors
+from weightidx.lora.convert import convert_lora, read_lora
 
 RANK = 4
 
@@ -259,7 +260,7 @@ def test_refusals_are_listed_and_strict_fails_without_output(tmp_path: Path) -> 
 def test_demo_wan_lora_converts_to_the_longcat_layout(demo_pair, tmp_path: Path) -> None:
     report = compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path / "cache")
     report_path = write_report(report, tmp_path / "report.json")
-    from weightidx.checkpoint import open_checkpoint
+    from weightidx.io.safetensors import open_checkpoint
 
     a_shapes = {t.key: t.shape for t in open_checkpoint(demo_pair["a"]).tensors}
     targets = [

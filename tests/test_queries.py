@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import trained_like, write_tensors
 from weightidx import index_checkpoint, open_checkpoint
-from weightidx.errors import WeightidxError
-from weightidx.sql import SqlError, export, queries_folder, run_query, run_sql
+from weightidx.errors import SqlError, WeightidxError
+from weightidx.sql.runner import export, queries_folder, run_query, run_sql
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from weightidx.fingerprint import BLOCK, SAMPLE_CAP, K
-from weightidx.index import INDEX_SCHEMA
-from weightidx.sql import queries_folder
+from weightidx.fingerprint.sketch import BLOCK, SAMPLE_CAP, K
+from weightidx.index.schema import INDEX_SCHEMA
+from weightidx.sql.runner import queries_folder
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -52,7 +52,7 @@ def test_query_outputs_shown_in_the_readme_are_real(tmp_path: Path) -> None:
     """Rebuild the demo indexes and rerun every `$ weightidx sql -f ...` shown in the README."""
     from weightidx import index_checkpoint
     from weightidx.demo import write_demo_pair
-    from weightidx.sql import export, run_sql
+    from weightidx.sql.runner import export, run_sql
 
     paths = write_demo_pair(tmp_path)
     for side, name in (("a", "wan_a"), ("b", "longcat_b")):

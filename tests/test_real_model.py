@@ -16,8 +16,8 @@ from tests.helpers import real_models
 from tests.helpers.verdicts import check_verdict
 from tests.test_compare import assert_mapping, compare, predicted
 from weightidx import index_checkpoint
-from weightidx.compare import compare_paths
-from weightidx.gather import expand
+from weightidx.compare.engine import compare_paths
+from weightidx.compare.gather import expand
 
 pytestmark = pytest.mark.real_model
 

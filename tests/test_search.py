@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from tests import derive
 from tests.conftest import write_tensors
 from weightidx import index_checkpoint
-from weightidx.catalog import search_catalog
 from weightidx.cli import app
-from weightidx.sql import queries_folder
+from weightidx.sql.catalog import search_catalog
+from weightidx.sql.runner import queries_folder
 
 runner = CliRunner()
 

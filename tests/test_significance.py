@@ -13,8 +13,8 @@ from tests import derive
 from tests.conftest import trained_like
 from tests.test_compare import assert_mapping, compare, predicted
 from weightidx import policy
-from weightidx.metrics import array_metrics
-from weightidx.significance import (
+from weightidx.compare.metrics import array_metrics
+from weightidx.compare.significance import (
     Evidence,
     combined,
     correlation_p_value,

@@ -12,11 +12,11 @@ import pytest
 from tests import derive
 from tests.conftest import trained_like
 from tests.helpers import real_models
+from tests.helpers.seed_pair import write_seed_pair
 from tests.helpers.verdicts import check_verdict
 from tests.test_compare import assert_mapping, compare, predicted
-from weightidx.compare import compare_paths
-from weightidx.demo import write_seed_pair
-from weightidx.gather import compact, expand
+from weightidx.compare.engine import compare_paths
+from weightidx.compare.gather import compact, expand
 
 
 def test_compact_ranges_round_trip() -> None:

@@ -1,3 +1,3 @@
-from .cli import main
+from weightidx.cli import main
 
 main()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import TensorSpec, decode, encode, write_safetensors
-from .errors import OutputError
+from weightidx.errors import OutputError
+from weightidx.io.safetensors import TensorSpec, decode, encode, write_safetensors
 
 Maker = Callable[[], np.ndarray]
 
@@ -57,12 +57,12 @@ class TruthEntry:
     relation: str  # copied | cast | fine_tuned | reinitialised | new
 
 
-def _seed(*parts: object) -> int:
+def seed_of(*parts: object) -> int:
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
-def _matrix(seed: int, rows: int, cols: int) -> np.ndarray:
+def trained_matrix(seed: int, rows: int, cols: int) -> np.ndarray:
     """Trained-looking weights: Gaussian bulk, a low-rank part and uneven row scales."""
     rng = np.random.default_rng(seed)
     values = rng.standard_normal((rows, cols), dtype=np.float32)
@@ -80,12 +80,12 @@ def _matrix(seed: int, rows: int, cols: int) -> np.ndarray:
     return values
 
 
-def _norm(seed: int, n: int) -> np.ndarray:
+def norm_vector(seed: int, n: int) -> np.ndarray:
     """Norm weights sit near 1: raw cosine between unrelated ones is > 0.99."""
     return 1.0 + 0.05 * np.random.default_rng(seed).standard_normal(n, dtype=np.float32)
 
 
-def _bias(seed: int, n: int) -> np.ndarray:
+def bias_vector(seed: int, n: int) -> np.ndarray:
     return 0.02 * np.random.default_rng(seed).standard_normal(n, dtype=np.float32)
 
 
@@ -97,15 +97,15 @@ def wan_tensors(config: DemoConfig, seed: int | None = None) -> dict[str, tuple[
 
     def matrix(key: str, shape: tuple[int, ...]) -> None:
         rows, cols = shape[0], math.prod(shape[1:])
-        tensors[key] = (shape, lambda: _matrix(_seed(seed, key), rows, cols).reshape(shape))
+        tensors[key] = (shape, lambda: trained_matrix(seed_of(seed, key), rows, cols).reshape(shape))
 
     def vector(key: str, n: int, kind: Callable[[int, int], np.ndarray]) -> None:
-        tensors[key] = ((n,), lambda: kind(_seed(seed, key), n))
+        tensors[key] = ((n,), lambda: kind(seed_of(seed, key), n))
 
     matrix("patch_embedding.weight", (d, 16, 1, 2, 2))
-    vector("patch_embedding.bias", d, _bias)
+    vector("patch_embedding.bias", d, bias_vector)
     matrix("text_embedding.0.weight", (d, config.text_dim))
-    vector("text_embedding.0.bias", d, _bias)
+    vector("text_embedding.0.bias", d, bias_vector)
     matrix("text_embedding.2.weight", (d, d))
     matrix("time_embedding.0.weight", (d, config.freq_dim))
     matrix("time_embedding.2.weight", (d, d))
@@ -114,21 +114,21 @@ def wan_tensors(config: DemoConfig, seed: int | None = None) -> dict[str, tuple[
         for attn in ("self_attn", "cross_attn"):
             for part in ("q", "k", "v", "o"):
                 matrix(f"blocks.{i}.{attn}.{part}.weight", (d, d))
-                vector(f"blocks.{i}.{attn}.{part}.bias", d, _bias)
-            vector(f"blocks.{i}.{attn}.norm_q.weight", d, _norm)
-            vector(f"blocks.{i}.{attn}.norm_k.weight", d, _norm)
-        vector(f"blocks.{i}.norm3.weight", d, _norm)
+                vector(f"blocks.{i}.{attn}.{part}.bias", d, bias_vector)
+            vector(f"blocks.{i}.{attn}.norm_q.weight", d, norm_vector)
+            vector(f"blocks.{i}.{attn}.norm_k.weight", d, norm_vector)
+        vector(f"blocks.{i}.norm3.weight", d, norm_vector)
         matrix(f"blocks.{i}.ffn.0.weight", (f, d))
-        vector(f"blocks.{i}.ffn.0.bias", f, _bias)
+        vector(f"blocks.{i}.ffn.0.bias", f, bias_vector)
         matrix(f"blocks.{i}.ffn.2.weight", (d, f))
         matrix(f"blocks.{i}.modulation", (1, 6, d))
     matrix("head.head.weight", (64, d))
-    vector("head.head.bias", 64, _bias)
+    vector("head.head.bias", 64, bias_vector)
     matrix("head.modulation", (1, 2, d))
     return tensors
 
 
-def _finetuned(maker: Maker, level: float, seed: int) -> Maker:
+def finetuned(maker: Maker, level: float, seed: int) -> Maker:
     """A + level * std(A) * noise: correlation 1/sqrt(1 + level²) with A."""
 
     def make() -> np.ndarray:
@@ -139,7 +139,7 @@ def _finetuned(maker: Maker, level: float, seed: int) -> Maker:
     return make
 
 
-def _as_stored(maker: Maker, shape: tuple[int, ...], dtype: str) -> Maker:
+def as_stored(maker: Maker, shape: tuple[int, ...], dtype: str) -> Maker:
     """A's values as A's file holds them (rounded to its dtype), so that B's casts are exact."""
     return lambda: decode(encode(maker(), dtype), dtype).reshape(shape)
 
@@ -155,12 +155,12 @@ def longcat_tensors(
 
     def copy(b: str, a: str, dtype: str = base, transform: tuple[str, ...] = (), level: float = 0.0) -> None:
         shape, maker = source[a]
-        maker = _as_stored(maker, shape, base)
+        maker = as_stored(maker, shape, base)
         transforms = list(transform)
         if dtype != base:
             transforms.append(f"cast:{base.lower()}->{dtype.lower()}")
         if level:
-            maker = _finetuned(maker, level, _seed(config.seed, "tune", b))
+            maker = finetuned(maker, level, seed_of(config.seed, "tune", b))
         if "transpose" in transform:
             inner, shape = maker, (shape[1], shape[0])
             maker = lambda: inner().T.copy()  # noqa: E731
@@ -172,7 +172,7 @@ def longcat_tensors(
         truth.append(TruthEntry(b, None, a, transforms, relation))
 
     def fuse(b: str, parts: list[str], dtype: str = base) -> None:
-        makers = [_as_stored(source[p][1], source[p][0], base) for p in parts]
+        makers = [as_stored(source[p][1], source[p][0], base) for p in parts]
         rows = [source[p][0][0] for p in parts]
         width = source[parts[0]][0][1:]
         out[b] = ((sum(rows), *width), lambda: np.concatenate([m() for m in makers]), dtype)
@@ -187,7 +187,9 @@ def longcat_tensors(
     def new(b: str, shape: tuple[int, ...], relation: str = "new") -> None:
         out[b] = (
             shape,
-            lambda: _matrix(_seed(config.seed, "new", b), shape[0], math.prod(shape[1:])).reshape(shape),
+            lambda: trained_matrix(seed_of(config.seed, "new", b), shape[0], math.prod(shape[1:])).reshape(
+                shape
+            ),
             base,
         )
         truth.append(TruthEntry(b, None, None, [], relation))
@@ -222,7 +224,7 @@ def longcat_tensors(
     return out, truth
 
 
-def _make_folder(folder: Path | str) -> Path:
+def make_folder(folder: Path | str) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -240,7 +242,7 @@ def write_demo_pair(folder: Path | str, config: DemoConfig = DemoConfig()) -> di
     Returns:
         The paths written, by role: ``a``, ``b``, ``truth``, ``lora``.
     """
-    folder = _make_folder(folder)
+    folder = make_folder(folder)
     source = wan_tensors(config)
     derived, truth = longcat_tensors(config, source)
     paths = {
@@ -264,116 +266,6 @@ def write_demo_pair(folder: Path | str, config: DemoConfig = DemoConfig()) -> di
     return paths
 
 
-_HEAD_ROWS = (
-    "q.weight",
-    "k.weight",
-    "v.weight",
-    "q.bias",
-    "k.bias",
-    "v.bias",
-    "norm_q.weight",
-    "norm_k.weight",
-)
-
-
-def pruned_wan_tensors(
-    source: dict[str, tuple[tuple[int, ...], Maker]],
-    config: DemoConfig,
-    narrow: DemoConfig,
-    level: float,
-    head_dim: int | None = None,
-) -> dict[str, tuple[tuple[int, ...], Maker]]:
-    """A's Wan-style tensors cut down to ``narrow``'s width: a fixed random choice of hidden
-    units (and of FFN units) is kept on every axis of that size, then fine-tuning noise
-    ``level`` is added. Interface axes (text, timestep, patch) keep their size.
-
-    ``head_dim``: attention keeps whole heads of this size instead (the rows of q, k, v and
-    their norms, the columns of o), as pruning 40 heads of 128 to 32 would; the residual
-    width is still cut unit by unit.
-    """
-    rng = np.random.default_rng(_seed(config.seed, "prune", narrow.width))
-    keep = np.sort(rng.choice(config.width, narrow.width, replace=False))
-    keep_ffn = np.sort(rng.choice(config.ffn_width, narrow.ffn_width, replace=False))
-    by_size = {
-        config.width: keep,
-        config.ffn_width: keep_ffn,
-        6 * config.width: np.concatenate([keep + k * config.width for k in range(6)]),
-    }
-    heads = None
-    if head_dim is not None:
-        kept_heads = np.sort(rng.choice(config.width // head_dim, narrow.width // head_dim, replace=False))
-        heads = np.concatenate([np.arange(h * head_dim, (h + 1) * head_dim) for h in kept_heads])
-    out: dict[str, tuple[tuple[int, ...], Maker]] = {}
-    for key, (shape, maker) in source.items():
-        block = key.split(".")[1] if key.startswith("blocks.") else None
-        if block is not None and int(block) >= narrow.blocks:
-            continue
-        cuts = [(axis, by_size[size]) for axis, size in enumerate(shape) if size in by_size]
-        if heads is not None and "_attn." in key:  # the head axis: rows of q/k/v, columns of o
-            head_axis = 1 if key.endswith(".o.weight") else 0 if key.endswith(_HEAD_ROWS) else None
-            cuts = [(axis, heads if axis == head_axis else units) for axis, units in cuts]
-        new_shape = list(shape)
-        for axis, kept in cuts:
-            new_shape[axis] = len(kept)
-        new_shape = tuple(new_shape)
-
-        def cut(maker: Maker = maker, cuts: list = cuts) -> np.ndarray:
-            values = maker()
-            for axis, kept in cuts:
-                values = np.take(values, kept, axis=axis)
-            return values
-
-        out[key] = (new_shape, _finetuned(cut, level, _seed(config.seed, "prune-tune", key)))
-    return out
-
-
-def write_seed_pair(
-    folder: Path | str,
-    blocks: int = 2,
-    wide: int = 5120,
-    narrow: int = 4096,
-    text_dim: int = 4096,
-    head_dim: int = 128,
-) -> dict[str, Path]:
-    """The seed's hard case at full width, few blocks: a Wan2.1-style A (width ``wide``) and
-    three LongCat-style models of width ``narrow``: ``derived`` (A's hidden units pruned,
-    fine-tuned with noise 0.3, renamed and fused as LongCat), ``heads`` (the same, but
-    attention keeps whole heads of ``head_dim``: 40 of 128 to 32 at full width) and
-    ``independent`` (same recipe, its own initialisation, one block deeper). No weight
-    matrix shape is shared across the widths.
-
-    Returns:
-        The paths written, by role: ``a``, ``derived``, ``heads``, ``independent``.
-    """
-    folder = _make_folder(folder)
-    config_a = DemoConfig(width=wide, blocks=blocks, text_dim=text_dim)
-    config_b = DemoConfig(width=narrow, blocks=blocks, text_dim=text_dim)
-    source = wan_tensors(config_a)
-    derived, _ = longcat_tensors(config_b, pruned_wan_tensors(source, config_a, config_b, level=0.3))
-    by_heads = pruned_wan_tensors(source, config_a, config_b, level=0.3, head_dim=head_dim)
-    heads, _ = longcat_tensors(config_b, by_heads)
-    twin_config = DemoConfig(width=narrow, blocks=blocks + 1, text_dim=text_dim, seed=1)
-    independent, _ = longcat_tensors(twin_config, wan_tensors(twin_config))
-    paths = {
-        "a": folder / "wan_like.safetensors",
-        "derived": folder / "longcat_like_pruned_from_a.safetensors",
-        "heads": folder / "longcat_like_heads_from_a.safetensors",
-        "independent": folder / "longcat_like_independent.safetensors",
-    }
-    write_safetensors(paths["a"], [TensorSpec(k, config_a.dtype, s, m) for k, (s, m) in source.items()])
-    for role, tensors in (("derived", derived), ("heads", heads), ("independent", independent)):
-        write_safetensors(paths[role], [TensorSpec(k, dt, s, m) for k, (s, m, dt) in tensors.items()])
-    return paths
-
-
-def write_twin(path: Path | str, config: DemoConfig, seed: int) -> Path:
-    """An independently initialised model of A's architecture (the 'unrelated' control)."""
-    path = Path(path)
-    tensors = wan_tensors(config, seed=seed)
-    write_safetensors(path, [TensorSpec(k, config.dtype, s, m) for k, (s, m) in tensors.items()])
-    return path
-
-
 def write_demo_lora(path: Path | str, config: DemoConfig = DemoConfig(), rank: int = 8) -> Path:
     """A ComfyUI-style bf16 LoRA for model A: attention and MLP of every block, alpha = rank/2."""
     path = Path(path)
@@ -389,13 +281,13 @@ def write_demo_lora(path: Path | str, config: DemoConfig = DemoConfig(), rank: i
     for key in targets:
         shape = source[key][0]
         module = "diffusion_model." + key[: -len(".weight")]
-        seed = _seed(config.seed, "lora", key)
+        seed = seed_of(config.seed, "lora", key)
         specs.append(
             TensorSpec(
                 f"{module}.lora_down.weight",
                 "BF16",
                 (rank, shape[1]),
-                lambda s=seed, n=shape[1]: _matrix(s, rank, n),
+                lambda s=seed, n=shape[1]: trained_matrix(s, rank, n),
             )
         )
         specs.append(
@@ -403,7 +295,7 @@ def write_demo_lora(path: Path | str, config: DemoConfig = DemoConfig(), rank: i
                 f"{module}.lora_up.weight",
                 "BF16",
                 (shape[0], rank),
-                lambda s=seed + 1, m=shape[0]: 0.1 * _matrix(s, m, rank),
+                lambda s=seed + 1, m=shape[0]: 0.1 * trained_matrix(s, m, rank),
             )
         )
         specs.append(TensorSpec(f"{module}.alpha", "F32", (), lambda: np.array(rank / 2, dtype=np.float32)))

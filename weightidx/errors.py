@@ -1,7 +1,7 @@
 """Every error weightidx raises on purpose.
 
-The library raises these and never prints or exits; the CLI turns each into one
-line on stderr (``Error: ...``) and a non-zero exit code (see ``cli.py``).
+The library raises these and never prints or exits; the CLI turns each into one line on
+stderr (``Error: ...``) and the exit code each class names (see ``weightidx/cli``).
 """
 
 from __future__ import annotations
@@ -42,3 +42,15 @@ class OutputError(WeightidxError):
     """The output cannot be written where asked."""
 
     exit_code = 3
+
+
+class SqlError(WeightidxError):
+    """A query that DuckDB rejects, or one that would write; the message has the position."""
+
+    exit_code = 2
+
+
+class LoraError(WeightidxError):
+    """A LoRA that cannot be read or converted as asked."""
+
+    exit_code = 2

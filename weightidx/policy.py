@@ -18,7 +18,7 @@ MATCH = 0.95
 FALSE_DISCOVERY_RATE = 1e-3
 
 #: The widest spread of the normal-equivalent z, in units of its nominal 1, measured on nulls
-#: with the structure of trained weights (``tests/benchmarks/calibrate_null.py``): an
+#: with the structure of trained weights (``benchmarks/calibrate_null.py``): an
 #: independently trained real pair (all-MiniLM-L6-v2 against DINOv2-small, 9,369 pairs, max |z|
 #: 4.3, as many independent normal draws give) and all-MiniLM-L6-v2 against copies with their
 #: hidden axes permuted, which keep every interface structure (token rows, position tables) and

@@ -93,7 +93,7 @@ def dinov2_small() -> Path:
         from onnx import numpy_helper
     except ImportError as exc:  # the test extra installs onnx
         raise Unavailable(f"reading {onnx_file} needs the onnx package ({exc})") from None
-    from weightidx.checkpoint import TensorSpec, write_safetensors
+    from weightidx.io.safetensors import TensorSpec, write_safetensors
 
     graph = onnx.load(str(onnx_file)).graph
     arrays = {init.name: numpy_helper.to_array(init) for init in graph.initializer}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from weightidx.indexes import load_index
+from weightidx.index.reader import load_index
 
 
 def _weight_matrix(row: dict) -> bool:

@@ -1,0 +1,49 @@
+"""``weightidx compare``: stage 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from weightidx.cli.app import QuietOption, app
+from weightidx.cli.common import progress, user_errors
+
+
+@app.command("compare")
+def compare_command(
+    a: Annotated[
+        Path, typer.Argument(help="Model A: an index (.parquet) or a checkpoint (indexed and cached).")
+    ],
+    b: Annotated[Path, typer.Argument(help="Model B: an index (.parquet) or a checkpoint.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON report here.")] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
+    ] = None,
+    names: Annotated[
+        tuple[str, str] | None, typer.Option("--names", help="Display names of A and B.")
+    ] = None,
+    index_only: Annotated[
+        bool, typer.Option("--index-only", help="Estimate metrics from the indexes; read no tensor values.")
+    ] = False,
+    reindex: Annotated[
+        bool, typer.Option("--reindex", help="Rebuild an index whose checkpoint changed since it was built.")
+    ] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Which tensors of B come from which tensors of A, under what transform (stage 2)."""
+    from weightidx.compare.engine import compare_paths
+    from weightidx.compare.report import write_report
+    from weightidx.render.text import render_report
+
+    with user_errors(), progress("verifying", not quiet, unit="pairs") as update:
+        report = compare_paths(a, b, names=names, index_only=index_only, reindex=reindex, progress=update)
+        if out is not None:
+            write_report(report, out)
+        if html is not None:
+            from weightidx.render.html import write_html
+
+            write_html(report, html)
+    if not quiet:
+        print(render_report(report))

@@ -1,0 +1,67 @@
+"""``weightidx lora``: port LoRAs between models through a compare report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from weightidx.cli.app import QuietOption, app
+from weightidx.cli.common import user_errors
+
+lora_app = typer.Typer(help="Port LoRAs between models using a compare report.", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+
+
+@lora_app.command("convert")
+def lora_convert_command(
+    lora: Annotated[Path, typer.Argument(help="The LoRA for model A (.safetensors).")],
+    report: Annotated[Path, typer.Option("--report", help="JSON report of `weightidx compare A B -o`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The converted LoRA to write (.safetensors).")],
+    format: Annotated[
+        str | None, typer.Option("--format", help="Key style of the output: comfyui, kohya, diffusers, peft.")
+    ] = None,
+    from_format: Annotated[
+        str | None, typer.Option("--from-format", help="Force the input's format instead of detecting it.")
+    ] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check ΔW_B = T(ΔW_A) for every module.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail if any module cannot be converted.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Convert a LoRA made for A into B's key space: rename, fuse, split, transpose, reshape, scale."""
+    from weightidx.lora.convert import convert_lora
+
+    with user_errors():
+        conversion = convert_lora(
+            lora, report, out, output_format=format, source_format=from_format, verify=verify, strict=strict
+        )
+    if not quiet:
+        print(
+            f"{len(conversion.converted)} module(s) converted ({conversion.source_format} -> "
+            f"{conversion.output_format}), {len(conversion.refused)} refused -> {out}"
+        )
+        for refusal in conversion.refused:
+            print(f"  refused {refusal['module']}: {refusal['reason']}")
+        if conversion.worst_relative_error is not None:
+            worst = conversion.worst_relative_error
+            print(f"verified: worst relative error of ΔW_B against T(ΔW_A) = {worst:.2e}")
+
+
+@lora_app.command("mapping")
+def lora_mapping_command(
+    report: Annotated[Path, typer.Argument(help="JSON report of `weightidx compare A B -o`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the mapping JSON.")],
+) -> None:
+    """Export A key -> B key (+ slice + transform) from a compare report, for other tools."""
+    import json
+
+    from weightidx.compare.report import read_report
+    from weightidx.io.atomic import atomic_path
+    from weightidx.lora.convert import export_mapping
+
+    with user_errors():
+        mapping = export_mapping(read_report(report))
+        with atomic_path(out) as temporary:
+            temporary.write_text(json.dumps(mapping, indent=1) + "\n")
+    print(f"{len(mapping)} entries -> {out}")

@@ -1,0 +1,888 @@
+"""Stage 2: shortlist candidate pairs in DuckDB, score them from sketches, verify exactly.
+
+1. ``queries/compare_candidates.sql`` joins the two indexes on 2-D views that fit a
+   transform (same view, transpose, slice along rows or columns either way).
+2. Each candidate is scored from the sketches alone (``estimate.py``); for slices every
+   block-aligned offset on a ``gcd`` grid is tried.
+3. A greedy one-to-one assignment keeps the best-scoring candidates whose score stands
+   clear of the null of unrelated tensors.
+4. Only the kept pairs are reloaded from the safetensors files, chunk by chunk, for
+   exact metrics; without the files (or with ``index_only``) metrics are estimated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from weightidx import policy
+from weightidx.compare import lineage
+from weightidx.compare.estimate import (
+    Sketches,
+    layout_parts,
+    same_layout,
+    slice_scan,
+    slice_values,
+    transposed,
+)
+from weightidx.compare.metrics import PairAccumulator, PairMetrics, chunk_rows, pair_metrics
+from weightidx.compare.permutation import Permutation
+from weightidx.compare.report import build_report, is_weight_matrix, model_width
+from weightidx.compare.significance import (
+    EQUAL_BYTES,
+    SHUFFLE_BELOW_P,
+    Evidence,
+    combined,
+    evidence,
+    false_discovery_threshold,
+    grid_values,
+    p_from_z,
+    sample_evidence,
+    scaled,
+    unit_ranks,
+    weakest,
+    z_from_p,
+)
+from weightidx.compare.structure import Structures, find_structures
+from weightidx.compare.types import Candidate, Match, Region, judge, strength_of
+from weightidx.dtypes import SUPPORTED_DTYPES, lower_precision
+from weightidx.fingerprint.sketch import BLOCK
+from weightidx.index.cache import cached_index
+from weightidx.index.reader import IndexedModel, is_index_file, load_index
+from weightidx.io.safetensors import ShardReader, decode
+from weightidx.naming import block_of, in_block, role_of
+from weightidx.sql.runner import run_query
+
+_DECISIVE_P = 1e-12  # a sketch this significant needs no second statistic
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """Every pair a comparison tested, reduced to those that may be significant.
+
+    ``candidates``: pairs with a p-value under the false discovery rate (no other can be a
+    discovery), and byte-identical pairs. ``tests``: how many pairs and slice offsets were
+    tested, for the correction. ``strongest_z``: the largest z among weight-matrix pairs
+    (significant or not); ``matrix_values``: the fewest and the most values
+    a weight-matrix pair's evidence covered (what the tests could see). ``comparable``: whether
+    any weight matrix of B shares a shape (or its transpose) with one of A. ``constant_pairs``: byte-identical
+    constant tensors, which carry no evidence of their own.
+    """
+
+    candidates: list[Candidate]
+    tests: int
+    strongest_z: float | None
+    matrix_values: tuple[int, int] | None
+    comparable: bool
+    constant_pairs: list[tuple[str, str]]
+    best: dict[str, Candidate] = field(default_factory=dict)
+    looks: dict[str, int] = field(default_factory=dict)
+
+    def p_threshold(self) -> float:
+        """The Benjamini-Hochberg cut-off at ``policy.FALSE_DISCOVERY_RATE``."""
+        p_values = [c.evidence.p_value for c in self.candidates]
+        return false_discovery_threshold(p_values, self.tests, policy.FALSE_DISCOVERY_RATE)
+
+
+def compare_indexes(
+    a: IndexedModel,
+    b: IndexedModel,
+    *,
+    index_only: bool = False,
+    second_looks: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Compare two indexed models and return the report (``schema_version`` 1) as a dict.
+
+    Args:
+        a, b: the two sides (``load_index``).
+        index_only: estimate every metric from the fingerprints, reading no tensor values.
+        second_looks: after the fingerprints' matches, look again from the values (weak
+            matrices, tensors where their neighbours point, structured derivations); False
+            skips that (the benchmark measures its cost).
+        progress: called with (pairs verified, pairs to verify).
+    """
+    shortlist = _score_candidates(a, b)
+    p_threshold = shortlist.p_threshold()
+    significant = [c for c in shortlist.candidates if c.identical or c.evidence.p_value <= p_threshold]
+    kept = _assign(significant, tie_key=lambda key: _content_key(b.rows[key]))
+    exact = not index_only and a.files_present() and b.files_present()
+    matches = []
+    with ShardReader() as reader:  # one set of open shard files for verification, permutations, lineage
+        for done, candidate in enumerate(kept):
+            if exact:
+                metrics = _exact_metrics(reader, a, b, candidate)
+            else:
+                metrics = _estimated_metrics(a, b, candidate)
+            verdict, proof = judge(candidate, metrics, p_threshold)
+            matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
+            if progress is not None:
+                progress(done + 1, len(kept))
+        if exact and second_looks:
+            matches += _second_looks(reader, a, b, shortlist, matches, p_threshold)
+        second, cut = _within_blocks(a, b, shortlist, matches) if second_looks else ([], 0.0)
+        for candidate in second:
+            metrics = (
+                _exact_metrics(reader, a, b, candidate) if exact else _estimated_metrics(a, b, candidate)
+            )
+            verdict, proof = judge(candidate, metrics, cut)
+            if verdict != "different":
+                matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
+        structures = Structures([], [], [])
+        if exact and second_looks:
+            structured, structures = _structured_matches(reader, a, b, matches, p_threshold)
+            matches += structured
+        matches += _constant_matches(a, b, shortlist.constant_pairs, matches)
+        for match in matches:
+            match.transform = _transforms(a, b, match)
+        lineage_section = _lineage(reader, a, b, matches, shortlist.comparable, exact)
+    return build_report(a, b, matches, shortlist, p_threshold, lineage_section, structures)
+
+
+def _settled(b: IndexedModel, related: list[Match]) -> set[str]:
+    """B tensors their related matches explain: a whole-tensor match, or slices that cover every
+    row (or column), unless the degree stands out below the model's own (by more than
+    ``_OUTLIER``: a slice that straddles interleaved heads relates at 0.3 where the rest of the
+    model copies at 1.0). Those are looked at again for structure."""
+    degrees = sorted(m.strength for m in related if is_weight_matrix(b.rows[m.candidate.b.key]))
+    floor = degrees[len(degrees) // 2] - _OUTLIER if degrees else 0.0
+    parts: dict[str, list[Match]] = defaultdict(list)
+    for m in related:
+        parts[m.candidate.b.key].append(m)
+    settled = set()
+    for key, found in parts.items():
+        if any(m.strength < floor for m in found):
+            continue
+        if any(m.candidate.b.axis is None for m in found):
+            settled.add(key)
+            continue
+        axes = {m.candidate.b.axis for m in found}
+        if len(axes) == 1:
+            length = int(b.rows[key]["rows" if axes == {0} else "cols"])
+            if sum(m.candidate.b.stop - m.candidate.b.start for m in found) == length:
+                settled.add(key)
+    return settled
+
+
+_OUTLIER = 0.2
+
+
+def _structured_matches(
+    reader: ShardReader, a: IndexedModel, b: IndexedModel, matches: list[Match], p_threshold: float
+) -> tuple[list[Match], Structures]:
+    """Interleaved, permuted and pruned tensors of B, found from the values (``structure.py``)."""
+    related = [m for m in matches if m.verdict != "different"]
+    settled = _settled(b, related)
+    taken_a = {m.candidate.a.key for m in related if m.candidate.b.key in settled}
+    read = lambda model, key: _whole_view(reader, model, key)  # noqa: E731
+    structures = find_structures(a, b, taken_a, settled, block_map(related), read, p_threshold)
+    found = structures.found
+    redone = {item.b.key for item in found}
+    matches[:] = [m for m in matches if m.candidate.b.key not in redone]
+    out = []
+    for item in found:
+        if item.relation == "gather":
+            relation = "gather_rows" if item.b.axis == 0 else "gather_cols"
+        elif item.relation == "permute":
+            relation = "permute_rows" if item.rows is not None else "permute_cols"
+        else:
+            relation = "select"
+        candidate = Candidate(item.a, item.b, relation, item.metrics.correlation or 0.0, item.evidence, False)
+        verdict = "match" if strength_of(item.metrics) >= policy.MATCH else "partial"
+        permutation = None
+        if item.relation == "permute":
+            order = item.rows if item.rows is not None else item.cols
+            moved = float(np.mean(order != np.arange(len(order))))
+            permutation = Permutation(0 if item.rows is not None else 1, order, 1.0, moved, item.pattern)
+        selection = (item.rows, item.cols) if item.relation != "permute" else None
+        out.append(
+            Match(
+                candidate,
+                item.metrics,
+                "exact",
+                verdict,
+                item.evidence,
+                permutation=permutation,
+                selection=selection,
+            )
+        )
+    return out, structures
+
+
+def _lineage(
+    reader: ShardReader, a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool, exact: bool
+) -> dict | None:
+    """The lineage section, when no weight matrix of B is related to one of A and the widths
+    differ (or no matrix shape is in common); two models of one width have no width change to
+    look across: None."""
+    if any(is_weight_matrix(b.rows[m.candidate.b.key]) and m.verdict != "different" for m in matches):
+        return None
+    if comparable and model_width(a) == model_width(b):
+        return None
+    if exact:
+        return lineage.analyse(a, b, lambda model, key: _whole_view(reader, model, key))
+    return lineage.analyse_sketches(a, b)
+
+
+def _whole_view(reader: ShardReader, model: IndexedModel, key: str) -> np.ndarray:
+    row = model.rows[key]
+    return _view_reader(reader, model, key)(0, int(row["rows"]), 0, int(row["cols"]))
+
+
+def block_map(matches: list[Match]) -> dict[int, int]:
+    """For each numbered block of B, the block of A most of its related tensors come from."""
+    votes: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for m in matches:
+        a_block, b_block = block_of(m.candidate.a.key), block_of(m.candidate.b.key)
+        if a_block is not None and b_block is not None:
+            votes[b_block][a_block] += 1
+    return {b_block: max(sorted(found), key=found.get) for b_block, found in votes.items()}
+
+
+def _within_blocks(
+    a: IndexedModel, b: IndexedModel, shortlist: Shortlist, matches: list[Match]
+) -> tuple[list[Candidate], float]:
+    """Tensors of B left unclaimed, looked for again where the related tensors around them say
+    their source should be.
+
+    Norms and biases of a few hundred values rarely clear a comparison-wide threshold when
+    training moved them far, and a model's LayerNorm weights resemble each other across blocks.
+    The related tensors give a map of blocks (B's block 3 is A's block 3) and of roles (B's
+    ``blocks.#.attn.qkv.bias`` is A's ``layers.#.self_attn.q.bias``; unmapped roles keep their
+    name): a tensor whose predicted source is a candidate is tested against it alone; one
+    without, against the best of A's tensors of its shape in the mapped block, its p-value
+    multiplied by how many there were (Bonferroni). These second looks form a family of their
+    own, corrected with Benjamini-Hochberg at the same rate (the rates of the two families add
+    up, to twice ``policy.FALSE_DISCOVERY_RATE`` at most). Returns the chosen candidates and the
+    family's cut-off.
+    """
+    related = [m for m in matches if m.verdict != "different"]
+    blocks, roles = block_map(related), role_map(related)
+    used_a = {m.candidate.a.key for m in related}
+    used_b = {m.candidate.b.key for m in related}
+    shapes: dict[tuple[int | None, tuple[int, int]], int] = defaultdict(int)
+    for key, row in a.rows.items():
+        if row["supported"] and row["rows"] is not None:
+            shapes[block_of(key), (int(row["rows"]), int(row["cols"]))] += 1
+    looked: dict[str, Candidate] = {}
+    for c in shortlist.candidates:
+        if c.b.key in used_b or c.a.key in used_a or c.a.axis is not None or c.b.axis is not None:
+            continue
+        b_block = block_of(c.b.key)
+        target = blocks.get(b_block) if b_block is not None else None
+        if c.a.key == in_block(roles.get(role_of(c.b.key), role_of(c.b.key)), target):
+            looks = 1
+        elif target is not None and block_of(c.a.key) == target:
+            looks = shapes[target, (int(b.rows[c.b.key]["rows"]), int(b.rows[c.b.key]["cols"]))]
+        else:
+            continue
+        judged = replace(c, evidence=scaled(c.evidence, looks))
+        if c.b.key not in looked or judged.evidence.p_value < looked[c.b.key].evidence.p_value:
+            looked[c.b.key] = judged
+    family = sum(1 for k, r in b.rows.items() if k not in used_b and r["supported"])
+    p_values = [c.evidence.p_value for c in looked.values()]
+    cut = false_discovery_threshold(p_values, max(family, len(looked)), policy.FALSE_DISCOVERY_RATE)
+    chosen = []
+    for c in sorted(looked.values(), key=lambda c: c.evidence.p_value):
+        if c.evidence.p_value <= cut and c.a.key not in used_a:
+            used_a.add(c.a.key)
+            chosen.append(c)
+    return chosen, cut
+
+
+def role_map(matches: list[Match]) -> dict[str, str]:
+    """For each role of B (``role_of``), the role of A most of its related tensors come from."""
+    votes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for m in matches:
+        if m.candidate.a.axis is None and m.candidate.b.axis is None:
+            votes[role_of(m.candidate.b.key)][role_of(m.candidate.a.key)] += 1
+    return {role: max(sorted(found), key=found.get) for role, found in votes.items()}
+
+
+def _second_looks(
+    reader: ShardReader,
+    a: IndexedModel,
+    b: IndexedModel,
+    shortlist: Shortlist,
+    matches: list[Match],
+    p_threshold: float,
+) -> list[Match]:
+    """Weight matrices of B with no significant candidate get a second look from the values,
+    which see far more than the fingerprints (a matrix that kept a correlation of 0.1 stands
+    out): first their best candidate, then, for those still unclaimed, the A tensor the related
+    tensors around them point to (``predicted_source``). Each p-value is multiplied by the
+    number of candidates the B tensor had, so choosing costs what testing them all would
+    (Bonferroni)."""
+    found: list[Match] = []
+    rounds = (
+        lambda b_key: shortlist.best.get(b_key),
+        lambda b_key: _whole_candidate(a, b, predicted_source(a, b_key, matches + found), b_key),
+    )
+    for pick in rounds:
+        used_a = {m.candidate.a.key for m in matches + found if m.verdict != "different"}
+        used_b = {m.candidate.b.key for m in matches + found if m.verdict != "different"}
+        for b_key in sorted(shortlist.best):
+            candidate = None if b_key in used_b else pick(b_key)
+            if candidate is None or candidate.a.key in used_a or candidate.identical:
+                continue
+            metrics = _exact_metrics(reader, a, b, candidate)
+            verdict, proof = judge(candidate, metrics, p_threshold, looks=shortlist.looks.get(b_key, 1))
+            if verdict != "different":
+                used_a.add(candidate.a.key)
+                found.append(Match(candidate, metrics, "exact", verdict, proof))
+    return found
+
+
+def predicted_source(a: IndexedModel, b_key: str, matches: list[Match]) -> str | None:
+    """The A tensor the related tensors point to for ``b_key``: its role mapped as theirs are
+    (``role_map``; unmapped roles keep their name), in the block its block maps to."""
+    related = [m for m in matches if m.verdict != "different"]
+    block = block_of(b_key)
+    target = block_map(related).get(block) if block is not None else None
+    if block is not None and target is None:
+        return None
+    role = role_of(b_key)
+    key = in_block(role_map(related).get(role, role), target)
+    return key if key in a.rows else None
+
+
+def _whole_candidate(a: IndexedModel, b: IndexedModel, a_key: str | None, b_key: str) -> Candidate | None:
+    """The whole-tensor candidate of two tensors of one view (or transposed), judged from their
+    fingerprints; None when their views do not fit."""
+    if a_key is None:
+        return None
+    row_a, row_b = a.rows[a_key], b.rows[b_key]
+    if not (row_a["std"] and row_b["std"]):
+        return None
+    if (row_a["rows"], row_a["cols"]) == (row_b["rows"], row_b["cols"]):
+        relation = "same"
+    elif (row_a["rows"], row_a["cols"]) == (row_b["cols"], row_b["rows"]):
+        relation = "transpose"
+    else:
+        return None
+    return next(pair_candidates(row_a, row_b, relation), None)
+
+
+def _constant_matches(
+    a: IndexedModel, b: IndexedModel, pairs: list[tuple[str, str]], matches: list[Match]
+) -> list[Match]:
+    """Byte-identical constant tensors (zero biases, LayerNorm weights of ones) are the same in
+    unrelated models, so they are paired only when other tensors show the models are related:
+    one to one, the same key first. They stay ``weak_evidence`` and decide nothing."""
+    if not any(m.verdict != "different" for m in matches):
+        return []
+    used_a = {m.candidate.a.key for m in matches}
+    used_b = {m.candidate.b.key for m in matches}
+    found = []
+    for a_key, b_key in sorted(pairs, key=lambda pair: (pair[0] != pair[1], pair[1], pair[0])):
+        if a_key in used_a or b_key in used_b:
+            continue
+        used_a.add(a_key)
+        used_b.add(b_key)
+        candidate = Candidate(Region(a_key), Region(b_key), "same", 1.0, EQUAL_BYTES, True)
+        metrics = pair_metrics(int(b.rows[b_key]["numel"]), 0, 0, 0, 0, 0, 0, 0.0, 1.0)
+        found.append(Match(candidate, metrics, "exact", "match", EQUAL_BYTES))
+    return found
+
+
+def _score_candidates(a: IndexedModel, b: IndexedModel) -> Shortlist:
+    """Every pair the shortlist query proposes, judged from the fingerprints."""
+    pairs = run_query("compare_candidates", [a.index, b.index], block=BLOCK).fetchall()
+    sketches: dict[tuple[str, str], Sketches] = {}
+
+    def sketch(side: str, key: str) -> Sketches:
+        if (side, key) not in sketches:
+            sketches[side, key] = Sketches.from_row((a if side == "a" else b).rows[key])
+        return sketches[side, key]
+
+    ranks = _RankCache(a, b)
+    kept: list[Candidate] = []
+    tests = 0
+    tally = _Tally()
+    comparable = False
+    constant: list[tuple[str, str]] = []
+    best: dict[str, Candidate] = {}
+    looks: dict[str, int] = defaultdict(int)
+    for a_key, b_key, relation, identical in pairs:
+        row_a, row_b = a.rows[a_key], b.rows[b_key]
+        matrices = is_weight_matrix(row_a) and is_weight_matrix(row_b)
+        comparable |= matrices and relation in ("same", "transpose")
+        if not (row_a["std"] and row_b["std"]):  # constant (or no finite value): no evidence
+            if identical or _same_constant(row_a, row_b, relation):
+                constant.append((a_key, b_key))
+            continue
+        if identical:
+            found: Iterator[Candidate] = iter(
+                [Candidate(Region(a_key), Region(b_key), relation, 1.0, EQUAL_BYTES, True)]
+            )
+        elif relation == "same" and int(row_a["cols"]) == 1:
+            found = _vector_candidates(row_a, row_b, ranks)
+        else:
+            found = _candidates(
+                a_key,
+                b_key,
+                row_a,
+                row_b,
+                sketch("a", a_key),
+                sketch("b", b_key),
+                relation,
+                ranks,
+                tally if matrices else None,
+            )
+        tests += 1  # a slice pair's offsets are corrected within the pair (``scaled``)
+        looks[b_key] += 1
+        for candidate in found:
+            whole = matrices and relation in ("same", "transpose") and not candidate.identical
+            if whole and (b_key not in best or candidate.evidence.p_value < best[b_key].evidence.p_value):
+                best[b_key] = candidate
+            if candidate.identical or candidate.evidence.p_value <= policy.FALSE_DISCOVERY_RATE:
+                kept.append(candidate)
+    return Shortlist(kept, tests, tally.strongest, tally.sizes(), comparable, constant, best, dict(looks))
+
+
+@dataclass
+class _Tally:
+    """What every weight-matrix test adds up to, candidate or not: the largest z and the fewest
+    and most values a test covered."""
+
+    strongest: float | None = None
+    fewest: int | None = None
+    most: int | None = None
+
+    def add(self, z: float, values: int) -> None:
+        self.strongest = z if self.strongest is None else max(self.strongest, z)
+        self.fewest = values if self.fewest is None else min(self.fewest, values)
+        self.most = values if self.most is None else max(self.most, values)
+
+    def sizes(self) -> tuple[int, int] | None:
+        return None if self.fewest is None or self.most is None else (self.fewest, self.most)
+
+
+def _same_constant(row_a: dict, row_b: dict, relation: str) -> bool:
+    """Both tensors hold one value, the same one (zeros in F32 and in BF16, say)."""
+    return (
+        relation == "same"
+        and row_a["std"] == 0
+        and row_b["std"] == 0
+        and row_a["min"] == row_b["min"]
+        and row_a["finite"] == row_a["numel"]
+        and row_b["finite"] == row_b["numel"]
+    )
+
+
+def pair_candidates(
+    row_a: dict, row_b: dict, relation: str, sa: Sketches | None = None, sb: Sketches | None = None
+) -> Iterator[Candidate]:
+    """The pair of index rows under ``relation`` (see ``queries/compare_candidates.sql``) judged
+    from their fingerprints, in full (no pair is passed over as clearly null, as a comparison
+    does): one candidate for a whole tensor, one per plausible offset for a slice, none when
+    nothing can be judged. ``sa``, ``sb``: the rows' sketches, if at hand."""
+    if relation == "same" and int(row_a["cols"]) == 1:
+        return _vector_candidates(row_a, row_b, None)
+    sa = sa or Sketches.from_row(row_a)
+    sb = sb or Sketches.from_row(row_b)
+    return _candidates(row_a["key"], row_b["key"], row_a, row_b, sa, sb, relation, screen=False)
+
+
+class _RankCache:
+    """Each tensor's sample ranks (``significance.unit_ranks``), computed once: two tensors of one
+    view (or transposed views) share their sample lattice, so their rank correlation is one dot
+    product."""
+
+    _LATTICE = ("sample_rows", "sample_cols", "sample_stride_rows", "sample_stride_cols")
+
+    def __init__(self, a: IndexedModel, b: IndexedModel) -> None:
+        self.models = {"a": a, "b": b}
+        self.found: dict[tuple[str, str, bool], np.ndarray | None] = {}
+
+    def ranks(self, side: str, key: str, transposed: bool = False) -> np.ndarray | None:
+        if (side, key, transposed) not in self.found:
+            row = self.models[side].rows[key]
+            grid = np.asarray(row["sample"], dtype=np.float64).reshape(row["sample_rows"], row["sample_cols"])
+            self.found[side, key, transposed] = unit_ranks(grid.T if transposed else grid)
+        return self.found[side, key, transposed]
+
+    def correlation(self, row_a: dict, row_b: dict, transposed: bool = False) -> tuple[float, int] | None:
+        """The samples' rank correlation and free values, or None when the lattices differ or a
+        grid is constant."""
+        lattice_a = [row_a[k] for k in self._LATTICE]
+        lattice_b = [row_b[k] for k in self._LATTICE]
+        if transposed:
+            lattice_b = [lattice_b[1], lattice_b[0], lattice_b[3], lattice_b[2]]
+        if lattice_a != lattice_b:
+            return None
+        ra, rb = self.ranks("a", row_a["key"]), self.ranks("b", row_b["key"], transposed)
+        if ra is None or rb is None:
+            return None
+        return float(ra @ rb), grid_values((int(row_a["sample_rows"]), int(row_a["sample_cols"])))
+
+    def same_view(self, row_a: dict, row_b: dict, transposed: bool = False) -> Evidence | bool | None:
+        """The samples' evidence of two tensors of one view (or B transposed); False when the
+        lattices differ or the pair may be claimed (the grids are then judged in full, shuffles
+        included)."""
+        lattice_a = [row_a[k] for k in self._LATTICE]
+        lattice_b = [row_b[k] for k in self._LATTICE]
+        if transposed:
+            lattice_b = [lattice_b[1], lattice_b[0], lattice_b[3], lattice_b[2]]
+        if lattice_a != lattice_b:
+            return False
+        ra, rb = self.ranks("a", row_a["key"]), self.ranks("b", row_b["key"], transposed)
+        if ra is None or rb is None:
+            return None
+        shape = (int(row_a["sample_rows"]), int(row_a["sample_cols"]))
+        found = evidence("sample", float(ra @ rb), grid_values(shape))
+        return False if found is not None and found.p_value <= SHUFFLE_BELOW_P else found
+
+
+def _vector_candidates(row_a: dict, row_b: dict, ranks: _RankCache | None) -> Iterator[Candidate]:
+    """A vector's sketch sees only variation inside blocks of 16 values, which misses smooth
+    vectors (position ids); its sample holds up to 1,024 of its values: judged by their ranks.
+    With ``ranks`` (a comparison), clearly null pairs are passed over."""
+    region_a, region_b = Region(row_a["key"]), Region(row_b["key"])
+    quick = ranks.same_view(row_a, row_b) if ranks is not None else False
+    if quick is not False and (quick is None or quick.z < _CLEARLY_NULL_Z):
+        return  # clearly unrelated: not worth the rest
+    va, vb = aligned_samples(row_a, row_b, region_a, region_b, "same")
+    proof = sample_evidence(va, vb)
+    estimate = _pearson(va.ravel(), vb.ravel())
+    if proof is not None and estimate is not None:
+        yield Candidate(region_a, region_b, "same", estimate, proof, False, va.size)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if x.size < 4:
+        return None
+    x, y = x - x.mean(), y - y.mean()
+    norm = float(np.sqrt((x @ x) * (y @ y)))
+    return float(x @ y) / norm if norm > 0 else None
+
+
+def _candidates(
+    a_key: str,
+    b_key: str,
+    row_a: dict,
+    row_b: dict,
+    sa: Sketches,
+    sb: Sketches,
+    relation: str,
+    ranks: _RankCache | None = None,
+    tally: _Tally | None = None,
+    screen: bool = True,
+) -> Iterator[Candidate]:
+    """The pair (or, for slices, each offset where a part of a concatenation can sit: the start,
+    the end, or a multiple of its own length, which covers q/k/v of one size, GQA's q + k + v,
+    gate + up, k + v) with its estimate and evidence: the sketches, combined with the samples
+    where both lattices line up. Runs that go head by head are the structured search's. A
+    weight-matrix pair adds its z to ``tally``; a whole pair below ``_WORTH_A_LOOK_Z`` and
+    offsets below the clearly-null bar are not made candidates (no threshold or second look
+    could take them)."""
+    if relation in ("same", "transpose"):
+        estimate = same_layout(sa, sb) if relation == "same" else transposed(sa, sb)
+        sizes = layout_parts(sa, sb, relation)
+        cheap = _cheap_z(sizes, ranks, row_a, row_b, relation == "transpose") if screen else None
+        if cheap is not None and cheap[0] < _WORTH_A_LOOK_Z - _CHEAP_MARGIN:
+            if tally is not None:  # clearly nothing: counted, no objects made
+                tally.add(*cheap)
+            return
+        parts = [evidence("sketch", r, n) for r, n in sizes]
+        region_a, region_b = Region(a_key), Region(b_key)
+        quick = ranks.same_view(row_a, row_b, relation == "transpose") if ranks is not None else False
+        if quick is not False:
+            proof = combined(weakest(*parts), quick)
+            capacity = max([n for _, n in sizes] + [int(row_a["sample_rows"]) * int(row_a["sample_cols"])])
+        else:
+            samples = aligned_samples(row_a, row_b, region_a, region_b, relation)
+            proof = _with_sample(weakest(*parts), samples)
+            capacity = max([n for _, n in sizes] + [samples[0].size])
+        if proof is None or estimate is None:
+            return
+        if tally is not None:
+            tally.add(proof.z, proof.values)
+        if proof.z >= _WORTH_A_LOOK_Z or not screen:
+            yield Candidate(region_a, region_b, relation, estimate, proof, False, capacity)
+        return
+    axis = 0 if relation.endswith("rows") else 1
+    part, whole = (sa, sb) if relation.startswith("a_in_b") else (sb, sa)
+    part_len = part.rows if axis == 0 else part.cols
+    whole_len = whole.rows if axis == 0 else whole.cols
+    step = max(BLOCK, math.gcd(part_len, whole_len) // BLOCK * BLOCK)
+    starts, estimates = slice_scan(part, whole, axis, step)
+    plausible = (starts == 0) | (starts == whole_len - part_len) | (starts % part_len == 0)
+    starts, estimates = starts[plausible], estimates[plausible]
+    values = slice_values(part, axis)
+    offsets = len(starts)
+    if offsets and values >= policy.MIN_EVIDENCE_VALUES:
+        # Offsets whose sketch is clearly null cannot be claimed: dropped before any object is
+        # made (a small sketch, whose samples are as small, with a lower bar). The best offset
+        # always stays: it is the pair's strongest test.
+        fisher = np.arctanh(np.clip(np.abs(estimates), 0.0, 1 - 1e-12)) * math.sqrt(values - 3)
+        fisher /= policy.NULL_INFLATION
+        if tally is not None:  # Fisher's z: what the exact test gives below 3, where no claim is
+            tally.add(z_from_p(min(1.0, p_from_z(float(fisher.max())) * offsets)), values)
+        bar = _CLEARLY_NULL_Z if values >= _SAMPLE_WORTH_VALUES else _SMALL_SKETCH_Z
+        keep = (fisher >= bar) | (not screen)
+        starts, estimates = starts[keep], estimates[keep]
+    for start, estimate in zip(starts.tolist(), estimates.tolist(), strict=True):
+        region = (start, start + part_len)
+        if relation.startswith("a_in_b"):
+            region_a, region_b = Region(a_key), Region(b_key, axis, *region)
+        else:
+            region_a, region_b = Region(a_key, axis, *region), Region(b_key)
+        sketched = evidence("sketch", estimate, values)
+        if sketched is not None and sketched.p_value > _SAMPLE_WORTH_P and values >= _SAMPLE_WORTH_VALUES:
+            proof, capacity = sketched, values  # clearly unrelated at this offset: no need for samples
+        else:
+            samples = aligned_samples(row_a, row_b, region_a, region_b, relation)
+            proof, capacity = _with_sample(sketched, samples), max(values, samples[0].size)
+        if proof is not None:
+            yield Candidate(region_a, region_b, relation, estimate, scaled(proof, offsets), False, capacity)
+
+
+_WORTH_A_LOOK_Z = 1.28  # a whole pair under this z (one-sided p 0.1) gets no second look
+_CHEAP_MARGIN = 0.05  # Fisher's z against the exact test's, below z = 3: under 1 % apart
+
+
+def _cheap_z(
+    sizes: list[tuple[float | None, int]],
+    ranks: _RankCache | None,
+    row_a: dict,
+    row_b: dict,
+    transposed: bool,
+) -> tuple[float, int] | None:
+    """The pair's combined z by Fisher's approximation, in floats (no evidence objects), and the
+    values it covers; None when the samples' lattices differ (the full path then decides)."""
+    sample = ranks.correlation(row_a, row_b, transposed) if ranks is not None else None
+    if sample is None or sample[1] < policy.MIN_EVIDENCE_VALUES:
+        return None
+    r_sample, n_sample = sample
+    parts = [
+        (abs(_fisher(r, n)), n, r) for r, n in sizes if r is not None and n >= policy.MIN_EVIDENCE_VALUES
+    ]
+    z = _fisher(r_sample, n_sample)
+    total = n_sample
+    if parts:
+        z_sketch, n_sketch, r_sketch = min(parts)  # the weaker sketch, as ``weakest``
+        signed = math.copysign(z_sketch, r_sketch)
+        z = (math.sqrt(n_sketch) * signed + math.sqrt(n_sample) * z) / math.sqrt(n_sketch + n_sample)
+        total += n_sketch
+    return abs(z) / policy.NULL_INFLATION, total
+
+
+def _fisher(r: float, n: int) -> float:
+    return math.atanh(max(-1 + 1e-12, min(1 - 1e-12, r))) * math.sqrt(n - 3)
+
+
+_SAMPLE_WORTH_P = 0.05  # slice offsets: samples are read only where the sketch is not clearly null
+_CLEARLY_NULL_Z = 1.95  # the z of that p-value
+_SMALL_SKETCH_Z = 1.65  # for sketches under _SAMPLE_WORTH_VALUES: a tenth of null offsets go on
+_SAMPLE_WORTH_VALUES = 64  # ... or too small to judge
+
+
+def _with_sample(sketched: Evidence | None, samples: tuple[np.ndarray, np.ndarray]) -> Evidence | None:
+    """The sketch's evidence combined with the samples' (Spearman on the aligned samples). A
+    sketch that is decisive on its own (p <= 1e-12) is taken alone: looking at the samples only
+    when it is not adds at most 1e-12 to the error."""
+    va, vb = samples
+    if va.size < policy.MIN_EVIDENCE_VALUES:
+        return sketched
+    if sketched is not None and sketched.p_value <= _DECISIVE_P:
+        return sketched
+    return combined(sketched, sample_evidence(va, vb))
+
+
+def _content_key(row: dict) -> tuple:
+    """Tensors with equal keys here hold the same bytes (tied weights)."""
+    return (row["dtype"], tuple(row["shape"]), row["crc32"], row["sum_x2"], row["sum_x4"])
+
+
+def _assign(candidates: list[Candidate], tie_key: Callable[[str], tuple]) -> list[Candidate]:
+    """Greedy one-to-one over significant candidates: strongest estimates first; each region of
+    A and of B used once.
+
+    The exception is weights B really ties: a B tensor byte-identical to another B tensor
+    may map to the A region that other one took (e.g. an embedding and a tied LM head).
+    """
+
+    ranked = sorted(
+        candidates,
+        key=lambda c: (not c.identical, -abs(c.estimate), c.relation != "same", c.b.key != c.a.key, c.b.key),
+    )
+    kept: list[Candidate] = []
+    used_a: dict[str, list[tuple[Region, tuple]]] = defaultdict(list)
+    used_b: dict[str, list[Region]] = defaultdict(list)
+    for candidate in ranked:
+        if any(candidate.b.overlaps(r) for r in used_b[candidate.b.key]):
+            continue
+        tie = (*tie_key(candidate.b.key), candidate.b.axis, candidate.b.start, candidate.relation)
+        if any(candidate.a.overlaps(r) and t != tie for r, t in used_a[candidate.a.key]):
+            continue
+        kept.append(candidate)
+        used_a[candidate.a.key].append((candidate.a, tie))
+        used_b[candidate.b.key].append(candidate.b)
+    return sorted(kept, key=lambda c: (c.b.key, c.b.start))
+
+
+def _view_reader(
+    reader: ShardReader, model: IndexedModel, key: str
+) -> Callable[[int, int, int, int], np.ndarray]:
+    """read(r0, r1, c0, c1) -> float array of that block of the tensor's 2-D view."""
+    row = model.rows[key]
+    path, dtype, cols = model.root / row["shard"], row["dtype"], int(row["cols"])
+    itemsize, begin = SUPPORTED_DTYPES[dtype], int(row["data_begin"])
+
+    def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        if c0 == 0 and c1 == cols:
+            raw = reader.read(path, begin + r0 * cols * itemsize, (r1 - r0) * cols * itemsize)
+            return decode(raw, dtype).reshape(r1 - r0, cols)
+        pieces = [
+            decode(reader.read(path, begin + (r * cols + c0) * itemsize, (c1 - c0) * itemsize), dtype)
+            for r in range(r0, r1)
+        ]
+        return np.stack(pieces) if pieces else np.zeros((0, c1 - c0), dtype=np.float32)
+
+    return read
+
+
+def _exact_metrics(reader: ShardReader, a: IndexedModel, b: IndexedModel, c: Candidate) -> PairMetrics:
+    """Stream both sides in row chunks of A's view (or its slice) and accumulate the sums."""
+    ra, rb = a.rows[c.a.key], b.rows[c.b.key]
+    read_a, read_b = _view_reader(reader, a, c.a.key), _view_reader(reader, b, c.b.key)
+    accumulator = PairAccumulator(lower_precision(ra["dtype"], rb["dtype"]), ra["dtype"] == rb["dtype"])
+    a_rows, a_cols = _region_shape(ra, c.a)
+    a_r0, a_c0 = _region_origin(c.a)
+    b_r0, b_c0 = _region_origin(c.b)
+    step = chunk_rows(a_cols)
+    for r in range(0, a_rows, step):
+        r1 = min(r + step, a_rows)
+        block_a = read_a(a_r0 + r, a_r0 + r1, a_c0, a_c0 + a_cols)
+        if c.relation == "transpose":
+            block_b = read_b(0, int(rb["rows"]), r, r1).T
+        else:
+            block_b = read_b(b_r0 + r, b_r0 + r1, b_c0, b_c0 + a_cols)
+        accumulator.add(block_a, block_b)
+    return accumulator.finish()
+
+
+def _region_shape(row: dict, region: Region) -> tuple[int, int]:
+    rows, cols = int(row["rows"]), int(row["cols"])
+    if region.axis == 0:
+        rows = region.stop - region.start
+    elif region.axis == 1:
+        cols = region.stop - region.start
+    return rows, cols
+
+
+def _region_origin(region: Region) -> tuple[int, int]:
+    return (region.start, 0) if region.axis == 0 else (0, region.start) if region.axis == 1 else (0, 0)
+
+
+def _estimated_metrics(a: IndexedModel, b: IndexedModel, c: Candidate) -> PairMetrics:
+    """Correlation from the sketches; cosine, scale and differences from the aligned samples."""
+    va, vb = aligned_samples(a.rows[c.a.key], b.rows[c.b.key], c.a, c.b, c.relation)
+    va, vb = va.ravel(), vb.ravel()
+    if va.size:
+        d = vb - va
+        sample = pair_metrics(
+            va.size, va.sum(), vb.sum(), va @ va, vb @ vb, va @ vb, d @ d, float(np.abs(d).max()), None
+        )
+    else:
+        sample = pair_metrics(0, 0, 0, 0, 0, 0, 0, None, None)
+    return PairMetrics(
+        n=int(a.rows[c.a.key]["numel"]) if c.a.axis is None else sample.n,
+        cosine=sample.cosine,
+        correlation=1.0 if c.identical else c.estimate,
+        relative_l2=0.0 if c.identical else sample.relative_l2,
+        scale=1.0 if c.identical else sample.scale,
+        max_abs_diff=0.0 if c.identical else sample.max_abs_diff,
+        equal_after_cast=1.0 if c.identical else None,
+    )
+
+
+def aligned_samples(
+    row_a: dict, row_b: dict, region_a: Region, region_b: Region, relation: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample values of A and B at the same elements under a mapping, as two grids of one
+    shape in A's orientation (empty when the two lattices share no element at that offset)."""
+    grid_a = np.asarray(row_a["sample"], dtype=np.float64).reshape(row_a["sample_rows"], row_a["sample_cols"])
+    grid_b = np.asarray(row_b["sample"], dtype=np.float64).reshape(row_b["sample_rows"], row_b["sample_cols"])
+    sa = (int(row_a["sample_stride_rows"]), int(row_a["sample_stride_cols"]))
+    sb = (int(row_b["sample_stride_rows"]), int(row_b["sample_stride_cols"]))
+    swap = relation == "transpose"
+    stride_b_in_a = (sb[1], sb[0]) if swap else sb
+    step = (max(sa[0], stride_b_in_a[0]), max(sa[1], stride_b_in_a[1]))
+    rows, cols = _region_shape(row_a, region_a)
+    a0, b0 = _region_origin(region_a), _region_origin(region_b)
+    ii, jj = np.arange(0, rows, step[0]), np.arange(0, cols, step[1])
+    if swap:
+        b_rows, b_cols = jj + b0[0], ii + b0[1]
+    else:
+        b_rows, b_cols = ii + b0[0], jj + b0[1]
+    a_rows, a_cols = ii + a0[0], jj + a0[1]
+    if any(
+        x.size and x[0] % s for x, s in ((a_rows, sa[0]), (a_cols, sa[1]), (b_rows, sb[0]), (b_cols, sb[1]))
+    ):
+        return np.zeros((0, 0)), np.zeros((0, 0))  # the slice does not start on both lattices
+    va = grid_a[np.ix_(a_rows // sa[0], a_cols // sa[1])]
+    vb = grid_b[np.ix_(b_rows // sb[0], b_cols // sb[1])]
+    return va, (vb.T if swap else vb)
+
+
+def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[str]:
+    c, ra, rb = match.candidate, a.rows[match.candidate.a.key], b.rows[match.candidate.b.key]
+    steps = []
+    if c.a.key != c.b.key:
+        steps.append("rename")
+    if ra["dtype"] != rb["dtype"]:
+        steps.append(f"cast:{ra['dtype'].lower()}->{rb['dtype'].lower()}")
+    if c.relation.startswith("permute"):
+        steps.append("permute:rows" if c.relation == "permute_rows" else "permute:cols")
+    elif c.relation.startswith("gather"):
+        steps.append(f"gather:{c.b.axis}")
+    elif c.relation == "select":
+        rows, cols = match.selection or (None, None)
+        steps += [f"select:{axis}" for axis, kept in (("rows", rows), ("cols", cols)) if kept is not None]
+    elif c.relation == "transpose":
+        steps.append("transpose")
+    elif c.relation.startswith("a_in_b"):
+        steps.append(f"concat:{c.b.axis}")
+    elif c.relation.startswith("b_in_a"):
+        steps.append(f"split:{c.a.axis}")
+    elif list(ra["shape"]) != list(rb["shape"]):
+        steps.append("reshape")
+    scale = match.metrics.scale
+    if scale is not None and match.strength >= policy.MATCH and abs(scale - 1) > 0.02:
+        steps.append(f"scale:{scale:.4g}")
+    return steps
+
+
+def compare_paths(
+    a: Path | str,
+    b: Path | str,
+    *,
+    names: tuple[str, str] | None = None,
+    index_only: bool = False,
+    cache: Path | None = None,
+    reindex: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Compare two models given as index files or checkpoints (indexed on first use, then cached).
+
+    With ``reindex``, an index whose checkpoint changed since it was built is rebuilt in place.
+    """
+    from weightidx.index.writer import index_checkpoint
+
+    sides = []
+    for position, path in enumerate((Path(a), Path(b))):
+        name = names[position] if names else None
+        index = path if is_index_file(path) else cached_index(path, cache)
+        model = load_index(index, name)
+        if reindex and model.stale_shards():
+            index_checkpoint(model.source, index, name=model.name)
+            model = load_index(index, name)
+        sides.append(model)
+    return compare_indexes(sides[0], sides[1], index_only=index_only, progress=progress)

@@ -1,0 +1,28 @@
+"""The only module that reads environment variables.
+
+- ``WEIGHTIDX_CACHE``: where indexes (and converted pickles) built on demand are kept
+  (default ``~/.cache/weightidx``);
+- ``WEIGHTIDX_KERNEL``: ``numpy`` forces the index stage's numpy path instead of the compiled
+  kernel (tests, benchmarks);
+- ``WEIGHTIDX_DEBUG``: any value makes the CLI re-raise errors with their traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_folder() -> Path:
+    """Where weightidx keeps indexes (and converted pickles) it builds on demand."""
+    return Path(os.environ.get("WEIGHTIDX_CACHE", Path.home() / ".cache" / "weightidx"))
+
+
+def numpy_kernel_forced() -> bool:
+    """Whether ``WEIGHTIDX_KERNEL=numpy`` asks for the numpy path over the compiled kernel."""
+    return os.environ.get("WEIGHTIDX_KERNEL") == "numpy"
+
+
+def debug() -> bool:
+    """Whether ``WEIGHTIDX_DEBUG`` asks for tracebacks instead of one-line errors."""
+    return bool(os.environ.get("WEIGHTIDX_DEBUG"))

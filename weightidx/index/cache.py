@@ -1,0 +1,42 @@
+"""Indexes built on demand for checkpoints given directly to ``compare`` (and reused)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from weightidx.config import cache_folder
+from weightidx.fingerprint.sketch import GRAM_VERSION, SKETCH_VERSION
+from weightidx.index.schema import METADATA_KEY, SCHEMA_VERSION
+from weightidx.index.writer import index_checkpoint
+from weightidx.io.safetensors import open_checkpoint
+
+
+def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
+    """The index of a checkpoint, built on first use and reused while its shards are unchanged.
+
+    Cached under ``cache`` (default ``$WEIGHTIDX_CACHE`` or ``~/.cache/weightidx``), keyed by the
+    checkpoint's absolute path; a stale entry (size, mtime or header hash differ), or one an
+    older weightidx wrote without sketches this one reads, is rebuilt.
+    """
+    folder = cache or cache_folder()
+    opened = open_checkpoint(checkpoint)
+    digest = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:16]
+    target = folder / f"{opened.default_name()}-{digest}.parquet"
+    if target.exists():
+        meta = json.loads(pq.read_schema(target).metadata[METADATA_KEY])
+        recorded = [(s["name"], s["size"], s["mtime_ns"], s["header_sha256"]) for s in meta["shards"]]
+        current = [(s.name, s.size, s.mtime_ns, s.header_sha256) for s in opened.shards]
+        versions = (
+            meta.get("schema_version"),
+            meta.get("sketch_version"),
+            meta.get("gram", {}).get("version"),
+        )
+        if recorded == current and versions == (SCHEMA_VERSION, SKETCH_VERSION, GRAM_VERSION):
+            return target
+    folder.mkdir(parents=True, exist_ok=True)
+    index_checkpoint(checkpoint, target)
+    return target

@@ -1,0 +1,118 @@
+"""Index files read back for comparison: rows with their sketches as numpy views, where the
+checkpoint lives, whether it changed since, and the cache of indexes built on demand."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from weightidx.errors import IndexFileError
+from weightidx.index.schema import METADATA_KEY, SCHEMA_VERSION
+from weightidx.io.safetensors import header_sha256
+
+
+@dataclass(frozen=True)
+class IndexedModel:
+    """One side of a comparison: its index rows and where its checkpoint lives."""
+
+    name: str
+    index: Path
+    root: Path
+    source: str
+    rows: dict[str, dict]
+    shards: tuple[dict, ...] = ()
+
+    @property
+    def parameters(self) -> int:
+        return sum(int(r["numel"]) for r in self.rows.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(int(r["nbytes"]) for r in self.rows.values())
+
+    def stale_shards(self) -> list[Path]:
+        """Shards on disk whose size, mtime or header hash differ from what the index recorded."""
+        stale = []
+        for shard in self.shards:
+            path = self.root / shard["name"]
+            if not path.is_file():
+                continue
+            stat = path.stat()
+            moved = (stat.st_size, stat.st_mtime_ns) != (shard["size"], shard["mtime_ns"])
+            if moved or header_sha256(path) != shard["header_sha256"]:
+                stale.append(path)
+        return stale
+
+    def files_present(self) -> bool:
+        """Whether every shard is on disk as it was indexed (False when one is missing).
+
+        Raises:
+            IndexFileError: a shard changed after indexing, so the recorded offsets are stale.
+        """
+        stale = self.stale_shards()
+        if stale:
+            raise IndexFileError(
+                f"{stale[0]}: changed after {self.index} was built; re-index it with `weightidx index`, "
+                "pass --reindex, or pass --index-only"
+            )
+        return all((self.root / shard["name"]).is_file() for shard in self.shards)
+
+
+def is_index_file(path: Path) -> bool:
+    """Whether ``path`` is a Parquet file (by its magic bytes), as opposed to a checkpoint."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PAR1"
+
+
+def load_index(path: Path | str, name: str | None = None) -> IndexedModel:
+    """Read an index written by ``weightidx index``; raises ``IndexFileError`` when it is not one."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise IndexFileError(
+            f"{path}: not a readable Parquet index ({exc}); run `weightidx index` first"
+        ) from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise IndexFileError(
+            f"{path}: not a weightidx index (no 'weightidx' metadata); run `weightidx index`"
+        )
+    meta = json.loads(raw)
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise IndexFileError(
+            f"{path}: index schema {meta.get('schema_version')}, this weightidx reads "
+            f"{SCHEMA_VERSION}; re-index the checkpoint"
+        )
+    return IndexedModel(
+        name=name or meta["model"],
+        index=path,
+        root=Path(meta["root"]),
+        source=meta["checkpoint"],
+        rows=_rows_with_arrays(table),
+        shards=tuple(meta["shards"]),
+    )
+
+
+_ARRAY_COLUMNS = ("row_sketch", "col_sketch", "sample", "input_gram", "input_lanes", "output_gram")
+
+
+def _rows_with_arrays(table: pa.Table) -> dict[str, dict]:
+    """Index rows as dicts, the sketch and sample columns as numpy views (no Python floats);
+    a null array (no Gram sketch, say) stays ``None``."""
+    present = [name for name in _ARRAY_COLUMNS if name in table.column_names]
+    rows = table.drop_columns(present).to_pylist()
+    for name in present:
+        column = table.column(name).combine_chunks()
+        values = column.values.to_numpy(zero_copy_only=False)
+        offsets = column.offsets.to_numpy()
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        for i, row in enumerate(rows):
+            row[name] = values[offsets[i] : offsets[i + 1]] if valid[i] else None
+    return {row["key"]: row for row in rows}

@@ -1,0 +1,1 @@
+"""Port a LoRA made for model A to model B through a compare report."""

@@ -1,0 +1,573 @@
+"""Port a LoRA from model A's key space to model B's using a compare report, exactly.
+
+A LoRA module adds ``ΔW = scale · up @ down`` to one weight (``scale = alpha / rank``, or
+1 when the format folds it in). For each A weight the report says which B tensor (or
+slice) it became and how; the same transform is applied to ΔW through the factors:
+
+* rename, cast, reshape (conv <-> linear): the factors move as they are (down reshaped);
+* transpose: ``ΔWᵀ = downᵀ @ upᵀ``, so up and down swap and transpose;
+* fused in B (q, k, v -> qkv on dim 0): downs stacked, up block-diagonal, each part's
+  scale folded into its block, alpha = the new rank; on dim 1 the roles swap;
+* split in B (A fused, B parts): each part keeps down and takes its rows of up;
+* constant scale s: up is multiplied by s.
+
+``--verify`` rebuilds ΔW on both sides and checks ``ΔW_B = T(ΔW_A)`` for every module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from weightidx.compare.gather import compact, expand
+from weightidx.compare.permutation import Permutation
+from weightidx.compare.permutation import apply as apply_permutation
+from weightidx.compare.report import read_report
+from weightidx.errors import LoraError
+from weightidx.fingerprint.sketch import view_2d
+from weightidx.io.atomic import atomic_path
+from weightidx.io.safetensors import ShardReader, TensorSpec, decode, open_checkpoint, write_safetensors
+from weightidx.naming import lora_wrappers
+
+FORMATS = ("comfyui", "kohya", "diffusers", "peft")
+_FACTOR = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight$")
+_ALPHA = re.compile(r"^(?P<module>.+)\.alpha$")
+
+
+@dataclass
+class LoraModule:
+    """One adapted weight: ``ΔW = scale · up @ down`` on ``target`` (a weight key)."""
+
+    target: str
+    down: np.ndarray  # (rank, *in dims)
+    up: np.ndarray  # (out, rank, *1s)
+    alpha: float | None
+    dtype: str
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
+    def delta(self) -> np.ndarray:
+        """ΔW in the 2-D view (out × rest), float64."""
+        up = self.up.reshape(self.up.shape[0], self.rank).astype(np.float64)
+        down = self.down.reshape(self.rank, -1).astype(np.float64)
+        return self.scale * (up @ down)
+
+
+@dataclass
+class Conversion:
+    """What ``convert_lora`` did: modules written, modules refused with the reason, and checks."""
+
+    source_format: str
+    output_format: str
+    converted: list[dict] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)
+    worst_relative_error: float | None = None
+
+    def as_json(self) -> dict:
+        return {
+            "source_format": self.source_format,
+            "output_format": self.output_format,
+            "converted": self.converted,
+            "refused": self.refused,
+            "worst_relative_error": self.worst_relative_error,
+        }
+
+
+def read_lora(path: Path | str, a_keys: set[str], forced: str | None = None) -> tuple[str, list[LoraModule]]:
+    """Read a LoRA file in any supported format; module names are resolved against A's keys.
+
+    Returns the detected (or forced) format and the modules.
+    """
+    path = Path(path)
+    tensors = _load_all(path)
+    fmt = forced or _detect(tensors)
+    if fmt not in FORMATS:
+        raise LoraError(f"--from-format {fmt}: use one of {', '.join(FORMATS)}")
+    peft_alpha = _peft_alphas(path) if fmt == "peft" else {}
+    resolve = _resolver(a_keys, kohya=fmt == "kohya")
+    parts: dict[str, dict[str, object]] = defaultdict(dict)
+    for key, (dtype, values) in tensors.items():
+        factor, alpha = _FACTOR.match(key), _ALPHA.match(key)
+        if factor:
+            kind = "down" if factor["kind"] in ("lora_A", "lora_down") else "up"
+            parts[factor["module"]][kind] = values
+            parts[factor["module"]]["dtype"] = dtype
+        elif alpha:
+            parts[alpha["module"]]["alpha"] = float(np.asarray(values).reshape(-1)[0])
+    modules = []
+    for name, found in parts.items():
+        if "down" not in found or "up" not in found:
+            raise LoraError(
+                f"{path}: module '{name}' has only one of its two factors (lora_A/down, lora_B/up)"
+            )
+        target = resolve(name)
+        alpha = found.get("alpha")
+        if fmt == "peft":
+            alpha = peft_alpha.get(_strip(name), peft_alpha.get("*"))
+        modules.append(LoraModule(target, found["down"], found["up"], alpha, str(found["dtype"])))
+    if not modules:
+        raise LoraError(f"{path}: no LoRA factors found (keys like '<module>.lora_A.weight'); is it a LoRA?")
+    return fmt, modules
+
+
+def _load_all(path: Path) -> dict[str, tuple[str, np.ndarray]]:
+    checkpoint = open_checkpoint(path)
+    tensors = {}
+    with ShardReader() as reader:
+        for tensor in checkpoint.tensors:
+            if not tensor.supported:
+                raise LoraError(
+                    f"{path}: tensor '{tensor.key}' has dtype {tensor.dtype}, which weightidx cannot read"
+                )
+            raw = reader.read(tensor.path, tensor.begin, tensor.nbytes)
+            tensors[tensor.key] = (tensor.dtype, decode(raw, tensor.dtype).reshape(tensor.shape))
+    return tensors
+
+
+def _detect(tensors: dict) -> str:
+    keys = list(tensors)
+    if any(k.startswith("lora_unet_") for k in keys):
+        return "kohya"
+    if any(k.startswith("base_model.model.") for k in keys):
+        return "peft"
+    if any(k.startswith("transformer.") for k in keys) and not any(k.endswith(".alpha") for k in keys):
+        return "diffusers"
+    return "comfyui"
+
+
+def _strip(name: str) -> str:
+    for wrapper in lora_wrappers():
+        if name.startswith(wrapper):
+            return name[len(wrapper) :]
+    return name
+
+
+def _resolver(a_keys: set[str], kohya: bool):
+    """Module name in the LoRA -> A's weight key; kohya names are looked up, never guessed."""
+    underscored: dict[str, list[str]] = defaultdict(list)
+    for key in a_keys:
+        module = _module_name(key)
+        underscored[module.replace(".", "_")].append(key)
+
+    def resolve(name: str) -> str:
+        if kohya:
+            stem = name[len("lora_unet_") :] if name.startswith("lora_unet_") else name
+            found = underscored.get(stem, [])
+            if len(found) == 1:
+                return found[0]
+            return name if not found else f"<ambiguous:{name}>"
+        module = _strip(name)
+        for candidate in (module + ".weight", module):
+            if candidate in a_keys:
+                return candidate
+        return module + ".weight"
+
+    return resolve
+
+
+def _peft_alphas(path: Path) -> dict[str, float]:
+    config = path.with_name("adapter_config.json")
+    if not config.is_file():
+        return {}
+    document = json.loads(config.read_text())
+    alphas = {"*": float(document["lora_alpha"])} if "lora_alpha" in document else {}
+    for module, alpha in (document.get("alpha_pattern") or {}).items():
+        alphas[module] = float(alpha)
+    return alphas
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one A weight (or a slice of it) went in B."""
+
+    a_key: str
+    a_slice: tuple[int, int, int] | None
+    b_key: str
+    b_slice: tuple[int, int, int] | None
+    transform: tuple[str, ...]
+    verdict: str
+    scale: float
+    permutation: Permutation | None = None  # B's rows or columns are A's reordered
+    rows: np.ndarray | None = None  # B's rows are these rows of A (a pruned model's selection)
+    cols: np.ndarray | None = None  # B's columns are these columns of A
+
+
+def mapping_from_report(report: dict) -> list[Target]:
+    """The A -> B targets of every match in a compare report (any verdict)."""
+
+    def slice_of(region: dict) -> tuple[int, int, int] | None:
+        s = region["slice"]
+        return None if s is None else (s["axis"], s["start"], s["stop"])
+
+    targets = []
+    for match in report["matches"]:
+        scale = 1.0
+        for step in match["transform"]:
+            if step.startswith("scale:"):
+                scale = float(step.split(":", 1)[1])
+        found = match.get("permutation")
+        select = match.get("select") or {}
+        targets.append(
+            Target(
+                match["a"]["key"],
+                slice_of(match["a"]),
+                match["b"]["key"],
+                slice_of(match["b"]),
+                tuple(match["transform"]),
+                match["verdict"],
+                scale,
+                None
+                if found is None
+                else Permutation(
+                    int(found["axis"]), np.asarray(found["order"]), found["one_to_one"], found["moved"]
+                ),
+                None if select.get("rows") is None else expand(select["rows"]),
+                None if select.get("cols") is None else expand(select["cols"]),
+            )
+        )
+    return targets
+
+
+def export_mapping(report: dict) -> list[dict]:
+    """A key -> B key (+ slices, transform and reordering) for other tools, from a compare report."""
+    return [
+        {
+            "a": t.a_key,
+            "a_slice": None
+            if t.a_slice is None
+            else dict(zip(("axis", "start", "stop"), t.a_slice, strict=True)),
+            "b": t.b_key,
+            "b_slice": None
+            if t.b_slice is None
+            else dict(zip(("axis", "start", "stop"), t.b_slice, strict=True)),
+            "transform": list(t.transform),
+            "verdict": t.verdict,
+            "permutation": None
+            if t.permutation is None
+            else {"axis": t.permutation.axis, "order": t.permutation.order.tolist()},
+            "select": None
+            if t.rows is None and t.cols is None
+            else {
+                "rows": None if t.rows is None else compact(t.rows),
+                "cols": None if t.cols is None else compact(t.cols),
+            },
+        }
+        for t in mapping_from_report(report)
+        if t.verdict != "different"
+    ]
+
+
+@dataclass
+class _Planned:
+    """One output module and how to check it: ΔW_B should equal ``expected()``."""
+
+    module: LoraModule
+    sources: list[tuple[LoraModule, Target]]
+
+
+def convert_modules(
+    modules: list[LoraModule], targets: list[Target], a_shapes: dict[str, tuple], b_shapes: dict[str, tuple]
+) -> tuple[list[_Planned], list[dict]]:
+    """Map each A module through its targets; returns the B modules and the refusals."""
+    by_a: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        by_a[target.a_key].append(target)
+    fused: dict[str, list[tuple[LoraModule, Target]]] = defaultdict(list)
+    planned: list[_Planned] = []
+    refused: list[dict] = []
+    for module in modules:
+        reason = _refusal(module, by_a.get(module.target, []), a_shapes)
+        if reason:
+            refused.append({"module": module.target, "reason": reason})
+            continue
+        for target in by_a[module.target]:
+            if target.b_slice is not None:
+                fused[target.b_key].append((module, target))
+            else:
+                planned.append(_Planned(_move(module, target, b_shapes[target.b_key]), [(module, target)]))
+    for b_key, parts in fused.items():
+        planned.append(_Planned(_fuse(parts, b_shapes[b_key]), parts))
+    return planned, refused
+
+
+def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tuple]) -> str | None:
+    if module.target.startswith("<ambiguous:"):
+        return "its kohya name fits several of A's keys"
+    if module.target not in a_shapes:
+        return "A has no weight of that name"
+    if not targets:
+        return "the report matches this weight to nothing in B"
+    permuted = [t for t in targets if any(step.startswith("permute") for step in t.transform)]
+    if any(t.permutation is None or t.a_slice or t.b_slice or "transpose" in t.transform for t in permuted):
+        return "its B weight is a reordered slice or transpose of it, which LoRA conversion does not handle"
+    if all(t.verdict == "different" for t in targets):
+        return "its match in B is 'different' (the values did not confirm a relation): not carried over"
+    rows, cols = view_2d(a_shapes[module.target])
+    if module.up.shape[0] != rows or math.prod(module.down.shape[1:]) != cols:
+        return (
+            f"factor shapes up {list(module.up.shape)} / down {list(module.down.shape)} "
+            f"do not fit A's weight {list(a_shapes[module.target])}"
+        )
+    if len(a_shapes[module.target]) < 2 or any(t.transform.count("transpose") and t.b_slice for t in targets):
+        return "only 2-D and convolution weights are supported"
+    return None
+
+
+def _factors(module: LoraModule) -> tuple[np.ndarray, np.ndarray]:
+    """(up 2-D, down 2-D) in float64."""
+    return (
+        module.up.reshape(module.up.shape[0], module.rank).astype(np.float64),
+        module.down.reshape(module.rank, -1).astype(np.float64),
+    )
+
+
+def _shaped(up: np.ndarray, down: np.ndarray, b_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Give 2-D factors B's layout: conv weights keep their kernel dims on down, 1s on up."""
+    rank = up.shape[1]
+    extra = len(b_shape) - 2
+    return up.reshape(up.shape[0], rank, *([1] * extra)), down.reshape(rank, *b_shape[1:])
+
+
+def _move(module: LoraModule, target: Target, b_shape: tuple) -> LoraModule:
+    up, down = _factors(module)
+    up = up * target.scale
+    if target.permutation is not None:  # ΔW's rows are up's, its columns down's: reorder that factor
+        if target.permutation.axis == 0:
+            up = apply_permutation(up, target.permutation)
+        else:
+            down = apply_permutation(down, target.permutation)
+    up, down = _selected(up, down, target)
+    if "transpose" in target.transform:
+        up, down = down.T, up.T
+    up, down = _shaped(up, down, b_shape)
+    return LoraModule(target.b_key, down, up, module.alpha, module.dtype)
+
+
+def _selected(up: np.ndarray, down: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
+    """The factors of the part of ΔW that lands in B: A's slice (A fused, B one part of it),
+    then A's selected rows and columns (B pruned): ΔW_B = ΔW_A[rows][:, cols], so up's rows and
+    down's columns are selected, exactly."""
+    if target.a_slice is not None:
+        axis, start, stop = target.a_slice
+        up, down = (up[start:stop], down) if axis == 0 else (up, down[:, start:stop])
+    if target.rows is not None:
+        up = up[target.rows]
+    if target.cols is not None:
+        down = down[:, target.cols]
+    return up, down
+
+
+def _fuse(parts: list[tuple[LoraModule, Target]], b_shape: tuple) -> LoraModule:
+    """Several A modules (or several pieces of one: heads interleaved) into slices of one B
+    weight: one module whose rank is the sum of the A modules' ranks. Each A module keeps one
+    rank block; its pieces scatter its up rows (or down columns) into B's slices."""
+    rows, cols = view_2d(b_shape)
+    by_module: dict[int, list[tuple[LoraModule, Target]]] = defaultdict(list)
+    for module, target in parts:
+        by_module[id(module)].append((module, target))
+    total = sum(pieces[0][0].rank for pieces in by_module.values())
+    up, down = np.zeros((rows, total)), np.zeros((total, cols))
+    offset = 0
+    for pieces in by_module.values():
+        module = pieces[0][0]
+        block = slice(offset, offset + module.rank)
+        for _, target in pieces:
+            part_up, part_down = _factors(module)
+            part_up, part_down = _selected(part_up * (module.scale * target.scale), part_down, target)
+            axis, start, stop = target.b_slice
+            if axis == 0:
+                up[start:stop, block] = part_up
+                down[block] = part_down
+            else:
+                up[:, block] = part_up
+                down[block, start:stop] = part_down
+        offset += module.rank
+    up, down = _shaped(up, down, b_shape)
+    return LoraModule(parts[0][1].b_key, down, up, float(total), parts[0][0].dtype)
+
+
+def expected_delta(plan: _Planned, b_shape: tuple) -> np.ndarray:
+    """T(ΔW_A) in B's 2-D view: what the converted module must reproduce."""
+    rows, cols = view_2d(b_shape)
+    expected = np.zeros((rows, cols))
+    for module, target in plan.sources:
+        delta = module.delta() * target.scale
+        if target.permutation is not None:
+            delta = apply_permutation(delta, target.permutation)
+        if target.a_slice is not None:
+            axis, start, stop = target.a_slice
+            delta = delta[start:stop] if axis == 0 else delta[:, start:stop]
+        if target.rows is not None:
+            delta = delta[target.rows]
+        if target.cols is not None:
+            delta = delta[:, target.cols]
+        if "transpose" in target.transform:
+            delta = delta.T
+        if target.b_slice is None:
+            expected += delta.reshape(rows, cols)
+        elif target.b_slice[0] == 0:
+            expected[target.b_slice[1] : target.b_slice[2]] += delta
+        else:
+            expected[:, target.b_slice[1] : target.b_slice[2]] += delta
+    return expected
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    norm = float(np.linalg.norm(expected))
+    difference = float(np.linalg.norm(actual - expected))
+    return difference / norm if norm > 0 else difference
+
+
+def _module_name(weight_key: str) -> str:
+    return weight_key[: -len(".weight")] if weight_key.endswith(".weight") else weight_key
+
+
+def lora_tensors(modules: list[LoraModule], fmt: str) -> tuple[list[TensorSpec], dict | None]:
+    """Tensors to write in ``fmt``'s key style, and a PEFT adapter config when ``fmt`` is peft."""
+    specs: list[TensorSpec] = []
+    config: dict | None = None
+    for module in modules:
+        name = _module_name(module.target)
+        up, down, alpha = module.up, module.down, module.alpha
+        if fmt in ("diffusers", "peft"):  # these formats carry no alpha: fold the scale into up
+            up, alpha = up * module.scale, None
+        if fmt == "kohya":
+            prefix, down_key, up_key = (
+                f"lora_unet_{name.replace('.', '_')}",
+                "lora_down.weight",
+                "lora_up.weight",
+            )
+        else:
+            wrapper = {
+                "comfyui": "diffusion_model.",
+                "diffusers": "transformer.",
+                "peft": "base_model.model.",
+            }[fmt]
+            prefix, down_key, up_key = wrapper + name, "lora_A.weight", "lora_B.weight"
+        specs.append(TensorSpec(f"{prefix}.{down_key}", module.dtype, tuple(down.shape), lambda v=down: v))
+        specs.append(TensorSpec(f"{prefix}.{up_key}", module.dtype, tuple(up.shape), lambda v=up: v))
+        if alpha is not None:
+            specs.append(
+                TensorSpec(f"{prefix}.alpha", "F32", (), lambda a=alpha: np.array(a, dtype=np.float32))
+            )
+    if fmt == "peft":
+        ranks = {_module_name(m.target): m.rank for m in modules}
+        base = min(ranks.values()) if ranks else 1
+        config = {
+            "peft_type": "LORA",
+            "r": base,
+            "lora_alpha": base,
+            "rank_pattern": ranks,
+            "alpha_pattern": dict(ranks),
+            "target_modules": sorted(ranks),
+        }
+    return specs, config
+
+
+def convert_lora(
+    lora: Path | str,
+    report_path: Path | str,
+    out: Path | str,
+    *,
+    output_format: str | None = None,
+    source_format: str | None = None,
+    verify: bool = False,
+    strict: bool = False,
+) -> Conversion:
+    """Convert a LoRA for model A into model B's key space using ``weightidx compare A B -o report``.
+
+    Writes ``out`` (safetensors, atomically), ``out`` + ``.conversion.json`` (what was converted
+    and what was refused, with reasons) and, for PEFT, ``adapter_config.json`` beside ``out``.
+    """
+    from weightidx.index.reader import load_index
+
+    report = read_report(report_path)
+    a = load_index(report["models"]["a"]["index"])
+    b = load_index(report["models"]["b"]["index"])
+    for model in (a, b):
+        stale = model.stale_shards()
+        if stale:
+            raise LoraError(
+                f"{stale[0]}: changed after the report was made; run `weightidx compare --reindex` again"
+            )
+    a_shapes = {k: tuple(r["shape"]) for k, r in a.rows.items()}
+    b_shapes = {k: tuple(r["shape"]) for k, r in b.rows.items()}
+    fmt_in, modules = read_lora(lora, set(a_shapes), source_format)
+    fmt_out = output_format or fmt_in
+    if fmt_out not in FORMATS:
+        raise LoraError(f"--format {fmt_out}: use one of {', '.join(FORMATS)}")
+    planned, refused = convert_modules(modules, mapping_from_report(report), a_shapes, b_shapes)
+    if strict and refused:
+        first = refused[0]
+        raise LoraError(
+            f"{len(refused)} module(s) cannot be converted (--strict), e.g. {first['module']}: "
+            f"{first['reason']}; nothing was written"
+        )
+    if not planned:
+        raise LoraError(
+            f"{lora}: no module could be converted ({refused[0]['reason'] if refused else 'empty'})"
+        )
+    conversion = Conversion(fmt_in, fmt_out, refused=refused)
+    for plan in planned:
+        conversion.converted.append(
+            {
+                "b": plan.module.target,
+                "from": [
+                    {"a": t.a_key, "a_slice": t.a_slice, "b_slice": t.b_slice, "transform": list(t.transform)}
+                    for _, t in plan.sources
+                ],
+                "rank": plan.module.rank,
+            }
+        )
+    if verify:
+        conversion.worst_relative_error = max(
+            relative_error(_as_written(p.module).delta(), expected_delta(p, b_shapes[p.module.target]))
+            for p in planned
+        )
+    _write(
+        Path(out),
+        [p.module for p in planned],
+        fmt_out,
+        conversion,
+        {
+            "weightidx_source_lora": str(lora),
+            "weightidx_report": str(report_path),
+            "weightidx_model_a": a.name,
+            "weightidx_model_b": b.name,
+            "weightidx_format": fmt_out,
+        },
+    )
+    return conversion
+
+
+def _as_written(module: LoraModule) -> LoraModule:
+    """The module as the output file will hold it (rounded to its dtype)."""
+    from weightidx.io.safetensors import encode
+
+    def stored(values: np.ndarray) -> np.ndarray:
+        return decode(encode(values, module.dtype), module.dtype).reshape(values.shape)
+
+    return LoraModule(module.target, stored(module.down), stored(module.up), module.alpha, module.dtype)
+
+
+def _write(out: Path, modules: list[LoraModule], fmt: str, conversion: Conversion, metadata: dict) -> None:
+    specs, config = lora_tensors(modules, fmt)
+    sidecar = out.with_name(out.name + ".conversion.json")
+    write_safetensors(out, specs, metadata)
+    with atomic_path(sidecar) as temporary:
+        temporary.write_text(json.dumps(conversion.as_json(), indent=1) + "\n")
+    if config is not None:
+        with atomic_path(out.with_name("adapter_config.json")) as temporary:
+            temporary.write_text(json.dumps(config, indent=1) + "\n")

@@ -1,0 +1,1 @@
+"""Read-only SQL over index files: the named queries (``queries/``), the runner, catalog search."""
