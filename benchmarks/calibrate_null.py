@@ -32,8 +32,8 @@ from collections import defaultdict
 import numpy as np
 
 from tests import derive
-from tests.conftest import trained_like
 from tests.helpers import real_models
+from tests.helpers.tensors import trained_like
 from weightidx import policy
 from weightidx.compare.engine import pair_candidates
 from weightidx.compare.metrics import array_metrics

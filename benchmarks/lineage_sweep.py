@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import write_tensors
-from tests.test_lineage import INPUTS, model, projected, pruned
+from tests.helpers.lineage_models import INPUTS, model, projected, pruned
+from tests.helpers.tensors import write_tensors
 from weightidx.compare.engine import compare_paths
 
 SEEDS = range(10, 40)

@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.helpers import real_models
+from tests.helpers.tensors import Tensors, trained_like, write_tensors  # noqa: F401  (fixtures use them)
 from weightidx.demo import DemoConfig, write_demo_pair
-from weightidx.io.safetensors import TensorSpec, write_safetensors
-
-Tensors = dict[str, tuple[str, np.ndarray]]
-
-
-def write_tensors(path: Path, tensors: Tensors, metadata: dict[str, str] | None = None) -> Path:
-    """Write {key: (dtype, values)} as a safetensors file."""
-    specs = [
-        TensorSpec(key, dtype, tuple(values.shape), lambda values=values: values)
-        for key, (dtype, values) in tensors.items()
-    ]
-    write_safetensors(path, specs, metadata)
-    return path
-
-
-def trained_like(rng: np.random.Generator, *shape: int) -> np.ndarray:
-    """Gaussian bulk plus a low-rank part and uneven row scales, like trained weights."""
-    rows, cols = shape[0], math.prod(shape[1:])
-    values = rng.standard_normal((rows, cols)).astype(np.float32)
-    values += (
-        0.5
-        * rng.standard_normal((rows, 2)).astype(np.float32)
-        @ rng.standard_normal((2, cols)).astype(np.float32)
-    )
-    values *= np.exp(0.3 * rng.standard_normal((rows, 1))).astype(np.float32)
-    return (values / math.sqrt(cols)).reshape(shape)
 
 
 @pytest.fixture

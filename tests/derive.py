@@ -162,7 +162,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def toy_transformer(seed: int, width: int = 128, layers: int = 3, ffn: int | None = None) -> Tensors:
     """A small BERT-like model: embeddings, per-layer q/k/v/o, MLP, LayerNorms and biases."""
-    from tests.conftest import trained_like
+    from tests.helpers.tensors import trained_like
 
     rng = np.random.default_rng(seed)
     ffn = ffn or 4 * width

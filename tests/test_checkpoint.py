@@ -9,16 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.tensors import raw_file
 from weightidx.errors import CheckpointError, InputError
 from weightidx.io.safetensors import open_checkpoint
 
 ONE = {"w": ("F32", np.ones((4, 4), dtype=np.float32))}
-
-
-def raw_file(path: Path, header: object, data: bytes = b"", header_bytes: bytes | None = None) -> Path:
-    encoded = header_bytes if header_bytes is not None else json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
-    return path
 
 
 def test_single_file_lists_tensors_in_offset_order(write) -> None:

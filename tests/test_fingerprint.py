@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import trained_like
+from tests.helpers.tensors import trained_like
 from weightidx import index_checkpoint
 from weightidx.compare.estimate import Sketches, col_slice, row_slice, same_layout, transposed
 from weightidx.fingerprint.sketch import (

@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from tests.conftest import trained_like, write_tensors
-from tests.test_decode import REFERENCE
+from tests.helpers.tensors import REFERENCE, trained_like, write_tensors
 from weightidx import index_checkpoint, open_checkpoint
 from weightidx.cli import app
 from weightidx.errors import WeightidxError

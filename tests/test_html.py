@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests import derive
-from tests.conftest import write_tensors
+from tests.helpers.tensors import write_tensors
 from weightidx.cli import app
 from weightidx.compare.engine import compare_paths
 from weightidx.compare.report import write_report

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import trained_like
+from tests.helpers.tensors import trained_like
 from weightidx import index_checkpoint, open_checkpoint
 from weightidx.compare.estimate import Sketches, row_slice, same_layout, transposed
 from weightidx.index import writer as index_module
@@ -111,7 +111,7 @@ def test_transforms_are_recognised_from_the_index_alone(demo_pair, tmp_path: Pat
 
 
 def test_unsupported_dtype_becomes_a_row_with_a_reason(tmp_path: Path) -> None:
-    from tests.test_checkpoint import raw_file
+    from tests.helpers.tensors import raw_file
 
     path = raw_file(
         tmp_path / "m.safetensors",
@@ -145,7 +145,7 @@ def test_sharded_checkpoint_gives_the_same_fingerprints_as_one_file(tmp_path: Pa
     shards = tmp_path / "sharded"
     shards.mkdir()
     keys = list(tensors)
-    from tests.conftest import write_tensors
+    from tests.helpers.tensors import write_tensors
 
     write_tensors(shards / "model-00001-of-00002.safetensors", {k: tensors[k] for k in keys[2:]})
     write_tensors(shards / "model-00002-of-00002.safetensors", {k: tensors[k] for k in keys[:2]})

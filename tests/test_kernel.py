@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import trained_like
+from tests.helpers.tensors import trained_like
 from weightidx.fingerprint import sketch as fingerprint
 from weightidx.fingerprint.sketch import (
     BLOCK,

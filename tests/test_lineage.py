@@ -8,50 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import trained_like, write_tensors
+from tests.helpers.lineage_models import FFN, INPUTS, model, projected, pruned
 from tests.helpers.seed_pair import write_seed_pair
+from tests.helpers.tensors import trained_like, write_tensors
 from tests.helpers.verdicts import check_verdict
 from weightidx import index_checkpoint
 from weightidx.compare.engine import compare_paths
-
-
-def model(rng: np.random.Generator, width: int, inputs: dict[str, int]) -> dict:
-    """Projections from interface axes (text 256, time 192, patch 64) into the hidden width, a
-    64-output head, and three FFN up-projections from the hidden width to a kept FFN width of
-    160 (an output axis with within-model controls)."""
-    tensors = {}
-    for name, size in inputs.items():
-        tensors[f"{name}.weight"] = ("F32", trained_like(rng, width, size))
-    tensors["head.weight"] = ("F32", trained_like(rng, 64, width))
-    for i in range(3):
-        tensors[f"ffn_{i}.up.weight"] = ("F32", trained_like(rng, FFN, width))
-    for i in range(3):
-        tensors[f"blocks.{i}.attn.weight"] = ("F32", trained_like(rng, width, width))
-    return tensors
-
-
-FFN = 160
-INPUTS = {  # three tensors read each interface axis, so each model has controls on it
-    f"{axis}_{part}": size
-    for axis, size in (("text", 256), ("time", 192), ("patch", 64))
-    for part in ("in", "gate", "mod")
-}
-
-
-def pruned(source: dict, width: int, rng: np.random.Generator, noise: float) -> dict:
-    """Width-pruned derivation: keep `width` hidden units (rows in, columns out), add noise."""
-    keep = np.sort(rng.choice(source["blocks.0.attn.weight"][1].shape[0], width, replace=False))
-    out = {}
-    for key, (dtype, values) in source.items():
-        if key.startswith(("head", "ffn")):
-            part = values[:, keep]
-        elif key.startswith("blocks"):
-            part = values[keep][:, keep]
-        else:
-            part = values[keep]
-        part = part + noise * float(part.std()) * rng.standard_normal(part.shape).astype(np.float32)
-        out[key.replace("blocks.", "layers.")] = (dtype, np.ascontiguousarray(part, dtype=np.float32))
-    return out
 
 
 def lineage_of(tmp_path: Path, a: dict, b: dict) -> dict:
@@ -123,22 +85,6 @@ def test_independent_twins_stay_inside_the_null(tmp_path: Path, seed: int) -> No
     report = lineage_of(tmp_path, a, twin)
     assert all(x["z_score"] is None or x["z_score"] < 5 for x in report["lineage"]["axes"])
     assert "no sign that B was initialised from A" in report["lineage"]["verdict"]
-
-
-def projected(source: dict, rng: np.random.Generator) -> dict:
-    """B's hidden space is a random 96-dim projection of A's 128 (not a subset of units)."""
-    basis, _ = np.linalg.qr(rng.standard_normal((128, 128)))
-    project = basis[:96].astype(np.float32)
-    out = {}
-    for key, (dtype, values) in source.items():
-        if key.startswith(("head", "ffn")):
-            values = values @ project.T
-        elif key.startswith("blocks"):
-            key, values = key.replace("blocks.", "layers."), project @ values @ project.T
-        else:
-            values = project @ values
-        out[key] = (dtype, np.ascontiguousarray(values, dtype=np.float32))
-    return out
 
 
 @pytest.mark.parametrize("seed", [0, 1])

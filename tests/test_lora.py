@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests import derive
-from tests.conftest import trained_like, write_tensors
+from tests.helpers.tensors import trained_like, write_tensors
 from weightidx.cli import app
 from weightidx.compare.engine import compare_paths
 from weightidx.compare.report import write_report
@@ -22,13 +22,15 @@ from weightidx.lora.convert import convert_lora, read_lora
 RANK = 4
 
 
-def make_pair(tmp_path: Path, a: derive.Tensors, b: derive.Tensors, name: str = "ab") -> Path:
+def make_pair(
+    tmp_path: Path, a: derive.Tensors, b: derive.Tensors, name: str = "ab", index_only: bool = False
+) -> Path:
     """Write A and B, compare them, and return the report path."""
     folder = tmp_path / name
     folder.mkdir()
     pa = write_tensors(folder / "a.safetensors", a)
     pb = write_tensors(folder / "b.safetensors", b)
-    report = compare_paths(pa, pb, cache=folder / "cache")
+    report = compare_paths(pa, pb, cache=folder / "cache", index_only=index_only)
     return write_report(report, folder / "report.json")
 
 
@@ -361,13 +363,15 @@ def _convert(tmp_path: Path, report: Path, modules: dict, a_keys: set[str], b_ke
     return converted_deltas(out, b_keys)
 
 
-def test_lora_through_heads_interleaved(tmp_path: Path) -> None:
+@pytest.mark.parametrize("index_only", [False, True], ids=["values", "index only"])
+def test_lora_through_heads_interleaved(tmp_path: Path, index_only: bool) -> None:
     """q, k, v modules into GPT-NeoX's query_key_value, head by head: each head's rows of ΔW
-    land on that head's rows of B (checked here from the factors, not by --verify)."""
+    land on that head's rows of B (checked here from the factors, not by --verify), whether the
+    layout was found from the values or from the fingerprints alone."""
     a = derive.toy_transformer(40, width=128, layers=2)
     groups = [[f"layer.{i}.attn.{p}.weight" for p in "qkv"] for i in range(2)]
     b = derive.interleave_heads(a, groups, head_dim=32).tensors
-    report = make_pair(tmp_path, a, b)
+    report = make_pair(tmp_path, a, b, index_only=index_only)
     modules = make_lora(a, [k for group in groups for k in group], seed=1, alpha=4.0)
     got = _convert(tmp_path, report, modules, set(a), set(b))
     for i in range(2):

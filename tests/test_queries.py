@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import trained_like, write_tensors
+from tests.helpers.tensors import trained_like, write_tensors
 from weightidx import index_checkpoint, open_checkpoint
 from weightidx.errors import SqlError, WeightidxError
 from weightidx.sql.runner import export, queries_folder, run_query, run_sql

@@ -13,8 +13,8 @@ from safetensors import safe_open
 
 from tests import derive
 from tests.helpers import real_models
+from tests.helpers.mapping import assert_mapping, compare, predicted
 from tests.helpers.verdicts import check_verdict
-from tests.test_compare import assert_mapping, compare, predicted
 from weightidx import index_checkpoint
 from weightidx.compare.engine import compare_paths
 from weightidx.compare.gather import expand

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests import derive
-from tests.conftest import write_tensors
+from tests.helpers.tensors import write_tensors
 from weightidx import index_checkpoint
 from weightidx.cli import app
 from weightidx.sql.catalog import search_catalog

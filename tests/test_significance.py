@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests import derive
-from tests.conftest import trained_like
-from tests.test_compare import assert_mapping, compare, predicted
+from tests.helpers.mapping import assert_mapping, compare, predicted
+from tests.helpers.tensors import trained_like
 from weightidx import policy
 from weightidx.compare.metrics import array_metrics
 from weightidx.compare.significance import (

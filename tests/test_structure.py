@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from tests import derive
-from tests.conftest import trained_like
 from tests.helpers import real_models
+from tests.helpers.mapping import assert_mapping, compare, predicted
 from tests.helpers.seed_pair import write_seed_pair
+from tests.helpers.tensors import trained_like
 from tests.helpers.verdicts import check_verdict
-from tests.test_compare import assert_mapping, compare, predicted
 from weightidx.compare.engine import compare_paths
 from weightidx.compare.gather import compact, expand
 

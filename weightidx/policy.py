@@ -49,3 +49,9 @@ COSINE_MEDIUM = 0.80
 #: ``tests/test_lineage.py``'s projected models; pruning then light retraining keeps 0.9 and more.
 GATHER_DISTINCT = 0.99
 GATHER_CORRELATION = 0.5
+
+#: From the fingerprints alone (``compare/block_gather.py``), a unit of sketch blocks (a head)
+#: enters a reported piece only when its own match is this clear after its Bonferroni factor:
+#: the tensor-wide test decides that B's tensor is gathered from A's, this one which units are
+#: named (a unit matched by chance among hundreds would otherwise be reported as a piece).
+GATHER_UNIT_P = 0.01

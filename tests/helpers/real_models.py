@@ -112,3 +112,38 @@ def load(path: Path) -> dict[str, tuple[str, np.ndarray]]:
     from safetensors.numpy import load_file
 
     return {k: ("F32" if v.dtype == np.float32 else "I64", v) for k, v in load_file(path).items()}
+
+
+_BERT_MATMULS = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+
+
+def dinov2_as_bert(tensors: dict[str, tuple[str, np.ndarray]], layers: int = 6) -> dict:
+    """DINOv2-small's first ``layers`` transformer layers under BERT's (MiniLM's) key names and
+    [out, in] layout: a real model trained independently of MiniLM with its tensors where
+    MiniLM's are. The ONNX export names its MatMul weights by graph order, six a layer (q, k,
+    v, attention output, fc1, fc2, each [in, out]); the biases keep their names."""
+    matmuls = [k for k in tensors if k.startswith("onnx::MatMul_")]
+    out = {}
+    for i in range(layers):
+        for n, module in enumerate(_BERT_MATMULS):
+            dtype, values = tensors[matmuls[6 * i + n]]
+            out[f"encoder.layer.{i}.{module}.weight"] = (dtype, np.ascontiguousarray(values.T))
+        prefix = f"backbone.encoder.layer.{i}."
+        renames = {
+            "attention.attention.query.bias": "attention.self.query.bias",
+            "attention.attention.key.bias": "attention.self.key.bias",
+            "attention.attention.value.bias": "attention.self.value.bias",
+            "attention.output.dense.bias": "attention.output.dense.bias",
+            "mlp.fc1.bias": "intermediate.dense.bias",
+            "mlp.fc2.bias": "output.dense.bias",
+        }
+        for old, new in renames.items():
+            out[f"encoder.layer.{i}.{new}"] = tensors[prefix + old]
+    return out

@@ -22,9 +22,14 @@ import numpy as np
 
 from weightidx import policy
 from weightidx.compare import lineage
+from weightidx.compare.block_gather import gathered_matches
 from weightidx.compare.estimate import (
     Sketches,
+    aligned_samples,
+    estimated_metrics,
     layout_parts,
+    region_origin,
+    region_shape,
     same_layout,
     slice_scan,
     slice_values,
@@ -118,7 +123,7 @@ def compare_indexes(
             if exact:
                 metrics = _exact_metrics(reader, a, b, candidate)
             else:
-                metrics = _estimated_metrics(a, b, candidate)
+                metrics = estimated_metrics(a.rows[candidate.a.key], b.rows[candidate.b.key], candidate)
             verdict, proof = judge(candidate, metrics, p_threshold)
             matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
             if progress is not None:
@@ -128,7 +133,9 @@ def compare_indexes(
         second, cut = _within_blocks(a, b, shortlist, matches) if second_looks else ([], 0.0)
         for candidate in second:
             metrics = (
-                _exact_metrics(reader, a, b, candidate) if exact else _estimated_metrics(a, b, candidate)
+                _exact_metrics(reader, a, b, candidate)
+                if exact
+                else estimated_metrics(a.rows[candidate.a.key], b.rows[candidate.b.key], candidate)
             )
             verdict, proof = judge(candidate, metrics, cut)
             if verdict != "different":
@@ -136,6 +143,9 @@ def compare_indexes(
         structures = Structures([], [], [])
         if exact and second_looks:
             structured, structures = _structured_matches(reader, a, b, matches, p_threshold)
+            matches += structured
+        elif second_looks:
+            structured, structures = _block_gathered_matches(a, b, matches, p_threshold)
             matches += structured
         matches += _constant_matches(a, b, shortlist.constant_pairs, matches)
         for match in matches:
@@ -212,6 +222,19 @@ def _structured_matches(
             )
         )
     return out, structures
+
+
+def _block_gathered_matches(
+    a: IndexedModel, b: IndexedModel, matches: list[Match], p_threshold: float
+) -> tuple[list[Match], Structures]:
+    """Without the values: B's tensors made of whole sketch blocks of A's rows (``block_gather.py``)."""
+    related = [m for m in matches if m.verdict != "different"]
+    settled = _settled(b, related)
+    taken_a = {m.candidate.a.key for m in related if m.candidate.b.key in settled}
+    found, structures = gathered_matches(a, b, taken_a, settled, block_map(related), p_threshold)
+    redone = {m.candidate.b.key for m in found}
+    matches[:] = [m for m in matches if m.candidate.b.key not in redone]
+    return found, structures
 
 
 def _lineage(
@@ -753,9 +776,9 @@ def _exact_metrics(reader: ShardReader, a: IndexedModel, b: IndexedModel, c: Can
     ra, rb = a.rows[c.a.key], b.rows[c.b.key]
     read_a, read_b = _view_reader(reader, a, c.a.key), _view_reader(reader, b, c.b.key)
     accumulator = PairAccumulator(lower_precision(ra["dtype"], rb["dtype"]), ra["dtype"] == rb["dtype"])
-    a_rows, a_cols = _region_shape(ra, c.a)
-    a_r0, a_c0 = _region_origin(c.a)
-    b_r0, b_c0 = _region_origin(c.b)
+    a_rows, a_cols = region_shape(ra, c.a)
+    a_r0, a_c0 = region_origin(c.a)
+    b_r0, b_c0 = region_origin(c.b)
     step = chunk_rows(a_cols)
     for r in range(0, a_rows, step):
         r1 = min(r + step, a_rows)
@@ -766,70 +789,6 @@ def _exact_metrics(reader: ShardReader, a: IndexedModel, b: IndexedModel, c: Can
             block_b = read_b(b_r0 + r, b_r0 + r1, b_c0, b_c0 + a_cols)
         accumulator.add(block_a, block_b)
     return accumulator.finish()
-
-
-def _region_shape(row: dict, region: Region) -> tuple[int, int]:
-    rows, cols = int(row["rows"]), int(row["cols"])
-    if region.axis == 0:
-        rows = region.stop - region.start
-    elif region.axis == 1:
-        cols = region.stop - region.start
-    return rows, cols
-
-
-def _region_origin(region: Region) -> tuple[int, int]:
-    return (region.start, 0) if region.axis == 0 else (0, region.start) if region.axis == 1 else (0, 0)
-
-
-def _estimated_metrics(a: IndexedModel, b: IndexedModel, c: Candidate) -> PairMetrics:
-    """Correlation from the sketches; cosine, scale and differences from the aligned samples."""
-    va, vb = aligned_samples(a.rows[c.a.key], b.rows[c.b.key], c.a, c.b, c.relation)
-    va, vb = va.ravel(), vb.ravel()
-    if va.size:
-        d = vb - va
-        sample = pair_metrics(
-            va.size, va.sum(), vb.sum(), va @ va, vb @ vb, va @ vb, d @ d, float(np.abs(d).max()), None
-        )
-    else:
-        sample = pair_metrics(0, 0, 0, 0, 0, 0, 0, None, None)
-    return PairMetrics(
-        n=int(a.rows[c.a.key]["numel"]) if c.a.axis is None else sample.n,
-        cosine=sample.cosine,
-        correlation=1.0 if c.identical else c.estimate,
-        relative_l2=0.0 if c.identical else sample.relative_l2,
-        scale=1.0 if c.identical else sample.scale,
-        max_abs_diff=0.0 if c.identical else sample.max_abs_diff,
-        equal_after_cast=1.0 if c.identical else None,
-    )
-
-
-def aligned_samples(
-    row_a: dict, row_b: dict, region_a: Region, region_b: Region, relation: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sample values of A and B at the same elements under a mapping, as two grids of one
-    shape in A's orientation (empty when the two lattices share no element at that offset)."""
-    grid_a = np.asarray(row_a["sample"], dtype=np.float64).reshape(row_a["sample_rows"], row_a["sample_cols"])
-    grid_b = np.asarray(row_b["sample"], dtype=np.float64).reshape(row_b["sample_rows"], row_b["sample_cols"])
-    sa = (int(row_a["sample_stride_rows"]), int(row_a["sample_stride_cols"]))
-    sb = (int(row_b["sample_stride_rows"]), int(row_b["sample_stride_cols"]))
-    swap = relation == "transpose"
-    stride_b_in_a = (sb[1], sb[0]) if swap else sb
-    step = (max(sa[0], stride_b_in_a[0]), max(sa[1], stride_b_in_a[1]))
-    rows, cols = _region_shape(row_a, region_a)
-    a0, b0 = _region_origin(region_a), _region_origin(region_b)
-    ii, jj = np.arange(0, rows, step[0]), np.arange(0, cols, step[1])
-    if swap:
-        b_rows, b_cols = jj + b0[0], ii + b0[1]
-    else:
-        b_rows, b_cols = ii + b0[0], jj + b0[1]
-    a_rows, a_cols = ii + a0[0], jj + a0[1]
-    if any(
-        x.size and x[0] % s for x, s in ((a_rows, sa[0]), (a_cols, sa[1]), (b_rows, sb[0]), (b_cols, sb[1]))
-    ):
-        return np.zeros((0, 0)), np.zeros((0, 0))  # the slice does not start on both lattices
-    va = grid_a[np.ix_(a_rows // sa[0], a_cols // sa[1])]
-    vb = grid_b[np.ix_(b_rows // sb[0], b_cols // sb[1])]
-    return va, (vb.T if swap else vb)
 
 
 def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[str]:

@@ -3,7 +3,8 @@
 A fingerprint's row sketch has one ``K``-vector per block of ``BLOCK`` rows of the
 2-D view, and its column sketch one per block of ``BLOCK`` columns (see
 ``fingerprint.py``). These functions line those blocks up under a transform and
-return the estimated correlation.
+return the estimated correlation; the samples, lined up likewise, give the other
+metrics (``estimated_metrics``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from weightidx.compare.metrics import PairAccumulator, PairMetrics
+from weightidx.compare.types import Candidate, Region
+from weightidx.dtypes import lower_precision
 from weightidx.fingerprint.sketch import BLOCK, K
 
 
@@ -183,3 +187,89 @@ def slice_scan(part: Sketches, whole: Sketches, axis: int, step: int) -> tuple[n
         estimates = np.where(norm > 0, dots / np.where(norm > 0, norm, 1.0), np.nan)
     keep = ~np.isnan(estimates)
     return starts[keep], estimates[keep]
+
+
+def region_shape(row: dict, region: Region) -> tuple[int, int]:
+    rows, cols = int(row["rows"]), int(row["cols"])
+    if region.axis == 0:
+        rows = region.stop - region.start
+    elif region.axis == 1:
+        cols = region.stop - region.start
+    return rows, cols
+
+
+def region_origin(region: Region) -> tuple[int, int]:
+    return (region.start, 0) if region.axis == 0 else (0, region.start) if region.axis == 1 else (0, 0)
+
+
+def estimated_metrics(row_a: dict, row_b: dict, c: Candidate) -> PairMetrics:
+    """Correlation from the sketches; cosine, scale, differences and the share of values equal
+    after the cast from the aligned samples (the stored samples hold each dtype's values exactly)."""
+    va, vb = aligned_samples(row_a, row_b, c.a, c.b, c.relation)
+    sample = sample_metrics(row_a["dtype"], row_b["dtype"], va, vb)
+    return PairMetrics(
+        n=int(row_a["numel"]) if c.a.axis is None else sample.n,
+        cosine=sample.cosine,
+        correlation=1.0 if c.identical else c.estimate,
+        relative_l2=0.0 if c.identical else sample.relative_l2,
+        scale=1.0 if c.identical else sample.scale,
+        max_abs_diff=0.0 if c.identical else sample.max_abs_diff,
+        equal_after_cast=1.0 if c.identical else sample.equal_after_cast,
+    )
+
+
+def sample_metrics(dtype_a: str, dtype_b: str, va: np.ndarray, vb: np.ndarray) -> PairMetrics:
+    """Metrics of aligned sample values of A and B (any shapes of one size; empty: all None)."""
+    accumulator = PairAccumulator(lower_precision(dtype_a, dtype_b), dtype_a == dtype_b)
+    accumulator.add(np.asarray(va, dtype=np.float32).ravel(), np.asarray(vb, dtype=np.float32).ravel())
+    return accumulator.finish()
+
+
+def aligned_samples(
+    row_a: dict, row_b: dict, region_a: Region, region_b: Region, relation: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample values of A and B at the same elements under a mapping, as two grids of one
+    shape in A's orientation (empty when the two lattices share no element at that offset)."""
+    grid_a = np.asarray(row_a["sample"], dtype=np.float64).reshape(row_a["sample_rows"], row_a["sample_cols"])
+    grid_b = np.asarray(row_b["sample"], dtype=np.float64).reshape(row_b["sample_rows"], row_b["sample_cols"])
+    sa = (int(row_a["sample_stride_rows"]), int(row_a["sample_stride_cols"]))
+    sb = (int(row_b["sample_stride_rows"]), int(row_b["sample_stride_cols"]))
+    swap = relation == "transpose"
+    stride_b_in_a = (sb[1], sb[0]) if swap else sb
+    step = (max(sa[0], stride_b_in_a[0]), max(sa[1], stride_b_in_a[1]))
+    rows, cols = region_shape(row_a, region_a)
+    a0, b0 = region_origin(region_a), region_origin(region_b)
+    ii, jj = np.arange(0, rows, step[0]), np.arange(0, cols, step[1])
+    if swap:
+        b_rows, b_cols = jj + b0[0], ii + b0[1]
+    else:
+        b_rows, b_cols = ii + b0[0], jj + b0[1]
+    a_rows, a_cols = ii + a0[0], jj + a0[1]
+    if any(
+        x.size and x[0] % s for x, s in ((a_rows, sa[0]), (a_cols, sa[1]), (b_rows, sb[0]), (b_cols, sb[1]))
+    ):
+        return np.zeros((0, 0)), np.zeros((0, 0))  # the slice does not start on both lattices
+    va = grid_a[np.ix_(a_rows // sa[0], a_cols // sa[1])]
+    vb = grid_b[np.ix_(b_rows // sb[0], b_cols // sb[1])]
+    return va, (vb.T if swap else vb)
+
+
+def reordered_samples(
+    row_a: dict, row_b: dict, axis: int, local: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample values of A and B at the same elements when B's row ``i`` (column, ``axis`` 1) is
+    A's ``local[i]``: the elements both samples hold (empty when they share none)."""
+    grid_a = np.asarray(row_a["sample"], dtype=np.float64).reshape(row_a["sample_rows"], row_a["sample_cols"])
+    grid_b = np.asarray(row_b["sample"], dtype=np.float64).reshape(row_b["sample_rows"], row_b["sample_cols"])
+    sa = [int(row_a["sample_stride_rows"]), int(row_a["sample_stride_cols"])]
+    sb = [int(row_b["sample_stride_rows"]), int(row_b["sample_stride_cols"])]
+    if axis == 1:
+        grid_a, grid_b, sa, sb = grid_a.T, grid_b.T, sa[::-1], sb[::-1]
+    b_rows = np.arange(0, len(local), sb[0])
+    a_rows = local[b_rows]
+    on_both = a_rows % sa[0] == 0
+    step = max(sa[1], sb[1])
+    cols = np.arange(0, min(grid_a.shape[1] * sa[1], grid_b.shape[1] * sb[1]), step)
+    va = grid_a[np.ix_(a_rows[on_both] // sa[0], cols // sa[1])]
+    vb = grid_b[np.ix_(b_rows[on_both] // sb[0], cols // sb[1])]
+    return va, vb

@@ -101,7 +101,8 @@ def _facts(
     covered = {m.candidate.b.key for m in on_matrices}
     matched = {m.candidate.b.key for m in on_matrices if m.verdict == "match"}
     degrees = [m.strength for m in on_matrices]
-    moved = [m for m in on_matrices if not _equal_values(m)]
+    # Estimated pairs whose samples do not line up say nothing about their values: not counted.
+    moved = [m for m in on_matrices if not _equal_values(m) and m.metrics.max_abs_diff is not None]
     strongest = shortlist.strongest_z
     threshold = p_threshold
     sizes = shortlist.matrix_values

@@ -33,6 +33,7 @@ _NORMAL = NormalDist()
 _EXACT_FROM = 3.0  # below this Fisher z the t null and Fisher's approximation agree to < 1 %
 _NEAR_ONE = 1 - 1e-12
 _MAX_Z = 37.5  # the normal tail underflows double precision beyond this
+_TINY_P = 1e-300
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def correlation_p_value(r: float, n: int) -> float:
 
 def z_from_p(p: float) -> float:
     """The normal-equivalent z of a two-sided p-value (capped where doubles underflow)."""
-    if p <= 0.0:
+    if p <= _TINY_P:  # p / 2 may underflow to zero
         return _MAX_Z
     if p >= 1.0:
         return 0.0
@@ -181,6 +182,35 @@ def scaled(found: Evidence, tests: int) -> Evidence:
         return found
     p = min(1.0, found.p_value * tests)
     return Evidence(found.statistic, found.correlation, found.values, z_from_p(p), p, found.null_spread)
+
+
+def fisher_combined(statistic: str, p_values: list[float], correlation: float, values: int) -> Evidence:
+    """One evidence from independent tests: Fisher's method (Fisher 1925, *Statistical Methods
+    for Research Workers* §21.1): ``X = -2 Σ ln p_i`` has a χ² distribution with ``2k`` degrees
+    of freedom when the ``k`` p-values are uniform, and a smaller one when they are larger than
+    uniform (Bonferroni-corrected ones), so the combined p-value is exact or conservative.
+
+    ``correlation`` and ``values`` describe the statistic for the report (the degree, and how
+    many values it rests on). Raises ``ValueError`` for an empty list."""
+    if not p_values:
+        raise ValueError("no p-values to combine")
+    half = -sum(math.log(max(p, _SMALLEST_P)) for p in p_values)  # X / 2
+    p = _chi2_even_tail(half, len(p_values))
+    z = z_from_p(p)
+    return Evidence(statistic, float(correlation), int(values), z, p, None)
+
+
+_SMALLEST_P = 1e-300
+
+
+def _chi2_even_tail(half: float, k: int) -> float:
+    """P(χ²_{2k} > 2·half) = e^{-half} Σ_{j<k} half^j / j!, summed in logs (no overflow)."""
+    if half <= 0:
+        return 1.0
+    log_terms = [j * math.log(half) - math.lgamma(j + 1) for j in range(k)]
+    top = max(log_terms)
+    log_sum = top + math.log(sum(math.exp(t - top) for t in log_terms))
+    return min(1.0, math.exp(log_sum - half))
 
 
 def weakest(*found: Evidence | None) -> Evidence | None:
