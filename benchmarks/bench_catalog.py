@@ -94,7 +94,11 @@ def write_index(path: Path, name: str, layout, sketches, crcs) -> None:
         sample_rows=[4] * rows,
         sample_cols=[4] * rows,
     )
-    arrays = [pa.array(columns[f.name], type=f.type) for f in INDEX_SCHEMA]
+    # Gram sketches (lineage) play no part in search: left null, as for tensors too narrow to have them.
+    arrays = [
+        pa.array([None] * rows if columns[f.name] is None else columns[f.name], type=f.type)
+        for f in INDEX_SCHEMA
+    ]
     meta = {
         "schema_version": SCHEMA_VERSION,
         "sketch_version": 1,

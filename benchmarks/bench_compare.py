@@ -114,32 +114,36 @@ def main() -> None:
         f"| compare in-process, second looks and structured search off (median of 3) | "
         f"{looks['without_second_looks_seconds']} s |\n"
         f"| the same, on (the default) | {looks['with_second_looks_seconds']} s |\n"
-        f"| **cost of the second looks** | **{looks['second_look_ratio']}×** |"
+        f"| **cost of the second looks** | **{looks['second_look_ratio']}×** |\n"
+        f"| the same two with `--index-only` | {looks['index_only_without_second_looks_seconds']} s, "
+        f"{looks['index_only_with_second_looks_seconds']} s |\n"
+        f"| **cost of the gathers from the sketches** | **{looks['index_only_second_look_ratio']}×** |"
     )
 
 
 def second_look_cost(a_index: Path, b_index: Path) -> dict:
-    """compare_indexes with and without the second looks (values re-read for weak matrices,
-    block neighbours, structured derivations), interleaved, medians of 3: what they cost on a
-    pair that has nothing structured to find."""
+    """compare_indexes with and without the second looks (from the values: weak matrices, block
+    neighbours, structured derivations; with ``index_only``: gathers of sketch blocks),
+    interleaved, medians of 3: what they cost on a pair that has nothing structured to find."""
     from statistics import median
 
     from weightidx.compare.engine import compare_indexes
     from weightidx.index.reader import load_index
 
     a, b = load_index(a_index), load_index(b_index)
-    times: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(3):
-        for on in (False, True):
-            start = time.perf_counter()
-            compare_indexes(a, b, second_looks=on)
-            times[on].append(time.perf_counter() - start)
-    off, on = median(times[False]), median(times[True])
-    return {
-        "without_second_looks_seconds": round(off, 2),
-        "with_second_looks_seconds": round(on, 2),
-        "second_look_ratio": round(on / off, 2),
-    }
+    results = {}
+    for index_only, label in ((False, ""), (True, "index_only_")):
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(3):
+            for on in (False, True):
+                start = time.perf_counter()
+                compare_indexes(a, b, second_looks=on, index_only=index_only)
+                times[on].append(time.perf_counter() - start)
+        off, on = median(times[False]), median(times[True])
+        results[f"{label}without_second_looks_seconds"] = round(off, 2)
+        results[f"{label}with_second_looks_seconds"] = round(on, 2)
+        results[f"{label}second_look_ratio"] = round(on / off, 2)
+    return results
 
 
 if __name__ == "__main__":
