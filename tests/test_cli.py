@@ -95,7 +95,7 @@ def test_missing_output_folder_exits_3(demo_pair, tmp_path: Path) -> None:
     assert result.exit_code == 3
     assert result.output == (
         f"Error: {tmp_path / 'no' / 'a.parquet'}: folder {tmp_path / 'no'} does not exist; "
-        "create it or choose another -o\n"
+        "create it or choose another output path\n"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import ml_dtypes
@@ -119,6 +120,71 @@ def test_huge_values_do_not_overflow_the_power_sums() -> None:
     values = np.full((8, 8), 3e9, dtype=np.float32)
     fp = fingerprint_array(values)
     assert fp.sum_x4 == pytest.approx(64 * (3e9) ** 4, rel=1e-6)
+
+
+_FINGERPRINT_ARRAYS = ("row_sketch", "col_sketch", "sample", "input_gram", "input_lanes", "output_gram")
+_FINGERPRINT_NUMBERS = ("sum_x", "sum_x2", "sum_x3", "sum_x4", "mean", "std", "kurtosis", "l2_norm")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "largest"),
+    [
+        ("F32", 1e20),
+        ("F32", float(np.finfo(np.float32).max)),
+        ("BF16", 3.3e38),
+        ("F64", 1e300),
+        ("F64", float(np.finfo(np.float64).max)),
+    ],
+)
+def test_fingerprints_of_finite_values_are_finite(tmp_path: Path, write, dtype: str, largest: float) -> None:
+    """Values up to the largest finite F32 / F64 give finite sketches, Gram sums, samples and
+    moments; a power sum float64 cannot hold is null, never Inf or NaN."""
+    base = trained_like(np.random.default_rng(0), 256, 320).astype(np.float64)
+    values = base / np.abs(base).max() * largest
+    stored = values.astype(np.float64 if dtype == "F64" else np.float32)
+    path = write("big.safetensors", {"w": (dtype, stored), "b": (dtype, stored[0].copy())})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warnings either
+        index_checkpoint(path, tmp_path / "big.parquet")
+    for row in pq.read_table(tmp_path / "big.parquet").to_pylist():
+        for column in _FINGERPRINT_ARRAYS:
+            assert row[column] is None or np.all(np.isfinite(row[column])), (row["key"], column)
+        for column in _FINGERPRINT_NUMBERS:
+            assert row[column] is None or math.isfinite(row[column]), (row["key"], column)
+        assert row["std"] is not None and row["std"] > 0
+
+
+def test_huge_values_are_sketched_as_their_scaled_copy(tmp_path: Path, write) -> None:
+    """A tensor whose last rows are huge (the first tiles take the compiled path, unscaled) has
+    the sketches of the same tensor scaled by a power of two: every tile on one scale."""
+    rng = np.random.default_rng(1)
+    values = trained_like(rng, 2048, 384).astype(np.float64)
+    values[-16:] *= 1e30
+    exponent = math.frexp(float(np.abs(values).max()))[1]
+    scaled = np.ldexp(values, -exponent).astype(np.float32)
+    write("huge.safetensors", {"w": ("F32", values.astype(np.float32))})
+    write("scaled.safetensors", {"w": ("F32", scaled)})
+    rows = {}
+    for name in ("huge", "scaled"):
+        index_checkpoint(tmp_path / f"{name}.safetensors", tmp_path / f"{name}.parquet")
+        rows[name] = pq.read_table(tmp_path / f"{name}.parquet").to_pylist()[0]
+    for column in ("row_sketch", "col_sketch", "input_gram", "output_gram", "sample"):
+        got, expected = np.asarray(rows["huge"][column]), np.asarray(rows["scaled"][column])
+        assert np.allclose(got, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max()), column
+    assert rows["huge"]["sum_x2"] == pytest.approx(
+        math.ldexp(rows["scaled"]["sum_x2"], 2 * exponent), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("largest", [1e20, 3e38])
+def test_huge_values_still_match_their_bf16_cast(tmp_path: Path, largest: float) -> None:
+    from tests.helpers.mapping import compare, predicted
+
+    base = trained_like(np.random.default_rng(2), 256, 256)
+    a = {"w": ("F32", (base / np.abs(base).max() * largest).astype(np.float32))}
+    b = {"w": ("BF16", a["w"][1])}
+    report = compare(tmp_path, a, b)
+    assert predicted(report) == {("w", None, "w", None)}
 
 
 @pytest.mark.parametrize("rho", [0.99, 0.95, 0.9])

@@ -197,7 +197,9 @@ def test_fingerprints_do_not_depend_on_blas_threads(tmp_path: Path, write) -> No
 def test_output_folder_must_exist(demo_pair, tmp_path: Path) -> None:
     from weightidx.errors import OutputError
 
-    with pytest.raises(OutputError, match=r"folder .* does not exist; create it or choose another -o"):
+    with pytest.raises(
+        OutputError, match=r"folder .* does not exist; create it or choose another output path"
+    ):
         index_checkpoint(demo_pair["a"], tmp_path / "missing" / "a.parquet")
 
 

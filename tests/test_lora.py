@@ -347,7 +347,10 @@ def test_mapping_to_a_missing_folder_is_one_line(demo_pair, tmp_path: Path) -> N
     out = tmp_path / "no" / "map.json"
     result = CliRunner().invoke(app, ["lora", "mapping", str(report), "-o", str(out)])
     assert result.exit_code == 3
-    assert result.output == f"Error: {out}: cannot write (No such file or directory); choose another -o\n"
+    assert (
+        result.output
+        == f"Error: {out}: cannot write (No such file or directory); choose another output path\n"
+    )
 
 
 def _convert(tmp_path: Path, report: Path, modules: dict, a_keys: set[str], b_keys: set[str]) -> dict:

@@ -156,3 +156,71 @@ def test_each_output_format(indexes, tmp_path: Path, fmt: str) -> None:
 def test_unknown_query_name_is_an_error() -> None:
     with pytest.raises(WeightidxError, match="no query named 'nope'"):
         run_query("nope", [])
+
+
+SECRET = "weightidx-test-secret"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_text('{secret}')",
+        "SELECT * FROM read_blob('{secret}')",
+        "SELECT * FROM read_csv('{secret}')",
+        "SELECT * FROM read_json('{secret}')",
+        "SELECT * FROM sniff_csv('{secret}')",
+        "SELECT * FROM glob('{folder}/*')",
+        "SELECT * FROM read_parquet('{other}')",
+        "SELECT * FROM '{other}'",
+        "SELECT * FROM 'https://example.invalid/model.parquet'",
+        "SELECT * FROM query('SELECT * FROM read_text(''{secret}'')')",
+        "EXPLAIN SELECT * FROM read_text('{secret}')",
+    ],
+    ids=[
+        "read_text",
+        "read_blob",
+        "read_csv",
+        "read_json",
+        "sniff_csv",
+        "glob",
+        "read_parquet",
+        "from path",
+        "url",
+        "query()",
+        "explain",
+    ],
+)
+def test_sql_reads_only_the_given_indexes(indexes, tmp_path: Path, sql: str) -> None:
+    """File-reading table functions, paths, URLs: refused in one line, nothing read, nothing
+    installed (the connection runs with external access off and its configuration locked)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    statement = sql.format(secret=secret, folder=tmp_path, other=indexes["b"])
+    with pytest.raises(SqlError) as caught:
+        export(run_sql(statement, [indexes["a"]]), "table")
+    message = str(caught.value)
+    assert "\n" not in message and SECRET not in message
+    assert "reads only the index files it is given" in message or "does not exist" in message
+
+
+def test_sql_cannot_unlock_its_sandbox(indexes) -> None:
+    for statement in ("SET enable_external_access = true", "INSTALL httpfs", "LOAD httpfs"):
+        with pytest.raises(SqlError, match="only SELECT queries are allowed"):
+            run_sql(statement, [indexes["a"]])
+    setting = run_sql("SELECT current_setting('enable_external_access')", [indexes["a"]]).fetchall()
+    assert setting == [(False,)]
+
+
+def test_sql_reads_the_given_index_by_path_too(indexes) -> None:
+    """The given files stay readable under any spelling DuckDB accepts (views, or the path)."""
+    by_view = run_sql("SELECT count(*) FROM t", [indexes["a"]]).fetchall()
+    by_path = run_sql(f"SELECT count(*) FROM '{indexes['a'].resolve()}'", [indexes["a"]]).fetchall()
+    assert by_view == by_path and by_view[0][0] > 0
+
+
+def test_sql_results_still_export_to_files(indexes, tmp_path: Path) -> None:
+    relation = run_sql("SELECT key, shape FROM t ORDER BY key LIMIT 3", [indexes["a"]])
+    export(relation, "parquet", tmp_path / "out.parquet")
+    export(relation, "csv", tmp_path / "out.csv")
+    assert (tmp_path / "out.parquet").stat().st_size > 0
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 4

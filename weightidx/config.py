@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+CACHE_FIX = "set WEIGHTIDX_CACHE to a writable folder"
+
 
 def cache_folder() -> Path:
     """Where weightidx keeps indexes (and converted pickles) it builds on demand."""

@@ -10,7 +10,7 @@ import typer
 
 from weightidx.cli.app import app
 from weightidx.cli.common import user_errors
-from weightidx.errors import WeightidxError
+from weightidx.errors import InputError, WeightidxError
 
 
 class OutputFormat(StrEnum):
@@ -57,7 +57,9 @@ def _statement(arguments: list[str], file: Path | None) -> tuple[str, list[Path]
         try:
             sql = file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise WeightidxError(f"{file}: cannot read ({exc.strerror or exc})") from None
+            raise InputError(f"{file}: cannot read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{file}: not a text file of SQL (not UTF-8)") from None
         indexes = arguments
     else:
         sql, indexes = arguments[0], arguments[1:]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from weightidx.dtypes import DTYPES
+from weightidx.fingerprint.sketch import SCALE_LIMIT
 
 CHUNK_VALUES = 1 << 20  # per side; float32 chunk sums stay accurate to ~1e-6
 
@@ -66,6 +67,12 @@ class UnitSums:
         column_sums = products.sum(axis=0, dtype=np.float64)
         self.cols = column_sums if self.cols is None else self.cols + column_sums
 
+    def rescale(self, factor: float) -> None:
+        """Multiply the sums so far by ``factor`` (the values' scale changed)."""
+        self.rows = [r * factor for r in self.rows]
+        if self.cols is not None:
+            self.cols = self.cols * factor
+
     def totals(self) -> tuple[np.ndarray, np.ndarray]:
         """The per-row and per-column sums (float64)."""
         rows = np.concatenate(self.rows) if self.rows else np.zeros(0)
@@ -100,12 +107,13 @@ class PairAccumulator:
     max_abs_diff: float = 0.0
     equal_after_cast: int = 0
     units: UnitSums = field(default_factory=UnitSums)
+    exponent: int = 0  # the sums are of x·2⁻ᵉ (``_scaled``)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
         """Add one aligned chunk: whole rows of both as 2-D arrays of one shape (any other shapes
         with the same number of values add to every metric but the per-row and per-column sums)."""
-        if a.ndim == 2 and a.shape == b.shape:
-            self.units.add(a, b)
+        two_d = a.ndim == 2 and a.shape == b.shape
+        shape = a.shape
         a, b = np.ascontiguousarray(a).ravel(), np.ascontiguousarray(b).ravel()
         if a.dtype != b.dtype:
             wide = np.result_type(a.dtype, b.dtype)
@@ -113,23 +121,70 @@ class PairAccumulator:
         sum_a, sum_b = float(a.sum(dtype=np.float64)), float(b.sum(dtype=np.float64))
         if not math.isfinite(sum_a + sum_b):  # NaN/Inf are left out, as in the index
             finite = np.isfinite(a) & np.isfinite(b)
+            two_d = two_d and bool(finite.all())
             a, b = a[finite], b[finite]
-            sum_a, sum_b = float(a.sum(dtype=np.float64)), float(b.sum(dtype=np.float64))
         if not a.size:
             return
-        diff = b - a
-        self.n += a.size
-        self.sums += (sum_a, sum_b, np.dot(a, a), np.dot(b, b), np.dot(a, b), np.dot(diff, diff))
-        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()), -float(diff.min()))
         if self.same_dtype:
             self.equal_after_cast += int(np.count_nonzero(a == b))
         elif self.cast_to is not None:
             dtype = DTYPES[self.cast_to].numpy
             self.equal_after_cast += int(np.count_nonzero(a.astype(dtype) == b.astype(dtype)))
+        sums = self._sums_of(a, b)
+        if not np.all(np.isfinite(sums)):  # squares beyond float32: the values are huge
+            sums = self._sums_of(*self._scaled(a, b, rescale=True))
+        elif self.exponent:
+            sums = self._sums_of(*self._scaled(a, b))
+        a, b = self._scaled(a, b)
+        if two_d:
+            self.units.add(a.reshape(shape), b.reshape(shape))
+        self.n += a.size
+        self.sums += sums[:6]
+        self.max_abs_diff = max(self.max_abs_diff, float(sums[6]))
+
+    @staticmethod
+    def _sums_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Σa, Σb, Σa², Σb², Σab, Σ(b−a)² and max |b−a| of one chunk."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            diff = b - a
+            return np.array(
+                [
+                    a.sum(dtype=np.float64),
+                    b.sum(dtype=np.float64),
+                    np.dot(a, a),
+                    np.dot(b, b),
+                    np.dot(a, b),
+                    np.dot(diff, diff),
+                    max(float(diff.max()), -float(diff.min())),
+                ]
+            )
+
+    def _scaled(self, a: np.ndarray, b: np.ndarray, rescale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Both sides as x·2⁻ᵉ once either held values whose squares overflow float32
+        (``rescale``: this chunk does; e from its largest value), the sums so far brought to the
+        same scale. Every metric but the largest difference is a ratio the common scale leaves
+        unchanged."""
+        exponent = self.exponent
+        if rescale:
+            largest = max(float(np.abs(a).max()), float(np.abs(b).max()))
+            exponent = max(exponent, math.frexp(largest)[1] if largest > SCALE_LIMIT else 0)
+        if exponent > self.exponent:
+            factor = 2.0 ** (self.exponent - exponent)
+            self.sums *= (factor, factor, factor**2, factor**2, factor**2, factor**2)
+            self.max_abs_diff *= factor
+            self.units.rescale(factor**2)
+            self.exponent = exponent
+        if not self.exponent:
+            return a, b
+        return (
+            np.ldexp(a.astype(np.float64), -self.exponent).astype(a.dtype),
+            np.ldexp(b.astype(np.float64), -self.exponent).astype(b.dtype),
+        )
 
     def finish(self) -> PairMetrics:
         share = self.equal_after_cast / self.n if self.n and (self.cast_to or self.same_dtype) else None
-        metrics = pair_metrics(self.n, *self.sums, self.max_abs_diff, share)
+        largest = math.ldexp(self.max_abs_diff, self.exponent)
+        metrics = pair_metrics(self.n, *self.sums, largest, share)
         rows, cols = self.units.totals()
         return replace(metrics, row_sums=rows, col_sums=cols)
 

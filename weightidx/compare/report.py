@@ -443,10 +443,12 @@ def write_report(report: dict, out: Path | str) -> Path:
 def read_report(path: Path | str) -> dict:
     """A report written by ``write_report``; raises ``InputError`` for anything else."""
     try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError:  # not UTF-8, or not JSON
         raise InputError(
-            f"{path}: not a readable compare report ({exc}); run `weightidx compare A B -o FILE`"
+            f"{path}: not a weightidx compare report (not JSON); give the file `weightidx compare -o` wrote"
         ) from None
     if not isinstance(report, dict) or report.get("schema_version") != 1 or "matches" not in report:
         raise InputError(f"{path}: not a weightidx compare report (schema_version 1)")

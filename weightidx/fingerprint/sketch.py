@@ -43,7 +43,7 @@ the same elements can be found again inside a slice or after a transpose.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -78,6 +78,13 @@ _SEED_P = 0x534B_4554_4348_5031  # "SKETCHP1"
 _Q_CACHE_ROWS = 1 << 18
 _ONES = np.ones(_SUM_RUN, dtype=np.float32)
 _FLOAT32_POWER_LIMIT = 1e8  # above this |x|, Σx⁴ over a run could overflow float32
+# Above this |x| a tile is reduced as x·2⁻ᵉ (e: the exponent of the largest |x| seen so far in
+# the tensor, ``math.frexp``), so float32 sketches, Gram sums and samples stay finite up to the
+# largest F64: lane sums of 16 values squared and summed over a tile's rows reach 1e32 at 2^40.
+# A power of two scales exactly; no trained weight comes near it, so fingerprints of real
+# tensors are unchanged. The stored sketches and sample are then those of x·2⁻ᵉ; e is the
+# exponent of the ``absmax`` column. Power sums are scaled back, or None beyond float64.
+SCALE_LIMIT = 2.0**40
 
 
 def view_2d(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -218,6 +225,7 @@ class GramSums:
     gram: np.ndarray = field(default_factory=lambda: _zeros(GRAM_DIM, GRAM_DIM))
     lanes: np.ndarray = field(default_factory=lambda: _zeros(GRAM_DIM))
     output: np.ndarray | None = None
+    exponent: int = 0  # the sums are of x·2⁻ᵉ (``SCALE_LIMIT``)
 
     def output_sums(self) -> np.ndarray:
         """``output``, made on first use."""
@@ -225,11 +233,24 @@ class GramSums:
             self.output = _zeros(OUTPUT_BUCKETS + 1, ROW_DIM)
         return self.output
 
+    def rescale(self, exponent: int) -> None:
+        """Bring the sums to values scaled by 2⁻ᵉ for a larger ``exponent`` (in place)."""
+        shift = exponent - self.exponent
+        if shift <= 0:
+            return
+        self.gram *= 2.0 ** (-2 * shift)  # quadratic in the values
+        self.lanes *= 2.0**-shift
+        if self.output is not None:
+            self.output *= 2.0**-shift  # linear: the output Gram is formed from it at the end
+        self.exponent = exponent
+
     def add(self, other: GramSums) -> None:
-        self.gram += other.gram
-        self.lanes += other.lanes
+        self.rescale(other.exponent)
+        shift = self.exponent - other.exponent
+        self.gram += other.gram * 2.0 ** (-2 * shift)
+        self.lanes += other.lanes * 2.0**-shift
         if other.output is not None:
-            self.output_sums()[:] += other.output
+            self.output_sums()[:] += other.output * 2.0**-shift
 
 
 @dataclass
@@ -249,12 +270,30 @@ class TileResult:
     col_sketch: np.ndarray  # (col blocks touched, K) float64
     sample: np.ndarray  # sampled values of this tile in row-major lattice order
     gram: GramSums  # what the tile added to the Gram sketch (shared by the tiles of a job)
+    exponent: int = 0  # power sums, sketches and sample are of x·2⁻ᵉ (``SCALE_LIMIT``); not gram's
+
+    def rescaled(self, exponent: int) -> TileResult:
+        """The same reduction for values scaled by 2⁻ᵉ with a larger (or equal) ``exponent``."""
+        shift = exponent - self.exponent
+        if shift <= 0:
+            return self
+        factor = 2.0**-shift
+        return replace(
+            self,
+            power_sums=self.power_sums * factor ** np.arange(1, 5),
+            row_sketch=self.row_sketch * factor,
+            col_sketch=self.col_sketch * factor,
+            sample=(self.sample * np.float32(factor)).astype(np.float32),
+            exponent=exponent,
+        )
 
 
 def merge_results(results: list[TileResult]) -> TileResult:
     """One ``TileResult`` for consecutive tiles, added in the order given."""
     if len(results) == 1:
         return results[0]
+    exponent = max(r.exponent for r in results)
+    results = [r.rescaled(exponent) for r in results]
     finite = [r for r in results if r.minimum == r.minimum]
     return TileResult(
         power_sums=np.sum([r.power_sums for r in results], axis=0),
@@ -270,6 +309,7 @@ def merge_results(results: list[TileResult]) -> TileResult:
         col_sketch=_add_ranges([(r.col_block0, r.col_sketch) for r in results]),
         sample=np.concatenate([r.sample for r in results]),
         gram=_merge_grams([r.gram for r in results]),
+        exponent=exponent,
     )
 
 
@@ -424,7 +464,14 @@ def reduce_tile(
         matrix, lowest, highest, nans, posinf, neginf = _drop_nonfinite(matrix)
     is_zero = (workspace or Workspace()).array("is_zero", matrix.size, np.bool_).reshape(matrix.shape)
     zeros = int(np.count_nonzero(np.equal(matrix, 0, out=is_zero))) - nans - posinf - neginf
-    if max(-float(lowest), float(highest)) > _FLOAT32_POWER_LIMIT:
+    largest = max(-float(lowest), float(highest)) if lowest == lowest else 0.0
+    gram = gram if gram is not None else GramSums()
+    exponent = max(gram.exponent, math.frexp(largest)[1] if largest > SCALE_LIMIT else 0)
+    gram.rescale(exponent)
+    if exponent:
+        matrix = np.ldexp(matrix.astype(np.float64), -exponent)  # exact: a power of two
+        sums = _power_sums(matrix.reshape(-1))
+    elif largest > _FLOAT32_POWER_LIMIT:
         sums = _power_sums(matrix.reshape(-1).astype(np.float64))  # x⁴ would overflow float32
     else:
         sums = _power_sums(matrix.reshape(-1), workspace)
@@ -433,7 +480,6 @@ def reduce_tile(
     col_part = q_rows(tile.row0, tile.row1).T @ work
     with_output = tile.cols >= OUTPUT_MIN_COLS
     lanes = row_lanes(work, tile.col0, K if with_output else GRAM_PROJECTIONS)
-    gram = gram if gram is not None else GramSums()
     gram.gram += lanes[:, :GRAM_DIM].T @ lanes[:, :GRAM_DIM]
     gram.lanes += lanes[:, :GRAM_DIM].sum(axis=0)
     if with_output:
@@ -452,6 +498,7 @@ def reduce_tile(
         col_sketch=_fold_blocks(col_part.T, tile.col0),
         sample=_tile_sample(matrix, tile, strides),
         gram=gram,
+        exponent=exponent,
     )
 
 
@@ -471,13 +518,16 @@ def reduce_raw_tile(
     """``(zlib crc32 of raw, reduction)`` of a tile in one compiled pass over its bytes, or
     ``None`` when the numpy path must do it.
 
-    ``None`` when the kernel is not built, the dtype is not F32/BF16/F16, or the tile holds
+    ``None`` when the kernel is not built, the dtype is not F32/BF16/F16, the tile holds
     NaN, Inf or values whose fourth power overflows float32 (the numpy path counts and
-    drops those; ``gram`` is then left as it was). The reduction matches ``reduce_tile`` to
-    float32 rounding. The Gram sketch terms are added into ``gram`` (new when None).
+    drops those; ``gram`` is then left as it was), or ``gram`` holds scaled sums. The
+    reduction matches ``reduce_tile`` to float32 rounding. The Gram sketch terms are added
+    into ``gram`` (new when None).
     """
     kind = DTYPES[dtype].kernel if dtype in DTYPES else None
     if _fused is None or kind is None or tile.numel < _fused.MIN_ELEMENTS:
+        return None
+    if gram is not None and gram.exponent:  # an earlier tile was scaled: this one must be too
         return None
     n_rows, n_cols = tile.row1 - tile.row0, tile.col1 - tile.col0
     row_sketch = np.zeros(((tile.row1 - 1) // BLOCK - tile.row0 // BLOCK + 1, K), dtype=np.float64)
@@ -541,10 +591,10 @@ class Fingerprint:
     rows: int
     cols: int
     finite: int
-    sum_x: float
-    sum_x2: float
-    sum_x3: float
-    sum_x4: float
+    sum_x: float | None  # None where the sum is beyond float64 (|x| above 1e77 or so)
+    sum_x2: float | None
+    sum_x3: float | None
+    sum_x4: float | None
     minimum: float | None
     maximum: float | None
     zeros: int
@@ -559,6 +609,8 @@ class Fingerprint:
     input_gram: np.ndarray | None  # float32 (GRAM_DIM * (GRAM_DIM + 1) / 2,): upper triangle of Σ v vᵀ
     input_lanes: np.ndarray | None  # float32 (GRAM_DIM,): Σ v; both None when rows were split
     output_gram: np.ndarray | None  # float32 (528,): see ``output_gram``; None below OUTPUT_MIN_COLS
+    exponent: int = 0  # sketches, Gram sums and sample are of x·2⁻ᵉ (``SCALE_LIMIT``)
+    scaled_sums: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # Σ(x·2⁻ᵉ)^k, k = 1..4
 
 
 class TensorAccumulator:
@@ -576,8 +628,29 @@ class TensorAccumulator:
         self._gram = np.zeros((GRAM_DIM, GRAM_DIM), dtype=np.float64)
         self._lanes = np.zeros(GRAM_DIM, dtype=np.float64)
         self._output = _zeros(OUTPUT_BUCKETS + 1, ROW_DIM)
+        self._exponent = 0
+
+    def _rescale(self, exponent: int) -> None:
+        shift = exponent - self._exponent
+        if shift <= 0:
+            return
+        factor = 2.0**-shift
+        self._sums *= factor ** np.arange(1, 5)
+        self._row_sketch *= factor
+        self._col_sketch *= factor
+        self._samples = [(s * np.float32(factor)).astype(np.float32) for s in self._samples]
+        self._gram *= factor * factor
+        self._lanes *= factor
+        self._output *= factor
+        self._exponent = exponent
 
     def add(self, result: TileResult) -> None:
+        self._rescale(max(result.exponent, result.gram.exponent))
+        result = result.rescaled(self._exponent)
+        gram = result.gram
+        if gram.exponent < self._exponent:
+            gram = GramSums(exponent=self._exponent)
+            gram.add(result.gram)
         self._sums += result.power_sums
         if result.minimum == result.minimum:  # NaN when the tile had no finite value
             self._lowest = min(self._lowest, result.minimum)
@@ -587,10 +660,10 @@ class TensorAccumulator:
         self._row_sketch[first_r : first_r + len(result.row_sketch)] += result.row_sketch
         self._col_sketch[first_c : first_c + len(result.col_sketch)] += result.col_sketch
         self._samples.append(result.sample)
-        self._gram += result.gram.gram
-        self._lanes += result.gram.lanes
-        if result.gram.output is not None:
-            self._output += result.gram.output
+        self._gram += gram.gram
+        self._lanes += gram.lanes
+        if gram.output is not None:
+            self._output += gram.output
 
     def finish(self) -> Fingerprint:
         zeros, nans, posinf, neginf = (int(c) for c in self._counts)
@@ -607,10 +680,10 @@ class TensorAccumulator:
             rows=self.rows,
             cols=self.cols,
             finite=finite,
-            sum_x=float(self._sums[0]),
-            sum_x2=float(self._sums[1]),
-            sum_x3=float(self._sums[2]),
-            sum_x4=float(self._sums[3]),
+            sum_x=_unscaled(self._sums[0], self._exponent),
+            sum_x2=_unscaled(self._sums[1], 2 * self._exponent),
+            sum_x3=_unscaled(self._sums[2], 3 * self._exponent),
+            sum_x4=_unscaled(self._sums[3], 4 * self._exponent),
             minimum=self._lowest if finite else None,
             maximum=self._highest if finite else None,
             zeros=zeros,
@@ -625,6 +698,8 @@ class TensorAccumulator:
             input_gram=gram,
             input_lanes=lanes,
             output_gram=output,
+            exponent=self._exponent,
+            scaled_sums=tuple(float(v) for v in self._sums),
         )
 
     def _assemble_sample(self, sample_shape: tuple[int, int]) -> np.ndarray:
@@ -633,6 +708,14 @@ class TensorAccumulator:
         if self.rows and self.cols:
             assert sample.size == sample_shape[0] * sample_shape[1]
         return sample
+
+
+def _unscaled(value: float, exponent: int) -> float | None:
+    """``value · 2^exponent``, or None where float64 cannot hold it."""
+    try:
+        return math.ldexp(float(value), exponent)
+    except OverflowError:
+        return None
 
 
 def fingerprint_array(values: np.ndarray) -> Fingerprint:

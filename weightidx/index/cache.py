@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from weightidx.config import cache_folder
+from weightidx.config import CACHE_FIX, cache_folder
 from weightidx.fingerprint.sketch import GRAM_VERSION, SKETCH_VERSION
 from weightidx.index.schema import METADATA_KEY, SCHEMA_VERSION
 from weightidx.index.writer import index_checkpoint
+from weightidx.io.atomic import ensure_folder
 from weightidx.io.safetensors import open_checkpoint
 
 
@@ -37,6 +38,6 @@ def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
         )
         if recorded == current and versions == (SCHEMA_VERSION, SKETCH_VERSION, GRAM_VERSION):
             return target
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_folder(folder, "indexes built on demand", CACHE_FIX)
     index_checkpoint(checkpoint, target)
     return target

@@ -173,11 +173,13 @@ def _write_rows(writer: pq.ParquetWriter, schema: pa.Schema, rows: Iterator[dict
 def _check_output(output: Path, checkpoint: Checkpoint) -> None:
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"{output}: folder {parent} does not exist; create it or choose another -o")
+        raise OutputError(
+            f"{output}: folder {parent} does not exist; create it or choose another output path"
+        )
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"{output}: folder {parent} is not writable; choose another -o")
+        raise OutputError(f"{output}: folder {parent} is not writable; choose another output path")
     if output.exists() and any(output.resolve() == shard.path for shard in checkpoint.shards):
-        raise OutputError(f"{output}: is one of the checkpoint's shards; choose another -o")
+        raise OutputError(f"{output}: is one of the checkpoint's shards; choose another output path")
 
 
 def _file_metadata(checkpoint: Checkpoint, model: str) -> dict:
@@ -393,12 +395,14 @@ def _fingerprint_columns(fp: Fingerprint) -> dict:
         "input_lanes": fp.input_lanes,
         "output_gram": fp.output_gram,
     }
-    columns.update(moments(fp.finite, fp.sum_x, fp.sum_x2, fp.sum_x3, fp.sum_x4))
+    columns.update(moments(fp.finite, *fp.scaled_sums, exponent=fp.exponent))
     return columns
 
 
-def moments(n: int, s1: float, s2: float, s3: float, s4: float) -> dict[str, float | None]:
-    """Mean, population std, excess kurtosis and L2 norm from power sums (None when undefined)."""
+def moments(n: int, s1: float, s2: float, s3: float, s4: float, exponent: int = 0) -> dict[str, float | None]:
+    """Mean, population std, excess kurtosis and L2 norm from the power sums of x·2⁻ᵉ
+    (``exponent`` e; 0 for all but huge values); None when undefined, or for an L2 norm beyond
+    float64."""
     if n == 0:
         return {"mean": None, "std": None, "kurtosis": None, "l2_norm": 0.0}
     mean = s1 / n
@@ -407,4 +411,13 @@ def moments(n: int, s1: float, s2: float, s3: float, s4: float) -> dict[str, flo
     if variance > 0:
         m4 = s4 / n - 4 * mean * s3 / n + 6 * mean * mean * s2 / n - 3 * mean**4
         kurtosis = m4 / (variance * variance) - 3.0
-    return {"mean": mean, "std": math.sqrt(variance), "kurtosis": kurtosis, "l2_norm": math.sqrt(s2)}
+    try:
+        l2_norm: float | None = math.ldexp(math.sqrt(s2), exponent)
+    except OverflowError:
+        l2_norm = None
+    return {
+        "mean": math.ldexp(mean, exponent),
+        "std": math.ldexp(math.sqrt(variance), exponent),
+        "kurtosis": kurtosis,
+        "l2_norm": l2_norm,
+    }

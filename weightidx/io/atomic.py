@@ -26,21 +26,50 @@ def atomic_path(out: Path | str) -> Iterator[Path]:
         yield temporary
         os.replace(temporary, out)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(f"{out}: cannot write ({exc.strerror or exc}); choose another -o") from None
+        _discard(temporary)
+        raise OutputError(
+            f"{out}: cannot write ({exc.strerror or exc}); choose another output path"
+        ) from None
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _discard(temporary)
         raise
+
+
+def _discard(temporary: Path) -> None:
+    """Remove a temporary; never raises (a read-only folder refuses even the attempt, and the
+    error being reported is the one that matters)."""
+    with contextlib.suppress(OSError):
+        temporary.unlink(missing_ok=True)
+
+
+def ensure_folder(folder: Path, purpose: str, fix: str) -> Path:
+    """Create ``folder`` (and its parents) if missing; raises ``OutputError`` naming it, what
+    it is for (``purpose``) and ``fix`` when it cannot be created or is not a folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{folder}: is a file, not a folder for {purpose}; {fix}") from None
+    except OSError as exc:
+        raise OutputError(
+            f"{folder}: cannot create the folder for {purpose} ({exc.strerror or exc}); {fix}"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: the folder for {purpose} is not writable; {fix}")
+    return folder
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:
     """Remove ``.<name>.<pid>.tmp`` files beside ``out`` left by processes that no longer run."""
     removed = []
     prefix = f".{out.name}."
-    for leftover in out.parent.glob(glob.escape(prefix) + "*.tmp"):
+    try:
+        leftovers = list(out.parent.glob(glob.escape(prefix) + "*.tmp"))
+    except OSError:  # an unreadable folder: the write itself will say what is wrong
+        return removed
+    for leftover in leftovers:
         pid = leftover.name[len(prefix) : -len(".tmp")]
         if pid.isdigit() and not _running(int(pid)):
-            leftover.unlink(missing_ok=True)
+            _discard(leftover)
             removed.append(leftover)
     return removed
 

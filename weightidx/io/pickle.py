@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from weightidx.config import cache_folder
+from weightidx.config import CACHE_FIX, cache_folder
 from weightidx.dtypes import FROM_TORCH
 from weightidx.errors import CheckpointError, InputError
+from weightidx.io.atomic import ensure_folder
 from weightidx.io.safetensors import TensorSpec, write_safetensors
 
 
@@ -48,7 +49,7 @@ def convert_pickle(path: Path | str, cache: Path | None = None) -> Path:
                 path, f"tensor '{key}' has dtype {tensor.dtype}, which weightidx cannot store"
             )
         specs.append(TensorSpec(key, dtype, tuple(tensor.shape), lambda t=tensor, d=dtype: _numpy(t, d)))
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(target.parent, "converted pickles", CACHE_FIX)
     write_safetensors(target, specs, {"weightidx_converted_from": str(path.resolve())})
     return target
 

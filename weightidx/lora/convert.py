@@ -181,7 +181,12 @@ def _peft_alphas(path: Path) -> dict[str, float]:
     config = path.with_name("adapter_config.json")
     if not config.is_file():
         return {}
-    document = json.loads(config.read_text())
+    try:
+        document = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LoraError(f"{config}: not a readable PEFT adapter config ({exc}); fix or remove it") from None
+    if not isinstance(document, dict):
+        raise LoraError(f"{config}: not a PEFT adapter config (a JSON object); fix or remove it")
     alphas = {"*": float(document["lora_alpha"])} if "lora_alpha" in document else {}
     for module, alpha in (document.get("alpha_pattern") or {}).items():
         alphas[module] = float(alpha)

@@ -5,6 +5,13 @@ however many, is also in ``catalog`` with a ``filename`` column. Each
 ``queries/NAME.sql`` holds one statement with a header comment (what it returns, its
 views and ``$named`` parameters, its columns). In a wheel the folder is packaged as
 ``weightidx.sql.queries``: the repository's top-level ``queries/``.
+
+The connection a statement runs in is a sandbox: it may read the given index files and
+nothing else (DuckDB's ``allowed_paths`` with ``enable_external_access`` off, then the
+configuration locked), and it never installs or loads an extension. ``read_text``,
+``read_blob``, ``read_csv``, ``glob``, URLs and any other path fail with one line that
+says so, also inside ``query(...)`` and ``EXPLAIN``. Results are written to files by a
+separate connection that runs no user SQL.
 """
 
 from __future__ import annotations
@@ -45,22 +52,42 @@ def connect(
     indexes: Sequence[Path | str], named: dict[str, Path | str] | None = None
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the indexes registered as views (see module doc);
-    ``named`` adds one view per extra index under the given name."""
-    paths = [Path(p) for p in indexes]
-    for path in [*paths, *(Path(p) for p in (named or {}).values())]:
+    ``named`` adds one view per extra index under the given name. Sandboxed: it reads these
+    files and no others, and its configuration is locked.
+
+    Raises ``IndexFileError`` when an index file does not exist."""
+    paths = [Path(p).resolve() for p in indexes]
+    extra = {name: Path(p).resolve() for name, p in (named or {}).items()}
+    for path in [*paths, *extra.values()]:
         if not path.is_file():
             raise IndexFileError(f"{path}: no such index; run `weightidx index` first")
-    connection = duckdb.connect()
+    connection = duckdb.connect(
+        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    )
+    connection.execute("SET allowed_paths = ?", [[str(p) for p in {*paths, *extra.values()}]])
+    connection.execute("SET enable_external_access = false")
+    views = {}
     if paths:
-        connection.register("catalog", connection.read_parquet([str(p) for p in paths], filename=True))
+        views["catalog"] = f"read_parquet({_list(paths)}, filename = true)"
     if len(paths) == 1:
-        connection.register("t", connection.read_parquet(str(paths[0])))
+        views["t"] = f"read_parquet({_list(paths)})"
     if len(paths) == 2:
-        connection.register("a", connection.read_parquet(str(paths[0])))
-        connection.register("b", connection.read_parquet(str(paths[1])))
-    for name, path in (named or {}).items():
-        connection.register(name, connection.read_parquet(str(path)))
+        views["a"], views["b"] = f"read_parquet({_list(paths[:1])})", f"read_parquet({_list(paths[1:])})"
+    for name, path in extra.items():
+        views[name] = f"read_parquet({_list([path])})"
+    for name, source in views.items():
+        connection.execute(f"CREATE VIEW {_identifier(name)} AS SELECT * FROM {source}")
+    connection.execute("SET lock_configuration = true")
     return connection
+
+
+def _list(paths: Sequence[Path]) -> str:
+    """A SQL list of string literals (quotes doubled): DDL takes no bound parameters."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def run_query(
@@ -80,9 +107,20 @@ def run_sql(
         # Run it here, so errors point into the statement as written, not into a wrapper
         # DuckDB builds when the result is printed.
         result = connection.sql(sql, params=parameters or None).to_arrow_table()
+    except duckdb.PermissionException as exc:
+        raise SqlError(f"{_SANDBOX} ({one_line(exc)})") from None
     except duckdb.Error as exc:
         raise SqlError(one_line(exc)) from None
-    return connection.from_arrow(result)
+    finally:
+        connection.close()
+    # A fresh connection holds the result: exporting it writes files, which the sandbox forbids.
+    return duckdb.connect().from_arrow(result)
+
+
+_SANDBOX = (
+    "weightidx sql reads only the index files it is given (views t, a and b, catalog): "
+    "other files, URLs and extensions are refused"
+)
 
 
 def check_read_only(sql: str) -> None:
@@ -138,10 +176,13 @@ def _export_file(relation: duckdb.DuckDBPyRelation, format: str, out: Path | Non
     """DuckDB's own writers: they handle list columns (sketches, shapes)."""
 
     def write(path: Path) -> None:
-        if format == "csv":
-            relation.write_csv(str(path))
-        else:
-            relation.write_parquet(str(path))
+        try:
+            if format == "csv":
+                relation.write_csv(str(path))
+            else:
+                relation.write_parquet(str(path))
+        except duckdb.IOException as exc:  # the file system refused: an output error, not the query's
+            raise OSError(one_line(exc)) from None
 
     if out is not None:
         _atomic(out, write)

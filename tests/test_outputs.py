@@ -1,0 +1,123 @@
+"""Outputs and caches that cannot be written, and inputs that are not what they claim: one line,
+the documented exit code, nothing half-written, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from weightidx.cli import app
+from weightidx.compare.engine import compare_paths
+from weightidx.compare.report import write_report
+from weightidx.index.writer import index_checkpoint
+
+runner = CliRunner()
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+@pytest.fixture(scope="module")
+def indexes(demo_pair, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("indexes")
+    out = {side: index_checkpoint(demo_pair[side], folder / f"{side}.parquet").output for side in "ab"}
+    out["report"] = write_report(compare_paths(out["a"], out["b"]), folder / "report.json")
+    return out
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Path]:
+    """A read-only file system (a tmpfs mounted ro): even root cannot write there."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def _one_line(result, code: int, *parts: str) -> None:
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "{a}", "{b}", "-q", "-o", "{ro}/report.json"],
+        ["compare", "{a}", "{b}", "-q", "--html", "{ro}/report.html"],
+        ["sql", "SELECT key FROM t", "{a}", "-o", "{ro}/out.csv", "--format", "csv"],
+        ["sql", "SELECT key FROM t", "{a}", "-o", "{ro}/out.txt"],
+        ["report", "{report}", "--html", "{ro}/report.html"],
+        ["lora", "mapping", "{report}", "-o", "{ro}/map.json"],
+        ["index", "{checkpoint}", "-q", "-o", "{ro}/a.parquet"],
+    ],
+    ids=["compare -o", "compare --html", "sql csv", "sql table", "report", "lora mapping", "index"],
+)
+def test_an_output_on_a_read_only_file_system_is_exit_3(
+    indexes, demo_pair, read_only: Path, args: list[str]
+) -> None:
+    values = {"a": indexes["a"], "b": indexes["b"], "report": indexes["report"], "ro": read_only}
+    values["checkpoint"] = demo_pair["a"]
+    result = run(*[arg.format(**values) for arg in args])
+    _one_line(result, 3, str(read_only))
+    assert list(read_only.iterdir()) == []
+
+
+def test_an_unwritable_cache_is_exit_3(demo_pair, read_only: Path) -> None:
+    cache = read_only / "cache"
+    result = run(
+        "compare", str(demo_pair["a"]), str(demo_pair["b"]), "-q", env={"WEIGHTIDX_CACHE": str(cache)}
+    )
+    _one_line(result, 3, str(cache), "WEIGHTIDX_CACHE")
+
+
+def test_a_cache_that_is_a_file_is_exit_3(demo_pair, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    result = run(
+        "compare", str(demo_pair["a"]), str(demo_pair["b"]), "-q", env={"WEIGHTIDX_CACHE": str(cache)}
+    )
+    _one_line(result, 3, f"{cache}: is a file, not a folder", "WEIGHTIDX_CACHE")
+
+
+@pytest.mark.parametrize("kind", ["parquet", "binary", "json list", "empty"])
+def test_report_refuses_what_is_not_a_report(indexes, tmp_path: Path, kind: str) -> None:
+    given = {
+        "parquet": indexes["a"],
+        "binary": tmp_path / "x.json",
+        "json list": tmp_path / "list.json",
+        "empty": tmp_path / "empty.json",
+    }[kind]
+    if kind == "binary":
+        given.write_bytes(b"\xff\xfe\x00garbage")
+    elif kind == "json list":
+        given.write_text("[1, 2]")
+    elif kind == "empty":
+        given.write_text("")
+    out = tmp_path / "r.html"
+    result = run("report", str(given), "--html", str(out))
+    _one_line(result, 2, str(given), "not a weightidx compare report")
+    assert not out.exists()
+
+
+def test_an_unreadable_sql_file_is_exit_2(indexes, tmp_path: Path) -> None:
+    binary = tmp_path / "q.sql"
+    binary.write_bytes(b"\xff\xfe\x00")
+    _one_line(run("sql", "-f", str(binary), str(indexes["a"])), 2, str(binary))
+    missing = tmp_path / "missing.sql"
+    _one_line(run("sql", "-f", str(missing), str(indexes["a"])), 2, str(missing), "cannot read")
