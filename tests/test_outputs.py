@@ -121,3 +121,74 @@ def test_an_unreadable_sql_file_is_exit_2(indexes, tmp_path: Path) -> None:
     _one_line(run("sql", "-f", str(binary), str(indexes["a"])), 2, str(binary))
     missing = tmp_path / "missing.sql"
     _one_line(run("sql", "-f", str(missing), str(indexes["a"])), 2, str(missing), "cannot read")
+
+
+def test_an_unknown_dtype_is_a_warning_naming_file_and_tensor(tmp_path: Path) -> None:
+    from tests.helpers.tensors import raw_file
+
+    path = raw_file(
+        tmp_path / "m.safetensors",
+        {
+            "w": {"dtype": "F12", "shape": [2, 2], "data_offsets": [0, 8]},
+            "v": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+        },
+        b"\0" * 16,
+    )
+    result = runner.invoke(app, ["index", str(path), "-q", "-o", str(tmp_path / "m.parquet")])
+    assert result.exit_code == 0
+    assert result.output == (
+        f"Warning: {path}: tensor 'w' has dtype F12, which safetensors does not define; "
+        "indexed without a fingerprint\n"
+    )
+
+
+def test_a_file_with_nothing_decodable_is_exit_2(tmp_path: Path) -> None:
+    from tests.helpers.tensors import raw_file
+
+    path = raw_file(
+        tmp_path / "m.safetensors", {"w": {"dtype": "F12", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4
+    )
+    out = tmp_path / "m.parquet"
+    _one_line(
+        run("index", str(path), "-o", str(out)), 2, str(path), "no tensor has a dtype weightidx decodes"
+    )
+    assert not out.exists()
+
+
+def test_estimated_metrics_because_a_checkpoint_is_missing_say_so(demo_pair, tmp_path: Path) -> None:
+    import shutil
+
+    moved = tmp_path / "b.safetensors"
+    shutil.copy(demo_pair["b"], moved)
+    index_b = index_checkpoint(moved, tmp_path / "b.parquet").output
+    index_a = index_checkpoint(demo_pair["a"], tmp_path / "a.parquet").output
+    moved.unlink()
+    result = run("compare", str(index_a), str(index_b), "-q", "-o", str(tmp_path / "r.json"))
+    assert result.exit_code == 0
+    line = f"Warning: {index_b.resolve()}: the checkpoint it was built from is missing ({moved.resolve()})"
+    assert result.output.startswith(line)
+    assert len(result.output.splitlines()) == 1
+
+
+def test_a_report_moved_with_its_indexes_still_ports_a_lora(demo_pair, tmp_path: Path) -> None:
+    """Reports record absolute index paths; a report moved together with its indexes finds them
+    beside it."""
+    import json
+    import os
+
+    made = tmp_path / "made"
+    made.mkdir()
+    for side in "ab":
+        index_checkpoint(demo_pair[side], made / f"{side}.parquet")
+    report = write_report(compare_paths(made / "a.parquet", made / "b.parquet"), made / "report.json")
+    recorded = json.loads(report.read_text())["models"]["a"]["index"]
+    assert os.path.isabs(recorded)
+    moved = tmp_path / "moved"
+    made.rename(moved)
+    out = tmp_path / "lora_b.safetensors"
+    lora = demo_pair["a"].with_name("wan_a_lora.safetensors")
+    result = run(
+        "lora", "convert", str(lora), "--report", str(moved / "report.json"), "-o", str(out), "--verify"
+    )
+    assert result.exit_code == 0, result.output
+    assert out.exists()

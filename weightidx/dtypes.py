@@ -50,6 +50,14 @@ DTYPES: dict[str, DType] = {
 #: Safetensors dtype name -> bytes per element, for every dtype weightidx decodes.
 SUPPORTED_DTYPES: dict[str, int] = {name: d.itemsize for name, d in DTYPES.items()}
 
+#: Every dtype name the safetensors format defines (``safetensors/src/tensor.rs``, ``Dtype``);
+#: those missing from ``DTYPES`` are indexed without a fingerprint (sub-byte floats, unsigned
+#: words, complex numbers, MX scales). A name outside this set is not safetensors at all.
+SAFETENSORS_DTYPES = frozenset(
+    {"BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
+     "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64"}
+)  # fmt: skip
+
 #: torch's dtype names (as a pickle reports them) -> safetensors names.
 FROM_TORCH: dict[str, str] = {d.torch: name for name, d in DTYPES.items()}
 

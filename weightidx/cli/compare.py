@@ -45,5 +45,7 @@ def compare_command(
             from weightidx.render.html import write_html
 
             write_html(report, html)
+    for line in report["warnings"]:
+        typer.echo(f"Warning: {line}", err=True)
     if not quiet:
         print(render_report(report))

@@ -53,6 +53,8 @@ def index_command(
                 progress=(lambda p: update(p.bytes_done, p.bytes_total)) if update else None,
                 allow_pickle=allow_pickle,
             )
+    for line in summary.warnings:
+        typer.echo(f"Warning: {line}", err=True)
     if not quiet:
         rate = summary.bytes / summary.seconds if summary.seconds else 0.0
         unsupported = f", {summary.unsupported} unsupported" if summary.unsupported else ""

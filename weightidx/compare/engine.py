@@ -116,7 +116,8 @@ def compare_indexes(
     p_threshold = shortlist.p_threshold()
     significant = [c for c in shortlist.candidates if c.identical or c.evidence.p_value <= p_threshold]
     kept = _assign(significant, tie_key=lambda key: _content_key(b.rows[key]))
-    exact = not index_only and a.files_present() and b.files_present()
+    missing = [] if index_only else [m for m in (a, b) if not m.files_present()]
+    exact = not index_only and not missing
     matches = []
     with ShardReader() as reader:  # one set of open shard files for verification, permutations, lineage
         for done, candidate in enumerate(kept):
@@ -151,7 +152,12 @@ def compare_indexes(
         for match in matches:
             match.transform = _transforms(a, b, match)
         lineage_section = _lineage(reader, a, b, matches, shortlist.comparable, exact)
-    return build_report(a, b, matches, shortlist, p_threshold, lineage_section, structures)
+    warnings = [
+        f"{model.index}: the checkpoint it was built from is missing ({model.source}); "
+        "metrics are estimated from the fingerprints"
+        for model in missing
+    ]
+    return build_report(a, b, matches, shortlist, p_threshold, lineage_section, structures, warnings)
 
 
 def _settled(b: IndexedModel, related: list[Match]) -> set[str]:

@@ -47,10 +47,12 @@ def build_report(
     p_threshold: float,
     lineage: dict | None,
     structures: Structures | None = None,
+    warnings: list[str] | None = None,
 ) -> dict:
     """The JSON report (schema_version 1) from the kept matches; ``lineage`` is the section
     across a width change (None when there is none to make); ``structures`` what the structured
-    search found (layouts of tensors from several of A's, pruned axes)."""
+    search found (layouts of tensors from several of A's, pruned axes); ``warnings`` lines for
+    the user (metrics estimated because a checkpoint is missing)."""
     layouts = structures.layouts if structures is not None else []
     matched_a = {m.candidate.a.key for m in matches if m.verdict != "different"}
     matched_b = {m.candidate.b.key for m in matches if m.verdict != "different"}
@@ -75,6 +77,7 @@ def build_report(
         "tool": {"name": "weightidx", "version": __version__},
         "models": {side: _model_json(model) for side, model in (("a", a), ("b", b))},
         "summary": summary,
+        "warnings": list(warnings or []),
         "matches": [_match_json(a, b, m) for m in matches],
         "unmatched": {"a": sorted(set(a.rows) - matched_a), "b": sorted(set(b.rows) - matched_b)},
         "blocks": _blocks(matches),

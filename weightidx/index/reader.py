@@ -92,7 +92,7 @@ def load_index(path: Path | str, name: str | None = None) -> IndexedModel:
         )
     return IndexedModel(
         name=name or meta["model"],
-        index=path,
+        index=path.resolve(),  # reports record it: readable from any folder
         root=Path(meta["root"]),
         source=meta["checkpoint"],
         rows=_rows_with_arrays(table),

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weightidx._version import __version__
-from weightidx.dtypes import SUPPORTED_DTYPES
-from weightidx.errors import OutputError
+from weightidx.dtypes import SAFETENSORS_DTYPES, SUPPORTED_DTYPES
+from weightidx.errors import CheckpointError, OutputError
 from weightidx.fingerprint import crc
 from weightidx.fingerprint.sketch import (
     BLOCK,
@@ -80,6 +80,7 @@ class IndexSummary:
     parameters: int
     bytes: int
     seconds: float
+    warnings: tuple[str, ...] = ()  # one line each, for the user (tensors of unknown dtypes)
 
 
 def default_output(checkpoint: Checkpoint, name: str | None = None) -> Path:
@@ -126,6 +127,7 @@ def index_checkpoint(
     model = name or checkpoint.default_name()
     output = Path(out) if out is not None else default_output(checkpoint, model)
     _check_output(output, checkpoint)
+    warnings = _dtype_warnings(checkpoint)
     workers = workers or available_cores()
     metadata = json.dumps(_file_metadata(checkpoint, model))
     with single_threaded_blas(), _reducer(workers, checkpoint.total_bytes) as reducer:
@@ -155,6 +157,24 @@ def index_checkpoint(
         parameters=sum(t.numel for t in checkpoint.tensors),
         bytes=checkpoint.total_bytes,
         seconds=time.perf_counter() - started,
+        warnings=warnings,
+    )
+
+
+def _dtype_warnings(checkpoint: Checkpoint) -> tuple[str, ...]:
+    """A line for each tensor whose dtype safetensors does not define (indexed without a
+    fingerprint); raises ``CheckpointError`` when no tensor at all can be decoded."""
+    tensors = checkpoint.tensors
+    if tensors and not any(t.supported for t in tensors):
+        found, decoded = ", ".join(sorted({t.dtype for t in tensors})), ", ".join(SUPPORTED_DTYPES)
+        raise CheckpointError(
+            tensors[0].path, f"no tensor has a dtype weightidx decodes (found {found}; decoded: {decoded})"
+        )
+    return tuple(
+        f"{t.path}: tensor '{t.key}' has dtype {t.dtype}, which safetensors does not define; "
+        "indexed without a fingerprint"
+        for t in tensors
+        if t.dtype not in SAFETENSORS_DTYPES
     )
 
 

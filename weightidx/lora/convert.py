@@ -193,6 +193,20 @@ def _peft_alphas(path: Path) -> dict[str, float]:
     return alphas
 
 
+def report_index(report: dict, side: str, report_path: Path | str) -> Path:
+    """The index a report names for ``side``: where it was when the report was made, else a
+    file of that name beside the report (the two moved together). Raises ``LoraError``."""
+    recorded = Path(report["models"][side]["index"])
+    beside = Path(report_path).parent / recorded.name
+    for candidate in (recorded, beside):
+        if candidate.is_file():
+            return candidate
+    raise LoraError(
+        f"{report_path}: its index of model {side.upper()} is neither at {recorded} nor beside the report; "
+        "put it back, or compare again"
+    )
+
+
 @dataclass(frozen=True)
 class Target:
     """Where one A weight (or a slice of it) went in B."""
@@ -499,8 +513,8 @@ def convert_lora(
     from weightidx.index.reader import load_index
 
     report = read_report(report_path)
-    a = load_index(report["models"]["a"]["index"])
-    b = load_index(report["models"]["b"]["index"])
+    a = load_index(report_index(report, "a", report_path))
+    b = load_index(report_index(report, "b", report_path))
     for model in (a, b):
         stale = model.stale_shards()
         if stale:
