@@ -118,9 +118,128 @@ def test_demo_refuses_odd_widths(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("args", [["--help"], ["index", "--help"], ["demo", "--help"]])
-def test_help_works(args: list[str]) -> None:
-    assert run(*args).exit_code == 0
+COMMANDS = [
+    [],
+    ["index"],
+    ["compare"],
+    ["sql"],
+    ["search"],
+    ["report"],
+    ["demo"],
+    ["lora"],
+    ["lora", "convert"],
+    ["lora", "mapping"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "weightidx")
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_of_every_command(command: list[str], flag: str) -> None:
+    result = run(*command, flag)
+    assert result.exit_code == 0 and result.output.startswith("Usage: ")
+    assert "<bool>" not in result.output  # flags take no value
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ([], ["lora"])], ids=" ".join)
+def test_every_command_takes_quiet_and_out(command: list[str]) -> None:
+    text = run(*command, "-h").output
+    assert "-q, --quiet" in text
+    assert "-o, --out" in text or command == ["demo"]  # demo writes a folder it is given
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "a.parquet", "b.parquet", "--names", "A", "-q"],
+        ["index", "m.safetensors", "-o", "--quiet"],
+        ["lora", "mapping", "r.json", "-o", "-q"],
+    ],
+)
+def test_an_option_value_that_looks_like_an_option_is_refused(args: list[str]) -> None:
+    result = run(*args)
+    assert result.exit_code == 2
+    assert "looks like an option, not a value" in result.output
+
+
+def test_sql_takes_the_format_from_the_output_extension(demo_pair, tmp_path: Path) -> None:
+    from weightidx import index_checkpoint
+
+    index = index_checkpoint(demo_pair["a"], tmp_path / "a.parquet").output
+    for suffix, starts in ((".parquet", b"PAR1"), (".csv", b"key"), (".json", b"[")):
+        out = tmp_path / f"out{suffix}"
+        result = run("sql", "SELECT key FROM t ORDER BY key LIMIT 3", str(index), "-o", str(out))
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes().startswith(starts), suffix
+    quiet = run("sql", "SELECT 1", str(index), "-q", "-o", str(tmp_path / "q.csv"))
+    assert (quiet.exit_code, quiet.output) == (0, "")
+
+
+def test_report_writes_with_out_and_keeps_html_as_an_alias(demo_pair, tmp_path: Path) -> None:
+    from weightidx.compare.engine import compare_paths
+    from weightidx.compare.report import write_report
+
+    report = write_report(
+        compare_paths(demo_pair["a"], demo_pair["b"], cache=tmp_path / "c"), tmp_path / "r.json"
+    )
+    for flag in ("-o", "--out", "--html"):
+        out = tmp_path / f"r{flag.strip('-')}.html"
+        result = run("report", str(report), flag, str(out), "-q")
+        assert (result.exit_code, result.output) == (0, "")
+        assert out.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_compare_listing_is_natural_and_names_each_unmatched_tensor(demo_pair, tmp_path: Path) -> None:
+    from weightidx.compare.report import UNMATCHED_REASONS
+
+    out = tmp_path / "r.json"
+    env = {"WEIGHTIDX_CACHE": str(tmp_path / "cache")}
+    result = runner.invoke(
+        app, ["compare", str(demo_pair["a"]), str(demo_pair["b"]), "-o", str(out)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    import json
+
+    report = json.loads(out.read_text())
+    reasons = report["unmatched_reasons"]
+    for side in "ab":
+        assert set(reasons[side]) == set(report["unmatched"][side])
+        assert set(reasons[side].values()) <= set(UNMATCHED_REASONS)
+    lines = result.output.splitlines()
+    for side in "ab":
+        name = report["models"][side]["name"]
+        if reasons[side]:
+            assert f"unmatched in {name} ({len(reasons[side])}):" in lines
+        for key, reason in list(reasons[side].items())[:5]:
+            assert f"    {key}: {UNMATCHED_REASONS[reason]}" in lines
+    listed = [line.split(" -> ")[1].split("[")[0] for line in lines if line.startswith(("✓", "~", "✗"))]
+    blocks = [int(key.split(".")[1]) for key in listed if key.startswith("blocks.")]
+    assert blocks == sorted(blocks)
+
+
+def test_a_model_compared_with_itself_is_one_summary(demo_pair, tmp_path: Path) -> None:
+    env = {"WEIGHTIDX_CACHE": str(tmp_path / "cache")}
+    result = runner.invoke(
+        app, ["compare", str(demo_pair["a"]), str(demo_pair["a"]), "--names", "A", "B"], env=env
+    )
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == "A → B: identical" and len(lines) == 3
+    assert lines[2].endswith("tensors, the same names and the same bytes: nothing more to list.")
+
+
+def test_search_writes_json(demo_pair, tmp_path: Path) -> None:
+    import json
+
+    from weightidx import index_checkpoint
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    index_checkpoint(demo_pair["b"], catalog / "b.parquet")
+    query = index_checkpoint(demo_pair["a"], tmp_path / "a.parquet").output
+    result = run("search", str(query), "--catalog", str(catalog), "--format", "json")
+    assert result.exit_code == 0, result.output
+    (relative,) = json.loads(result.output)
+    assert set(relative) == {"model", "index", "strong_share", "mean_estimate", "identical_share"}
 
 
 def test_compare_prints_the_verdict_and_writes_strict_json(demo_pair, tmp_path: Path) -> None:
@@ -133,7 +252,7 @@ def test_compare_prints_the_verdict_and_writes_strict_json(demo_pair, tmp_path: 
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "LongCat vs Wan: transformed"
+    assert lines[0] == "Wan → LongCat: transformed"
     assert lines[1].startswith("LongCat derives from Wan (transformed): ")
     assert "✓ MATCH: blocks.0.self_attn.q.weight -> blocks.0.attn.qkv.weight[0:128]" in lines
     import json

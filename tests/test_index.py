@@ -115,12 +115,16 @@ def test_unsupported_dtype_becomes_a_row_with_a_reason(tmp_path: Path) -> None:
 
     path = raw_file(
         tmp_path / "m.safetensors",
-        {"odd": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]}},
-        bytes(16),
+        {
+            "odd": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]},
+            "w": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]},
+        },
+        bytes(24),
     )
     summary = index_checkpoint(path, tmp_path / "m.parquet")
-    (row,) = read_rows(tmp_path / "m.parquet").values()
+    row = read_rows(tmp_path / "m.parquet")["odd"]
     assert (summary.unsupported, row["supported"], row["sum_x"], row["crc32"]) == (1, False, None, None)
+    assert summary.warnings == ()  # C64 is a safetensors dtype: counted, not warned about
     assert row["unsupported_reason"].startswith("dtype C64 is not decoded by weightidx")
 
 

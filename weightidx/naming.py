@@ -67,3 +67,8 @@ def tensor_types() -> list[str]:
 def lora_wrappers() -> tuple[str, ...]:
     """Prefixes LoRA files put before a model's keys, longest first."""
     return tuple(_rules()["lora_wrappers"])
+
+
+def natural_key(key: str) -> tuple:
+    """Sort key that orders numbers by value: ``blocks.2`` before ``blocks.10``."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", key))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from weightidx.cli.app import QuietOption, app
+from weightidx.cli.app import QuietOption, app, not_a_flag
 from weightidx.cli.common import progress, user_errors
 
 
@@ -17,12 +17,18 @@ def compare_command(
         Path, typer.Argument(help="Model A: an index (.parquet) or a checkpoint (indexed and cached).")
     ],
     b: Annotated[Path, typer.Argument(help="Model B: an index (.parquet) or a checkpoint.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON report here.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Write the report here: JSON, or HTML for a .html file.", callback=not_a_flag
+        ),
+    ] = None,
     html: Annotated[
-        Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
+        Path | None,
+        typer.Option("--html", help="Also write a self-contained HTML report here.", callback=not_a_flag),
     ] = None,
     names: Annotated[
-        tuple[str, str] | None, typer.Option("--names", help="Display names of A and B.")
+        tuple[str, str] | None, typer.Option("--names", help="Display names of A and B.", callback=not_a_flag)
     ] = None,
     index_only: Annotated[
         bool, typer.Option("--index-only", help="Estimate metrics from the indexes; read no tensor values.")
@@ -39,13 +45,19 @@ def compare_command(
 
     with user_errors(), progress("verifying", not quiet, unit="pairs") as update:
         report = compare_paths(a, b, names=names, index_only=index_only, reindex=reindex, progress=update)
-        if out is not None:
+        html_out = [path for path in (out, html) if path is not None and (path is html or _is_html(path))]
+        if out is not None and out not in html_out:
             write_report(report, out)
-        if html is not None:
+        if html_out:
             from weightidx.render.html import write_html
 
-            write_html(report, html)
+            for path in html_out:
+                write_html(report, path)
     for line in report["warnings"]:
         typer.echo(f"Warning: {line}", err=True)
     if not quiet:
         print(render_report(report))
+
+
+def _is_html(path: Path) -> bool:
+    return path.suffix.lower() in (".html", ".htm")

@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from weightidx.cli.app import QuietOption, app
+from weightidx.cli.app import QuietOption, app, not_a_flag
 from weightidx.cli.common import user_errors
 from weightidx.errors import WeightidxError
 
 
 @app.command("demo")
 def demo_command(
-    folder: Annotated[Path, typer.Argument(help="Folder to write the demo pair into.")],
+    folder: Annotated[Path, typer.Argument(help="Folder to write the demo pair into.", callback=not_a_flag)],
     width: Annotated[int, typer.Option(min=16, help="Hidden width (Wan2.1-14B: 5120).")] = 256,
     blocks: Annotated[int, typer.Option(min=2, help="Transformer blocks (Wan2.1-14B: 40).")] = 4,
     text_dim: Annotated[int, typer.Option(min=16, help="Text-encoder width (umT5: 4096).")] = 512,

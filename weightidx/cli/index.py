@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from weightidx.cli.app import QuietOption, app
+from weightidx.cli.app import QuietOption, app, not_a_flag
 from weightidx.cli.common import progress, size, user_errors
 
 
@@ -22,9 +22,12 @@ def index_command(
             "--out",
             "-o",
             help="Parquet file to write (default: NAME.weightidx.parquet in the current folder).",
+            callback=not_a_flag,
         ),
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Model name stored in the index.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Model name stored in the index.", callback=not_a_flag)
+    ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes (default: one per core).")
     ] = None,

@@ -7,23 +7,34 @@ from typing import Annotated
 
 import typer
 
-from weightidx.cli.app import QuietOption, app
+from weightidx.cli.app import SETTINGS, QuietOption, app, not_a_flag
 from weightidx.cli.common import user_errors
 
-lora_app = typer.Typer(help="Port LoRAs between models using a compare report.", no_args_is_help=True)
+lora_app = typer.Typer(help="Port LoRAs between models using a compare report.", **SETTINGS)
 app.add_typer(lora_app, name="lora")
 
 
 @lora_app.command("convert")
 def lora_convert_command(
     lora: Annotated[Path, typer.Argument(help="The LoRA for model A (.safetensors).")],
-    report: Annotated[Path, typer.Option("--report", help="JSON report of `weightidx compare A B -o`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The converted LoRA to write (.safetensors).")],
+    report: Annotated[
+        Path, typer.Option("--report", help="JSON report of `weightidx compare A B -o`.", callback=not_a_flag)
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="The converted LoRA to write (.safetensors).", callback=not_a_flag),
+    ],
     format: Annotated[
-        str | None, typer.Option("--format", help="Key style of the output: comfyui, kohya, diffusers, peft.")
+        str | None,
+        typer.Option(
+            "--format", help="Key style of the output: comfyui, kohya, diffusers, peft.", callback=not_a_flag
+        ),
     ] = None,
     from_format: Annotated[
-        str | None, typer.Option("--from-format", help="Force the input's format instead of detecting it.")
+        str | None,
+        typer.Option(
+            "--from-format", help="Force the input's format instead of detecting it.", callback=not_a_flag
+        ),
     ] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Check ΔW_B = T(ΔW_A) for every module.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail if any module cannot be converted.")] = False,
@@ -51,7 +62,10 @@ def lora_convert_command(
 @lora_app.command("mapping")
 def lora_mapping_command(
     report: Annotated[Path, typer.Argument(help="JSON report of `weightidx compare A B -o`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the mapping JSON.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the mapping JSON.", callback=not_a_flag)
+    ],
+    quiet: QuietOption = False,
 ) -> None:
     """Export A key -> B key (+ slice + transform) from a compare report, for other tools."""
     import json
@@ -64,4 +78,5 @@ def lora_mapping_command(
         mapping = export_mapping(read_report(report))
         with atomic_path(out) as temporary:
             temporary.write_text(json.dumps(mapping, indent=1) + "\n")
-    print(f"{len(mapping)} entries -> {out}")
+    if not quiet:
+        print(f"{len(mapping)} entries -> {out}")

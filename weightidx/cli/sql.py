@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from weightidx.cli.app import app
+from weightidx.cli.app import QuietOption, app, not_a_flag
 from weightidx.cli.common import user_errors
 from weightidx.errors import InputError, WeightidxError
 
@@ -31,13 +31,23 @@ def sql_command(
         ),
     ],
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="Run the statement in this .sql file.")
+        Path | None,
+        typer.Option("--file", "-f", help="Run the statement in this .sql file.", callback=not_a_flag),
     ] = None,
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE for a $NAME parameter (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="NAME=VALUE for a $NAME parameter (repeatable).", callback=not_a_flag
+        ),
     ] = None,
-    format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+    format: Annotated[
+        OutputFormat | None,
+        typer.Option("--format", help="Output format (default: from the -o file's extension, else table)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.", callback=not_a_flag)
+    ] = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Run one read-only SQL statement over index files (DuckDB).
 
@@ -48,7 +58,10 @@ def sql_command(
     with user_errors():
         sql, indexes = _statement(arguments, file)
         relation = run_sql(sql, indexes, **_parameters(param or []))
-        _emit(relation, format, out)
+        chosen = format or _format_of(out)
+        _emit(relation, chosen, out)
+    if out is not None and not quiet:
+        print(f"{chosen.value} -> {out}")
 
 
 def _statement(arguments: list[str], file: Path | None) -> tuple[str, list[Path]]:
@@ -66,6 +79,12 @@ def _statement(arguments: list[str], file: Path | None) -> tuple[str, list[Path]
     if not indexes:
         raise WeightidxError("name at least one index file after the SQL (or use --file FILE INDEX...)")
     return sql, [Path(p) for p in indexes]
+
+
+def _format_of(out: Path | None) -> OutputFormat:
+    """The format an output file's extension names (.csv, .json, .parquet); table otherwise."""
+    suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+    return OutputFormat(suffix) if suffix in ("csv", "json", "parquet") else OutputFormat.table
 
 
 def _parameters(pairs: list[str]) -> dict[str, object]:

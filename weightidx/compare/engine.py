@@ -86,7 +86,8 @@ class Shortlist:
     comparable: bool
     constant_pairs: list[tuple[str, str]]
     best: dict[str, Candidate] = field(default_factory=dict)
-    looks: dict[str, int] = field(default_factory=dict)
+    looks: dict[str, int] = field(default_factory=dict)  # B key -> pairs tested
+    looks_a: dict[str, int] = field(default_factory=dict)  # A key -> pairs tested
 
     def p_threshold(self) -> float:
         """The Benjamini-Hochberg cut-off at ``policy.FALSE_DISCOVERY_RATE``."""
@@ -437,6 +438,7 @@ def _score_candidates(a: IndexedModel, b: IndexedModel) -> Shortlist:
     constant: list[tuple[str, str]] = []
     best: dict[str, Candidate] = {}
     looks: dict[str, int] = defaultdict(int)
+    looks_a: dict[str, int] = defaultdict(int)
     for a_key, b_key, relation, identical in pairs:
         row_a, row_b = a.rows[a_key], b.rows[b_key]
         matrices = is_weight_matrix(row_a) and is_weight_matrix(row_b)
@@ -465,13 +467,16 @@ def _score_candidates(a: IndexedModel, b: IndexedModel) -> Shortlist:
             )
         tests += 1  # a slice pair's offsets are corrected within the pair (``scaled``)
         looks[b_key] += 1
+        looks_a[a_key] += 1
         for candidate in found:
             whole = matrices and relation in ("same", "transpose") and not candidate.identical
             if whole and (b_key not in best or candidate.evidence.p_value < best[b_key].evidence.p_value):
                 best[b_key] = candidate
             if candidate.identical or candidate.evidence.p_value <= policy.FALSE_DISCOVERY_RATE:
                 kept.append(candidate)
-    return Shortlist(kept, tests, tally.strongest, tally.sizes(), comparable, constant, best, dict(looks))
+    return Shortlist(
+        kept, tests, tally.strongest, tally.sizes(), comparable, constant, best, dict(looks), dict(looks_a)
+    )
 
 
 @dataclass

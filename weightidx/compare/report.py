@@ -16,7 +16,7 @@ from weightidx.compare.gather import compact
 from weightidx.compare.significance import critical_correlation, z_from_p
 from weightidx.errors import InputError
 from weightidx.io.atomic import atomic_path
-from weightidx.naming import block_of
+from weightidx.naming import block_of, natural_key
 from weightidx.sql.runner import run_query
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def build_report(
         "warnings": list(warnings or []),
         "matches": [_match_json(a, b, m) for m in matches],
         "unmatched": {"a": sorted(set(a.rows) - matched_a), "b": sorted(set(b.rows) - matched_b)},
+        "unmatched_reasons": _unmatched_reasons(a, b, matches, shortlist, p_threshold),
         "blocks": _blocks(matches),
         "shapes": [
             {"shape": list(shape), "a_count": ac, "b_count": bc}
@@ -145,6 +146,50 @@ def _facts(
             else None,
         },
     }
+
+
+#: Why a tensor is left unmatched, in the order they are checked (``_unmatched_reason``).
+UNMATCHED_REASONS = {
+    "dtype": "its dtype is not decoded",
+    "constant": "constant (or no finite value): its values carry no evidence",
+    "no_candidate": "no tensor of the other model has a compatible shape",
+    "rejected": "its candidate did not hold up when the values were checked",
+    "taken": "its candidates went to stronger matches",
+    "null": "candidates were tested, none above the null",
+}
+
+
+def _unmatched_reasons(
+    a: IndexedModel, b: IndexedModel, matches: list[Match], shortlist: Shortlist, p_threshold: float
+) -> dict[str, dict[str, str]]:
+    """For each side, each unmatched tensor -> the key of its reason in ``UNMATCHED_REASONS``."""
+    related = [m for m in matches if m.verdict != "different"]
+    out = {}
+    for side, model, looks in (("a", a, shortlist.looks_a), ("b", b, shortlist.looks)):
+        matched = {getattr(m.candidate, side).key for m in related}
+        rejected = {getattr(m.candidate, side).key for m in matches if m.verdict == "different"}
+        significant = {
+            getattr(c, side).key
+            for c in shortlist.candidates
+            if c.identical or c.evidence.p_value <= p_threshold
+        }
+        reasons = {}
+        for key in sorted(set(model.rows) - matched, key=natural_key):
+            row = model.rows[key]
+            if not row["supported"]:
+                reasons[key] = "dtype"
+            elif not row["std"]:
+                reasons[key] = "constant"
+            elif key in rejected:
+                reasons[key] = "rejected"
+            elif key in significant:
+                reasons[key] = "taken"
+            elif looks.get(key, 0):
+                reasons[key] = "null"
+            else:
+                reasons[key] = "no_candidate"
+        out[side] = reasons
+    return out
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

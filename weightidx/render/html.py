@@ -11,7 +11,8 @@ import html
 import json
 from collections import Counter, defaultdict
 
-from weightidx.naming import block_of, tensor_type, tensor_types
+from weightidx.compare.report import UNMATCHED_REASONS
+from weightidx.naming import block_of, natural_key, tensor_type, tensor_types
 from weightidx.render.text import region_text
 
 _BINS = 20
@@ -186,10 +187,20 @@ def _permutations(report: dict) -> str:
 
 
 def _unmatched(report: dict) -> str:
+    """Each side's unmatched tensors in natural key order, each with its reason."""
     columns = []
     for side in ("a", "b"):
-        keys = report["unmatched"][side]
-        items = "".join(f"<li>{_esc(k)}</li>" for k in keys) or "<li>none</li>"
+        keys = sorted(report["unmatched"][side], key=natural_key)
+        reasons = report.get("unmatched_reasons", {}).get(side, {})
+        items = (
+            "".join(
+                f"<li>{_esc(k)}"
+                + (f" <small>{_esc(UNMATCHED_REASONS[reasons[k]])}</small>" if k in reasons else "")
+                + "</li>"
+                for k in keys
+            )
+            or "<li>none</li>"
+        )
         name = report["models"][side]["name"]
         columns.append(
             f'<div><h3>{_esc(name)} ({len(keys)})</h3><ul id="unmatched-{side}">{items}</ul></div>'
@@ -256,10 +267,10 @@ def render_html(report: dict) -> str:
     ]
     count_html = "".join(f"<div><b>{_esc(v)}</b>{_esc(k)}</div>" for k, v in counts)
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>weightidx: {_esc(b)} vs {_esc(a)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>weightidx: {_esc(a)} → {_esc(b)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>
 <body>
-<h1>{_esc(b)} vs {_esc(a)} <span class="scenario" id="scenario">{_esc(summary["scenario"])}</span></h1>
+<h1>{_esc(a)} → {_esc(b)} <span class="scenario" id="scenario">{_esc(summary["scenario"])}</span></h1>
 <div class="verdict" id="verdict">{_esc(summary["verdict"])}</div>
 <div class="counts" id="counts">{count_html}</div>
 <pre id="errors"></pre>

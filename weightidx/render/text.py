@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from itertools import groupby
+
+from weightidx.compare.report import UNMATCHED_REASONS
+from weightidx.naming import block_of, natural_key
+
 _SYMBOL = {"match": "✓ MATCH", "partial": "~ PARTIAL", "different": "✗ DIFFERENT"}
-_MAX_SHAPES, _MAX_MATCHES = 12, 60
+_MAX_SHAPES, _MAX_MATCHES, _MAX_UNMATCHED = 12, 60, 40
 
 
 def region_text(region: dict) -> str:
@@ -17,12 +22,17 @@ def region_text(region: dict) -> str:
 
 
 def render_report(report: dict) -> str:
-    """Verdict, shape table, block table, then one line per match."""
+    """Heading and verdict; then, unless B is A unchanged, the shape table, the block table, a
+    line per match and the unmatched tensors with their reasons, in natural key order."""
     summary, models = report["summary"], report["models"]
     a, b = models["a"]["name"], models["b"]["name"]
-    lines = [
-        f"{b} vs {a}: {summary['scenario']}",
-        summary["verdict"],
+    lines = [f"{a} → {b}: {summary['scenario']}", summary["verdict"]]
+    if summary["identical"]:
+        lines.append(
+            f"{models['b']['tensors']} tensors, the same names and the same bytes: nothing more to list."
+        )
+        return "\n".join(lines)
+    lines += [
         "",
         f"matched B tensors: {summary['matched_b_tensors']} of {models['b']['tensors']}   "
         f"unmatched A: {summary['unmatched_a']}   unmatched B: {summary['unmatched_b']}   "
@@ -35,12 +45,13 @@ def render_report(report: dict) -> str:
     if len(report["shapes"]) > _MAX_SHAPES:
         lines.append(f"... {len(report['shapes']) - _MAX_SHAPES} more shapes")
     if report["blocks"]:
-        lines += ["", f"{'B block':>8} <- {'A block':<8} {'tensors':>8} {'mean corr':>10}"]
+        lines += ["", f"{'A block':>8} -> {'B block':<8} {'tensors':>8} {'mean corr':>10}"]
         for row in report["blocks"]:
             correlation = _number(row["mean_correlation"])
-            lines.append(f"{row['b_block']:>8} <- {row['a_block']:<8} {row['tensors']:>8} {correlation:>10}")
+            lines.append(f"{row['a_block']:>8} -> {row['b_block']:<8} {row['tensors']:>8} {correlation:>10}")
     lines.append("")
-    for match in report["matches"][:_MAX_MATCHES]:
+    matches = sorted(report["matches"], key=lambda m: (natural_key(m["b"]["key"]), _start(m["b"])))
+    for match in matches[:_MAX_MATCHES]:
         lines.append(f"{_SYMBOL[match['verdict']]}: {region_text(match['a'])} -> {region_text(match['b'])}")
         transform = ", ".join(match["transform"]) or "none"
         lines.append(
@@ -48,9 +59,36 @@ def render_report(report: dict) -> str:
             f"rel L2 {_number(match['relative_l2'])}  z {_number(match['z_score'], 1)}  "
             f"[{transform}] ({match['evidence']})"
         )
-    if len(report["matches"]) > _MAX_MATCHES:
-        lines.append(f"... {len(report['matches']) - _MAX_MATCHES} more matches in the JSON report (-o)")
+    if len(matches) > _MAX_MATCHES:
+        lines.append(f"... {len(matches) - _MAX_MATCHES} more matches in the JSON report (-o)")
+    for side, name in (("b", b), ("a", a)):
+        lines += _unmatched_lines(report.get("unmatched_reasons", {}).get(side, {}), name)
     return "\n".join(lines)
+
+
+def _start(region: dict) -> int:
+    return region["slice"]["start"] if region["slice"] else -1
+
+
+def _unmatched_lines(reasons: dict[str, str], name: str) -> list[str]:
+    """The unmatched tensors of one side, grouped by block, each with its reason."""
+    if not reasons:
+        return []
+    keys = sorted(reasons, key=lambda k: (block_of(k) is not None, block_of(k) or 0, natural_key(k)))
+    lines = ["", f"unmatched in {name} ({len(keys)}):"]
+    shown = 0
+    for block, group in groupby(keys, key=block_of):
+        if shown >= _MAX_UNMATCHED:
+            break
+        lines.append(f"  {'outside the blocks' if block is None else f'block {block}'}:")
+        for key in group:
+            if shown >= _MAX_UNMATCHED:
+                break
+            lines.append(f"    {key}: {UNMATCHED_REASONS[reasons[key]]}")
+            shown += 1
+    if len(keys) > shown:
+        lines.append(f"  ... {len(keys) - shown} more in the JSON report (-o)")
+    return lines
 
 
 def _number(value: float | None, digits: int = 4) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 import duckdb
 
 from weightidx.errors import IndexFileError, SqlError, WeightidxError
+from weightidx.index.reader import is_index_file
 from weightidx.io.atomic import atomic_path
 
 _READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -61,6 +62,8 @@ def connect(
     for path in [*paths, *extra.values()]:
         if not path.is_file():
             raise IndexFileError(f"{path}: no such index; run `weightidx index` first")
+        if not is_index_file(path):
+            raise IndexFileError(f"{path}: not a Parquet index; run `weightidx index` on it first")
     connection = duckdb.connect(
         config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
     )
@@ -76,7 +79,10 @@ def connect(
     for name, path in extra.items():
         views[name] = f"read_parquet({_list([path])})"
     for name, source in views.items():
-        connection.execute(f"CREATE VIEW {_identifier(name)} AS SELECT * FROM {source}")
+        try:
+            connection.execute(f"CREATE VIEW {_identifier(name)} AS SELECT * FROM {source}")
+        except duckdb.Error as exc:  # a Parquet file DuckDB cannot read (truncated, another schema)
+            raise IndexFileError(f"{one_line(exc)}; give index files written by `weightidx index`") from None
     connection.execute("SET lock_configuration = true")
     return connection
 
