@@ -30,9 +30,14 @@ def test_index_prints_one_summary_line_and_writes_the_file(demo_pair, tmp_path: 
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert len(lines) == 1
+    from weightidx.cli.common import size
+    from weightidx.io.safetensors import open_checkpoint
+
+    tensors = open_checkpoint(demo_pair["a"]).tensors  # the counts follow from the generator
+    parameters, stored = sum(t.numel for t in tensors), sum(t.nbytes for t in tensors)
     assert re.fullmatch(
-        rf"wan: 86 tensors, 910,144 parameters, 1\.8 MB in \d+\.\d\d s \(\d+\.\d [kMG]?B/s\) "
-        rf"-> {re.escape(str(out))}",
+        rf"wan: {len(tensors)} tensors, {parameters:,} parameters, {re.escape(size(stored))} in \d+\.\d\d s "
+        rf"\(\d+(\.\d)? [kMG]?B/s\) -> {re.escape(str(out))}",
         lines[0],
     ), lines[0]
     assert out.exists()

@@ -12,7 +12,7 @@ from tests.helpers.lineage_models import FFN, INPUTS, model, projected, pruned
 from tests.helpers.seed_pair import write_seed_pair
 from tests.helpers.tensors import trained_like, write_tensors
 from tests.helpers.verdicts import check_verdict
-from weightidx import index_checkpoint
+from weightidx import index_checkpoint, policy
 from weightidx.compare.engine import compare_paths
 
 
@@ -73,7 +73,7 @@ def test_width_pruned_derivation_is_mapped_and_stands_far_above_the_controls(
         ("output", FFN),
     }
     assert all(x["source"] == "checkpoint values" for x in axes)
-    assert all(x["z_score"] > 5 for x in axes if x["size"] != 64 or x["side"] == "input")
+    assert all(x["z_score"] >= policy.LINEAGE_Z for x in axes if x["size"] != 64 or x["side"] == "input")
     assert next(x for x in axes if x["side"] == "output" and x["size"] == 64)["z_score"] is None  # one head
     assert "derived from A's" in report["lineage"]["verdict"]
 
@@ -83,7 +83,7 @@ def test_independent_twins_stay_inside_the_null(tmp_path: Path, seed: int) -> No
     rng = np.random.default_rng(seed)
     a, twin = model(rng, 128, INPUTS), model(rng, 96, INPUTS)
     report = lineage_of(tmp_path, a, twin)
-    assert all(x["z_score"] is None or x["z_score"] < 5 for x in report["lineage"]["axes"])
+    assert all(x["z_score"] is None or x["z_score"] < policy.LINEAGE_Z for x in report["lineage"]["axes"])
     assert "no sign that B was initialised from A" in report["lineage"]["verdict"]
 
 
@@ -92,7 +92,9 @@ def test_width_projected_derivation_is_traced(tmp_path: Path, seed: int) -> None
     rng = np.random.default_rng(seed)
     a = model(rng, 128, INPUTS)
     report = lineage_of(tmp_path, a, projected(a, rng))
-    assert all(x["z_score"] > 5 for x in report["lineage"]["axes"] if x["z_score"] is not None)
+    assert all(
+        x["z_score"] >= policy.LINEAGE_Z for x in report["lineage"]["axes"] if x["z_score"] is not None
+    )
     assert "derived from A's" in report["lineage"]["verdict"]
 
 
@@ -111,15 +113,23 @@ def test_seed_pair_shapes_verdicts_name_the_axes(tmp_path: Path) -> None:
         assert "input axis of size 320 (text_embedding.0.weight vs " in report["lineage"]["verdict"]
     derived, independent = reports["derived"]["lineage"], reports["independent"]["lineage"]
     text = next(x for x in derived["axes"] if x["size"] == 320)
-    assert text["b"] == "y_embedder.y_proj.0.weight" and text["z_score"] > 5 and text["mantel_p"] <= 0.01
+    assert (
+        text["b"] == "y_embedder.y_proj.0.weight"
+        and text["z_score"] >= policy.LINEAGE_Z
+        and text["mantel_p"] <= 0.01
+    )
     assert "derived from A's" in derived["verdict"]
-    assert all(x["mantel_z"] < 5 for x in independent["axes"] if x["mantel_z"] is not None)
-    assert all(x["z_score"] < 5 for x in independent["axes"] if x["z_score"] is not None)
+    assert all(x["mantel_z"] < policy.LINEAGE_Z for x in independent["axes"] if x["mantel_z"] is not None)
+    assert all(x["z_score"] < policy.LINEAGE_Z for x in independent["axes"] if x["z_score"] is not None)
     assert "derived from A's" not in independent["verdict"]
     # units pruned one by one leave no head whole; heads kept whole are found (a fused qkv among them)
     by_units = next(x for x in derived["axes"] if x["side"] == "head")
     by_heads = next(x for x in reports["heads"]["lineage"]["axes"] if x["side"] == "head")
-    assert by_units["z_score"] < 5 and by_heads["z_score"] > 5 and by_heads["score"] > 0.5
+    assert (
+        by_units["z_score"] < policy.LINEAGE_Z
+        and by_heads["z_score"] >= policy.LINEAGE_Z
+        and by_heads["score"] > policy.LINEAGE_SCORE
+    )
     assert by_heads["b"] == "blocks.0.attn.qkv.weight"  # LongCat's fused self-attention
     assert "heads of 64 rows (" in reports["heads"]["lineage"]["verdict"]
 
@@ -143,8 +153,13 @@ def test_index_sketches_trace_a_width_pruned_derivation(tmp_path: Path, seed: in
     axes = {(x["side"], x["size"]): x for x in lineage["axes"]}
     assert set(axes) == {("input", 256), ("input", 192), ("input", 64), ("output", 64), ("output", FFN)}
     head = axes.pop(("output", 64))  # one head a side: no controls, only the lane-shuffle test
-    assert head["z_score"] is None and head["mantel_z"] > 5 and head["mantel_p"] <= 0.01
-    assert all(x["z_score"] > 5 and x["score"] > 0.5 and x["mantel_z"] > 5 for x in axes.values())
+    assert head["z_score"] is None and head["mantel_z"] >= policy.LINEAGE_Z and head["mantel_p"] <= 0.01
+    assert all(
+        x["z_score"] >= policy.LINEAGE_Z
+        and x["score"] > policy.LINEAGE_SCORE
+        and x["mantel_z"] >= policy.LINEAGE_Z
+        for x in axes.values()
+    )
     assert lineage["verdict"].startswith("From the index sketches alone")
     assert "derived from A's" in lineage["verdict"]
 
@@ -154,8 +169,8 @@ def test_index_sketches_keep_independent_twins_inside_the_null(tmp_path: Path, s
     rng = np.random.default_rng(seed)
     lineage = sketched_lineage_of(tmp_path, model(rng, 128, INPUTS), model(rng, 96, INPUTS))
     assert len(lineage["axes"]) == 5
-    assert all(x["z_score"] is None or x["z_score"] < 5 for x in lineage["axes"])
-    assert all(abs(x["score"]) < 0.5 and x["mantel_z"] < 5 for x in lineage["axes"])
+    assert all(x["z_score"] is None or x["z_score"] < policy.LINEAGE_Z for x in lineage["axes"])
+    assert all(abs(x["score"]) < 0.5 and x["mantel_z"] < policy.LINEAGE_Z for x in lineage["axes"])
     assert "no sign that B was initialised from A" in lineage["verdict"]
 
 
@@ -163,7 +178,7 @@ def test_index_sketches_trace_a_width_projected_derivation(tmp_path: Path) -> No
     rng = np.random.default_rng(6)
     a = model(rng, 128, INPUTS)  # B's rows are mixtures of A's: WᵀW is kept, rows are not
     lineage = sketched_lineage_of(tmp_path, a, projected(a, rng))
-    assert all(x["z_score"] > 5 for x in lineage["axes"] if x["z_score"] is not None)
+    assert all(x["z_score"] >= policy.LINEAGE_Z for x in lineage["axes"] if x["z_score"] is not None)
     assert "derived from A's" in lineage["verdict"]
 
 
@@ -179,7 +194,9 @@ def test_seed_pair_from_the_indexes_alone(tmp_path: Path) -> None:
         assert {("input", 320), ("input", 256), ("input", 64), ("output", 64)} <= sizes
         assert "output axis of size 64 (" in report["lineage"]["verdict"]
     text = next(x for x in reports["derived"]["lineage"]["axes"] if x["size"] == 320)
-    assert text["z_score"] > 5 and "derived from A's" in reports["derived"]["lineage"]["verdict"]
+    assert (
+        text["z_score"] >= policy.LINEAGE_Z and "derived from A's" in reports["derived"]["lineage"]["verdict"]
+    )
     assert "derived from A's" not in reports["independent"]["lineage"]["verdict"]
 
 
@@ -242,10 +259,12 @@ def test_pruned_heads_are_matched_head_to_head(tmp_path: Path, seed: int) -> Non
     heads = next(x for x in derived["axes"] if (x["side"], x["size"]) == ("head", 64))
     assert heads["heads"] == [f"{heads['b'].replace('attention.', 'attn.')}#{h}" for h in kept]
     assert heads["a"] == heads["b"].replace("attention.", "attn.")
-    assert heads["score"] > 0.5 and heads["z_score"] > 5
+    assert heads["score"] > policy.LINEAGE_SCORE and heads["z_score"] >= policy.LINEAGE_Z
     assert "heads of 64 rows (" in derived["verdict"] and "derived from A's" in derived["verdict"]
     twin = lineage_of(tmp_path / "twin", a, attention_model(rng, heads=6))["lineage"]
-    assert all(x["score"] < 0.2 and x["z_score"] < 5 for x in twin["axes"] if x["side"] == "head")
+    assert all(
+        x["score"] < 0.2 and x["z_score"] < policy.LINEAGE_Z for x in twin["axes"] if x["side"] == "head"
+    )
     assert "derived from A's" not in twin["verdict"]
 
 
@@ -258,4 +277,4 @@ def test_heads_of_a_fused_qkv_are_found_among_q_k_and_v(tmp_path: Path) -> None:
     fused = {"blocks.0.attention.qkv.weight": ("F32", qkv)}
     heads = next(x for x in lineage_of(tmp_path, a, fused)["lineage"]["axes"] if x["size"] == 64)
     assert heads["heads"] == [f"blocks.0.attn.{p}.weight#{h}" for p in ("q", "k", "v") for h in kept]
-    assert heads["score"] > 0.9 and heads["z_score"] > 5
+    assert heads["score"] > 0.9 and heads["z_score"] >= policy.LINEAGE_Z

@@ -15,7 +15,7 @@ from tests import derive
 from tests.helpers import real_models
 from tests.helpers.mapping import assert_mapping, compare, predicted
 from tests.helpers.verdicts import check_verdict
-from weightidx import index_checkpoint
+from weightidx import index_checkpoint, policy
 from weightidx.compare.engine import compare_paths
 from weightidx.compare.gather import expand
 
@@ -189,8 +189,14 @@ def test_minilm_pruned_to_a_smaller_width_is_traced_across_the_width_change(
     assert sketched["method"] == "index sketches"
     axes = {(x["side"], x["size"]): x for x in sketched["axes"]}
     assert set(axes) == {("input", 1536), ("output", 1536), ("output", 512), ("output", 30522)}
-    assert axes["input", 1536]["z_score"] > 5 and axes["output", 1536]["z_score"] > 5
-    assert all(x["mantel_z"] > 5 for x in axes.values()) and "derived from A's" in sketched["verdict"]
+    assert (
+        axes["input", 1536]["z_score"] >= policy.LINEAGE_Z
+        and axes["output", 1536]["z_score"] >= policy.LINEAGE_Z
+    )
+    assert (
+        all(x["mantel_z"] >= policy.LINEAGE_Z for x in axes.values())
+        and "derived from A's" in sketched["verdict"]
+    )
 
 
 @pytest.mark.slow
@@ -205,8 +211,8 @@ def test_minilm_against_a_narrower_random_twin_stays_inside_the_null(
             twin[key] = (dtype, (rng.standard_normal(shape) * (values.std() or 1)).astype(np.float32))
     sketched = compare(tmp_path, minilm_tensors, twin, index_only=True)["lineage"]
     assert len(sketched["axes"]) == 4
-    assert all(x["z_score"] is None or x["z_score"] < 5 for x in sketched["axes"])
-    assert all(x["mantel_z"] < 5 for x in sketched["axes"])
+    assert all(x["z_score"] is None or x["z_score"] < policy.LINEAGE_Z for x in sketched["axes"])
+    assert all(x["mantel_z"] < policy.LINEAGE_Z for x in sketched["axes"])
     assert "derived from A's" not in sketched["verdict"]
 
 

@@ -55,3 +55,11 @@ GATHER_CORRELATION = 0.5
 #: the tensor-wide test decides that B's tensor is gathered from A's, this one which units are
 #: named (a unit matched by chance among hundreds would otherwise be reported as a piece).
 GATHER_UNIT_P = 0.01
+
+#: Lineage across a width change (``compare/lineage.py``): an axis is decided "derived" when its
+#: Gram comparison stands this many null spreads above the model's own controls and its score
+#: (the correlation of the aligned Gram matrices) exceeds ``LINEAGE_SCORE``; the Mantel test's z
+#: must reach the same to say two axes correspond. Calibrated by ``benchmarks/lineage_sweep.py``
+#: (30 seeds: 0 of 60 independent twins reach it).
+LINEAGE_Z = 5.0
+LINEAGE_SCORE = 0.5

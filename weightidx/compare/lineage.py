@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from weightidx import policy
 from weightidx.compare.report import is_matrix
 from weightidx.fingerprint.sketch import GRAM_DIM, OUTPUT_BUCKETS
 from weightidx.index.reader import IndexedModel
@@ -37,7 +38,6 @@ MAX_AXIS = 4096  # Gram matrices up to 4096 x 4096 (64 MB in float32)
 MAX_VALUES = 1 << 25
 _MAX_PER_AXIS = 8
 _MAX_PER_AXIS_SKETCHED = 32  # a sketch signature is 480 numbers: many tensors cost nothing
-_DECIDE_Z = 5.0
 _MIN_CONTROLS = 3
 HEAD_DIMS = (64, 128)  # the head sizes tried on attention projections
 _MAX_HEAD_TENSORS = 6  # attention projections a side, in key order (the first blocks)
@@ -444,9 +444,13 @@ def _verdict(results: list[AxisResult]) -> str:
         + (f", axis-shuffle z = {r.mantel_z:.1f} (p = {r.mantel_p:.2f})" if r.mantel_z is not None else "")
         for r in results
     )
-    decided = [r for r in results if r.z_score is not None and r.z_score >= _DECIDE_Z and abs(r.score) > 0.5]
+    decided = [
+        r
+        for r in results
+        if r.z_score is not None and r.z_score >= policy.LINEAGE_Z and abs(r.score) > policy.LINEAGE_SCORE
+    ]
     undecided = [r for r in results if r.z_score is None]
-    corresponding = [r for r in undecided if r.mantel_z is not None and r.mantel_z >= _DECIDE_Z]
+    corresponding = [r for r in undecided if r.mantel_z is not None and r.mantel_z >= policy.LINEAGE_Z]
     if decided:
         return (
             f"Compared the axes both models share ({described}). {len(decided)} of {len(results)} stand far "
