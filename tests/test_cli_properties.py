@@ -3,6 +3,7 @@ with a documented code, never with a traceback, and leaves no output behind when
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -94,9 +95,14 @@ def test_any_arguments_exit_with_a_documented_code_and_leave_nothing_on_failure(
         position = data.draw(st.integers(0, len(base)))
         base[position : position + data.draw(st.integers(0, 1))] = [data.draw(pieces)]
     arguments = base or data.draw(st.lists(pieces, max_size=7))
-    result = CliRunner().invoke(
-        app, [*command.split(), *arguments, "-q"], env={"WEIGHTIDX_CACHE": str(tmp_path / "c")}
-    )
+    here = os.getcwd()
+    os.chdir(out)  # outputs named by relative paths (or by default) land in ``out`` too
+    try:
+        result = CliRunner().invoke(
+            app, [*command.split(), *arguments, "-q"], env={"WEIGHTIDX_CACHE": str(tmp_path / "c")}
+        )
+    finally:
+        os.chdir(here)
     assert result.exit_code in DOCUMENTED, (command, arguments, result.output)
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         command,
@@ -106,4 +112,3 @@ def test_any_arguments_exit_with_a_documented_code_and_leave_nothing_on_failure(
     assert "Traceback" not in result.output
     if result.exit_code != 0:
         assert list(out.iterdir()) == [], (command, arguments, result.output)
-
