@@ -4,9 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WEIGHTIDX := $(VENV)/bin/weightidx
 STAMP := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.docs-installed-stamp
 DEMO := build/demo
 
-.PHONY: setup test lint browser demo bench clean
+.PHONY: setup test lint browser demo bench clean docs
 
 $(STAMP): pyproject.toml weightidx/fingerprint/_fused.c
 	@$(PYTHON) -c 'import sys; sys.exit("weightidx needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -20,8 +21,18 @@ setup: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check weightidx tests benchmarks
 
-test: lint browser
+test: lint browser docs
 	$(PY) -m pytest -q
+
+# The documentation site: docs/cli.md regenerated from every command's --help (in CI, where
+# CI=true, a stale committed page fails instead), then a strict mkdocs build into build/site.
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,docs]'
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) docs/gen_cli.py $(if $(CI),--check)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir build/site
 
 # The HTML report is tested in a real headless Chromium (Debian's package): installed here when
 # missing and we are root (as in CI); otherwise that test is skipped and says why.

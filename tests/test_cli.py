@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers.verdicts import check_schema
 from weightidx import __version__
 from weightidx.cli import app
 
@@ -263,6 +264,7 @@ def test_compare_prints_the_verdict_and_writes_strict_json(demo_pair, tmp_path: 
     import json
 
     report = json.loads(out.read_text())
+    check_schema(report)
     assert report["schema_version"] == 1 and report["models"]["a"]["name"] == "Wan"
     assert set(report["summary"]) >= {
         "mean_cosine_similarity",

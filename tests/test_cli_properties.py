@@ -34,8 +34,11 @@ COMMANDS = {
 
 @pytest.fixture(scope="module")
 def inputs(demo_pair, tmp_path_factory) -> dict[str, Path]:
+    # Copies: generated arguments may name any input as an output, and the demo pair is shared.
     folder = tmp_path_factory.mktemp("inputs")
-    a = index_checkpoint(demo_pair["a"], folder / "a.parquet").output
+    checkpoint = Path(shutil.copy(demo_pair["a"], folder / "a.safetensors"))
+    lora = Path(shutil.copy(demo_pair["a"].with_name("wan_a_lora.safetensors"), folder / "lora.safetensors"))
+    a = index_checkpoint(checkpoint, folder / "a.parquet").output
     b = index_checkpoint(demo_pair["b"], folder / "b.parquet").output
     report = write_report(compare_paths(a, b), folder / "report.json")
     garbage = folder / "garbage.safetensors"
@@ -45,8 +48,8 @@ def inputs(demo_pair, tmp_path_factory) -> dict[str, Path]:
     return {
         "index a": a,
         "index b": b,
-        "checkpoint": demo_pair["a"],
-        "lora": demo_pair["a"].with_name("wan_a_lora.safetensors"),
+        "checkpoint": checkpoint,
+        "lora": lora,
         "report": report,
         "garbage": garbage,
         "text": text,
@@ -75,7 +78,8 @@ def _argument(inputs: dict[str, Path], out: Path) -> st.SearchStrategy[str]:
     )
     files = st.sampled_from([str(p) for p in inputs.values()])
     outputs = st.sampled_from([str(out / name) for name in ("o.json", "o.html", "o.parquet", "o.csv", "o")])
-    return st.one_of(words, files, outputs, st.text(max_size=8))
+    text = st.text(st.characters(exclude_characters="\x00"), max_size=8)  # argv cannot hold NUL
+    return st.one_of(words, files, outputs, text)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

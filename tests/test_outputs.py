@@ -192,3 +192,17 @@ def test_a_report_moved_with_its_indexes_still_ports_a_lora(demo_pair, tmp_path:
     )
     assert result.exit_code == 0, result.output
     assert out.exists()
+
+
+@pytest.mark.parametrize("target", ["", "folder"])
+def test_an_output_that_is_a_folder_is_exit_3(indexes, tmp_path: Path, target: str) -> None:
+    """Found by the CLI property test: ``-o ""`` is the current folder."""
+    out = str(tmp_path) if target == "folder" else ""
+    _one_line(run("sql", "SELECT 1", str(indexes["a"]), "-o", out), 3, "is a folder, not a file")
+
+
+def test_sql_over_a_file_that_is_not_an_index_is_exit_2(demo_pair) -> None:
+    """Found by the CLI property test: a checkpoint given where an index belongs."""
+    _one_line(
+        run("sql", "SELECT 1", str(demo_pair["a"])), 2, str(demo_pair["a"].resolve()), "not a Parquet index"
+    )

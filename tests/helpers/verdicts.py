@@ -1,14 +1,19 @@
 """Check that a report's verdict says only what its matches and facts say.
 
-``check_verdict(report)`` re-derives every count, range and claim of the verdict text from the
-match list and from B's index, independently of the code that wrote them, and fails on the
-first sentence that does not follow.
+``check_verdict(report)`` validates the report against the shipped JSON Schema, then re-derives
+every count, range and claim of the verdict text from the match list and from B's index,
+independently of the code that wrote them, and fails on the first sentence that does not follow.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 
+import jsonschema
+
+from weightidx.compare.report import report_schema
 from weightidx.index.reader import load_index
 
 
@@ -45,8 +50,24 @@ def recount(report: dict) -> dict:
     }
 
 
+@functools.cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = report_schema()
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return validator(schema)
+
+
+def check_schema(report: dict) -> None:
+    """The report (as JSON would carry it) conforms to ``weightidx/data/report.schema.json``."""
+    errors = sorted(_validator().iter_errors(json.loads(json.dumps(report))), key=lambda e: list(e.path))
+    assert not errors, [f"{list(e.path)}: {e.message}" for e in errors[:5]]
+
+
 def check_verdict(report: dict) -> None:
-    """Every number and claim in ``report["summary"]["verdict"]`` follows from the report."""
+    """The report conforms to the shipped JSON Schema, and every number and claim in
+    ``report["summary"]["verdict"]`` follows from the report."""
+    check_schema(report)
     summary, text = report["summary"], report["summary"]["verdict"]
     facts = recount(report)
     scenario = summary["scenario"]

@@ -35,7 +35,7 @@ def index_command(
         bool,
         typer.Option(
             "--allow-pickle",
-            help="Read .bin/.pt/.ckpt with torch.load(weights_only=True) (needs the torch extra).",
+            help="Read .bin/.pt/.pth/.ckpt/.pkl with torch.load(weights_only=True) (needs the torch extra).",
         ),
     ] = False,
     quiet: QuietOption = False,

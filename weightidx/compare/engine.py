@@ -106,12 +106,22 @@ def compare_indexes(
     """Compare two indexed models and return the report (``schema_version`` 1) as a dict.
 
     Args:
-        a, b: the two sides (``load_index``).
+        a: model A, the possible source (``load_index``).
+        b: model B, the model whose origin is asked.
         index_only: estimate every metric from the fingerprints, reading no tensor values.
-        second_looks: after the fingerprints' matches, look again from the values (weak
-            matrices, tensors where their neighbours point, structured derivations); False
-            skips that (the benchmark measures its cost).
+        second_looks: after the fingerprints' matches, look again (from the values: weak
+            matrices, tensors where their neighbours point, structured derivations; from the
+            sketches alone with ``index_only``: gathers of whole sketch blocks); False skips
+            that (the benchmark measures its cost).
         progress: called with (pairs verified, pairs to verify).
+
+    Returns:
+        The report: ``summary`` (scenario, verdict and the facts it is generated from),
+        ``matches``, ``unmatched`` with ``unmatched_reasons``, ``warnings``, ``blocks``,
+        ``shapes``, and ``layouts`` / ``lineage`` where there are any.
+
+    Raises:
+        IndexFileError: a checkpoint changed after it was indexed (its offsets are stale).
     """
     shortlist = _score_candidates(a, b)
     p_threshold = shortlist.p_threshold()

@@ -209,7 +209,7 @@ def _identical(a: IndexedModel, b: IndexedModel, matches: list[Match]) -> bool:
 
 
 def scenario_of(summary: dict) -> str:
-    """The model-level scenario from the summary's facts (see the README's table)."""
+    """The model-level scenario from the summary's facts (the table in docs/concepts/compare.md)."""
     matrices = summary["matrices"]
     if summary["identical"]:
         return "identical"
@@ -478,6 +478,14 @@ def _incompatible_text(summary: dict, a_name: str, b_name: str) -> str:
         f"{width_a} vs {width_b}, {depth_a} vs {depth_b} blocks. Tensor-to-tensor matching cannot "
         "show derivation across a width change; LoRAs for A cannot be converted to B."
     )
+
+
+def report_schema() -> dict:
+    """The JSON Schema (draft 2020-12) every report this version writes conforms to, as shipped in
+    ``weightidx/data/report.schema.json``."""
+    from importlib import resources
+
+    return json.loads(resources.files("weightidx.data").joinpath("report.schema.json").read_text("utf-8"))
 
 
 def write_report(report: dict, out: Path | str) -> Path:

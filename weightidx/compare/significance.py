@@ -42,10 +42,11 @@ class Evidence:
 
     ``statistic``: ``"sketch"`` (index sketches), ``"sample"`` (index samples, Spearman's rank
     correlation), ``"sketch+sample"`` (the two combined), ``"values"`` (self-normalised row and
-    column sums of the checkpoint values), ``"reordered"`` (values after a recovered permutation)
-    or ``"equal bytes"``. ``correlation``: the statistic's own correlation; ``values``: how many
-    near-independent values (or rows and columns) it covers; ``null_spread``: the spread of that
-    correlation among unrelated pairs, where it has one; ``z``: normal-equivalent, after the
+    column sums of the checkpoint values), ``"sketch blocks"`` (sketch blocks matched unit by
+    unit, Fisher-combined: ``block_gather``) or ``"equal bytes"``. ``correlation``: the
+    statistic's own correlation; ``values``: how many near-independent values (or rows and
+    columns) it covers; ``null_spread``: the spread of that correlation among unrelated pairs,
+    where it has one; ``z``: normal-equivalent, after the
     null's inflation; ``p_value``: two-sided, before the comparison-wide correction.
     """
 

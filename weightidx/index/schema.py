@@ -13,7 +13,7 @@ METADATA_KEY = b"weightidx"
 
 
 def index_schema() -> pa.Schema:
-    """One row a tensor (the columns the README's index table describes)."""
+    """One row a tensor (the columns docs/concepts/index.md describes)."""
     import pyarrow as pa
 
     return pa.schema(

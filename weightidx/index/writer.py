@@ -106,7 +106,7 @@ def index_checkpoint(
         workers: worker processes for reading and reducing tiles; default one per available
             core (checkpoints under 64 MB, or ``workers=1``, are done in this process).
         progress: called with an ``IndexProgress`` as work completes.
-        allow_pickle: read a pickle checkpoint (.bin, .pt, .ckpt) through
+        allow_pickle: read a pickle checkpoint (.bin, .pt, .pth, .ckpt, .pkl) through
             ``torch.load(weights_only=True)`` (needs the torch extra); refused otherwise.
 
     Returns:

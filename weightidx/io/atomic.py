@@ -18,8 +18,11 @@ from weightidx.errors import OutputError
 
 @contextlib.contextmanager
 def atomic_path(out: Path | str) -> Iterator[Path]:
-    """Yield a temporary path to write; it becomes ``out`` only if the block succeeds."""
+    """Yield a temporary path to write; it becomes ``out`` only if the block succeeds. Raises
+    ``OutputError`` (naming ``out``) when it cannot be written, or names a folder."""
     out = Path(out)
+    if not out.name or out.is_dir():
+        raise OutputError(f"{out}: is a folder, not a file; choose an output file path")
     remove_stale_temporaries(out)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
