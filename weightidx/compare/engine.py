@@ -54,7 +54,7 @@ from weightidx.compare.significance import (
     z_from_p,
 )
 from weightidx.compare.structure import Structures, find_structures
-from weightidx.compare.types import Candidate, Match, Region, judge, strength_of
+from weightidx.compare.types import Candidate, Match, Region, Transform, judge, strength_of
 from weightidx.dtypes import SUPPORTED_DTYPES, lower_precision
 from weightidx.fingerprint.sketch import BLOCK
 from weightidx.index.cache import cached_index
@@ -812,31 +812,33 @@ def _exact_metrics(reader: ShardReader, a: IndexedModel, b: IndexedModel, c: Can
     return accumulator.finish()
 
 
-def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[str]:
+def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[Transform]:
     c, ra, rb = match.candidate, a.rows[match.candidate.a.key], b.rows[match.candidate.b.key]
     steps = []
     if c.a.key != c.b.key:
-        steps.append("rename")
+        steps.append(Transform("rename"))
     if ra["dtype"] != rb["dtype"]:
-        steps.append(f"cast:{ra['dtype'].lower()}->{rb['dtype'].lower()}")
+        steps.append(Transform("cast", f"{ra['dtype'].lower()}->{rb['dtype'].lower()}"))
     if c.relation.startswith("permute"):
-        steps.append("permute:rows" if c.relation == "permute_rows" else "permute:cols")
+        steps.append(Transform("permute", "rows" if c.relation == "permute_rows" else "cols"))
     elif c.relation.startswith("gather"):
-        steps.append(f"gather:{c.b.axis}")
+        steps.append(Transform("gather", str(c.b.axis)))
     elif c.relation == "select":
         rows, cols = match.selection or (None, None)
-        steps += [f"select:{axis}" for axis, kept in (("rows", rows), ("cols", cols)) if kept is not None]
+        steps += [
+            Transform("select", axis) for axis, kept in (("rows", rows), ("cols", cols)) if kept is not None
+        ]
     elif c.relation == "transpose":
-        steps.append("transpose")
+        steps.append(Transform("transpose"))
     elif c.relation.startswith("a_in_b"):
-        steps.append(f"concat:{c.b.axis}")
+        steps.append(Transform("concat", str(c.b.axis)))
     elif c.relation.startswith("b_in_a"):
-        steps.append(f"split:{c.a.axis}")
+        steps.append(Transform("split", str(c.a.axis)))
     elif list(ra["shape"]) != list(rb["shape"]):
-        steps.append("reshape")
+        steps.append(Transform("reshape"))
     scale = match.metrics.scale
     if scale is not None and match.strength >= policy.MATCH and abs(scale - 1) > 0.02:
-        steps.append(f"scale:{scale:.4g}")
+        steps.append(Transform("scale", f"{scale:.4g}"))
     return steps
 
 

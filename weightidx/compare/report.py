@@ -110,7 +110,7 @@ def _facts(
     strongest = shortlist.strongest_z
     threshold = p_threshold
     sizes = shortlist.matrix_values
-    kinds = sorted({t.split(":")[0] for m in related for t in m.transform})
+    kinds = sorted({t.kind for m in related for t in m.transform})
     return {
         "matrices": {
             "b": len(b_matrices),
@@ -411,7 +411,7 @@ def _match_json(a: IndexedModel, b: IndexedModel, m: Match) -> dict:
     entry = {
         "b": m.candidate.b.as_json(),
         "a": m.candidate.a.as_json(),
-        "transform": m.transform,
+        "transform": [str(t) for t in m.transform],
         "cosine": _clean(metrics.cosine),
         "correlation": _clean(metrics.correlation),
         "relative_l2": _clean(metrics.relative_l2),

@@ -35,6 +35,39 @@ class Region:
 
 
 @dataclass(frozen=True)
+class Transform:
+    """One step of how A's region became B's, written in the report as ``kind`` or
+    ``kind:parameter``: ``rename``, ``transpose``, ``reshape``, ``cast:f32->bf16``,
+    ``concat:0`` / ``split:1`` / ``gather:0`` (the axis), ``permute:rows``, ``select:cols``,
+    ``scale:2054`` (B = factor · A)."""
+
+    kind: str
+    parameter: str | None = None
+
+    KINDS = frozenset(
+        {"rename", "transpose", "reshape", "cast", "concat", "split", "gather", "permute", "select", "scale"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"unknown transform {self.kind!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Transform:
+        """The step a report's text names; raises ``ValueError`` for an unknown kind."""
+        kind, sep, parameter = text.partition(":")
+        return cls(kind, parameter if sep else None)
+
+    def __str__(self) -> str:
+        return self.kind if self.parameter is None else f"{self.kind}:{self.parameter}"
+
+    @property
+    def factor(self) -> float:
+        """The factor of a ``scale`` step (1.0 for any other)."""
+        return float(self.parameter) if self.kind == "scale" and self.parameter else 1.0
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A pair of regions under a relation: its estimated correlation (the degree, from the
     sketches or, for vectors, the samples) and the evidence that the two are related."""
@@ -57,7 +90,7 @@ class Match:
     source: str  # "exact" (from the checkpoints) or "estimated" (from the fingerprints)
     verdict: str
     proof: Evidence  # what the verdict rests on: the values' evidence when they were read
-    transform: list[str] = field(default_factory=list)
+    transform: list[Transform] = field(default_factory=list)
     permutation: Permutation | None = None
     selection: tuple[np.ndarray | None, np.ndarray | None] | None = None  # A's rows, A's columns
 

@@ -29,6 +29,7 @@ from weightidx.compare.gather import compact, expand
 from weightidx.compare.permutation import Permutation
 from weightidx.compare.permutation import apply as apply_permutation
 from weightidx.compare.report import read_report
+from weightidx.compare.types import Transform
 from weightidx.errors import LoraError
 from weightidx.fingerprint.sketch import view_2d
 from weightidx.io.atomic import atomic_path
@@ -215,12 +216,16 @@ class Target:
     a_slice: tuple[int, int, int] | None
     b_key: str
     b_slice: tuple[int, int, int] | None
-    transform: tuple[str, ...]
+    transform: tuple[Transform, ...]
     verdict: str
     scale: float
     permutation: Permutation | None = None  # B's rows or columns are A's reordered
     rows: np.ndarray | None = None  # B's rows are these rows of A (a pruned model's selection)
     cols: np.ndarray | None = None  # B's columns are these columns of A
+
+    def has(self, kind: str) -> bool:
+        """Whether one of the steps is of ``kind`` (``Transform.KINDS``)."""
+        return any(step.kind == kind for step in self.transform)
 
 
 def mapping_from_report(report: dict) -> list[Target]:
@@ -232,10 +237,13 @@ def mapping_from_report(report: dict) -> list[Target]:
 
     targets = []
     for match in report["matches"]:
-        scale = 1.0
-        for step in match["transform"]:
-            if step.startswith("scale:"):
-                scale = float(step.split(":", 1)[1])
+        try:
+            steps = tuple(Transform.parse(step) for step in match["transform"])
+        except ValueError as exc:
+            raise LoraError(
+                f"a match of the report names {exc}; make the report with this weightidx"
+            ) from None
+        scale = math.prod(step.factor for step in steps)
         found = match.get("permutation")
         select = match.get("select") or {}
         targets.append(
@@ -244,7 +252,7 @@ def mapping_from_report(report: dict) -> list[Target]:
                 slice_of(match["a"]),
                 match["b"]["key"],
                 slice_of(match["b"]),
-                tuple(match["transform"]),
+                steps,
                 match["verdict"],
                 scale,
                 None
@@ -271,7 +279,7 @@ def export_mapping(report: dict) -> list[dict]:
             "b_slice": None
             if t.b_slice is None
             else dict(zip(("axis", "start", "stop"), t.b_slice, strict=True)),
-            "transform": list(t.transform),
+            "transform": [str(step) for step in t.transform],
             "verdict": t.verdict,
             "permutation": None
             if t.permutation is None
@@ -328,8 +336,8 @@ def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tupl
         return "A has no weight of that name"
     if not targets:
         return "the report matches this weight to nothing in B"
-    permuted = [t for t in targets if any(step.startswith("permute") for step in t.transform)]
-    if any(t.permutation is None or t.a_slice or t.b_slice or "transpose" in t.transform for t in permuted):
+    permuted = [t for t in targets if t.has("permute")]
+    if any(t.permutation is None or t.a_slice or t.b_slice or t.has("transpose") for t in permuted):
         return "its B weight is a reordered slice or transpose of it, which LoRA conversion does not handle"
     if all(t.verdict == "different" for t in targets):
         return "its match in B is 'different' (the values did not confirm a relation): not carried over"
@@ -339,7 +347,7 @@ def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tupl
             f"factor shapes up {list(module.up.shape)} / down {list(module.down.shape)} "
             f"do not fit A's weight {list(a_shapes[module.target])}"
         )
-    if len(a_shapes[module.target]) < 2 or any(t.transform.count("transpose") and t.b_slice for t in targets):
+    if len(a_shapes[module.target]) < 2 or any(t.has("transpose") and t.b_slice for t in targets):
         return "only 2-D and convolution weights are supported"
     return None
 
@@ -368,7 +376,7 @@ def _move(module: LoraModule, target: Target, b_shape: tuple) -> LoraModule:
         else:
             down = apply_permutation(down, target.permutation)
     up, down = _selected(up, down, target)
-    if "transpose" in target.transform:
+    if target.has("transpose"):
         up, down = down.T, up.T
     up, down = _shaped(up, down, b_shape)
     return LoraModule(target.b_key, down, up, module.alpha, module.dtype)
@@ -432,7 +440,7 @@ def expected_delta(plan: _Planned, b_shape: tuple) -> np.ndarray:
             delta = delta[target.rows]
         if target.cols is not None:
             delta = delta[:, target.cols]
-        if "transpose" in target.transform:
+        if target.has("transpose"):
             delta = delta.T
         if target.b_slice is None:
             expected += delta.reshape(rows, cols)
@@ -544,7 +552,12 @@ def convert_lora(
             {
                 "b": plan.module.target,
                 "from": [
-                    {"a": t.a_key, "a_slice": t.a_slice, "b_slice": t.b_slice, "transform": list(t.transform)}
+                    {
+                        "a": t.a_key,
+                        "a_slice": t.a_slice,
+                        "b_slice": t.b_slice,
+                        "transform": [str(x) for x in t.transform],
+                    }
                     for _, t in plan.sources
                 ],
                 "rank": plan.module.rank,
