@@ -202,4 +202,3 @@ def test_twins_of_one_shape_get_no_width_change_text(tmp_path: Path) -> None:
     assert report["summary"]["scenario"] == "unrelated" and "lineage" not in report
     assert "width change" not in text and " 0 " not in text
     assert report["summary"]["significance"]["tests"] > 0
-
