@@ -39,7 +39,7 @@ def odd(tmp_path_factory) -> Path:
 
 def test_every_query_file_is_tested_here() -> None:
     tested = {
-        "compare_candidates",
+        "candidate_groups",
         "shape_table",
         "dtype_summary",
         "shape_histogram",

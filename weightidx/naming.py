@@ -4,6 +4,8 @@ whether two tensors are related; they say where to look again and how to describ
 - a *block* is a numbered repeat of the model (``blocks.3.``, ``layers.3.``, ``h.3.``);
 - a *role* is a key with its block number replaced by ``#``: what the tensor is in any block;
 - attention words mark attention projections (lineage splits them into heads);
+- an *expert* is a numbered member of a mixture-of-experts layer (``mlp.experts.7.``); its
+  *expert role* is the key with the expert number replaced by ``*``;
 - tensor types are the HTML report's coarse families (norms, attention, MLP, embeddings);
 - LoRA wrappers are the prefixes LoRA files put before a model's own keys.
 """
@@ -42,6 +44,19 @@ def role_of(key: str) -> str:
 def in_block(role: str, block: int | None) -> str:
     """The key of ``role`` in ``block`` (the inverse of ``role_of``)."""
     return role if block is None else role.replace("#", str(block), 1)
+
+
+@cache
+def _expert_pattern() -> re.Pattern[str]:
+    words = "|".join(re.escape(word) for word in _rules()["expert_words"])
+    return re.compile(rf"(?:^|\.)(?:{words})\.(\d+)\.")
+
+
+def expert_role(key: str) -> str | None:
+    """The key with its expert number replaced by ``*`` (``layers.3.mlp.experts.7.w1.weight`` ->
+    ``layers.3.mlp.experts.*.w1.weight``); None for a tensor of no expert."""
+    found = _expert_pattern().search(key)
+    return None if found is None else key[: found.start(1)] + "*" + key[found.end(1) :]
 
 
 def is_attention(key: str) -> bool:

@@ -47,6 +47,11 @@ def recount(report: dict) -> dict:
         "weakest_z": min((m["significance"]["z"] for m in on_matrices), default=None),
         "renamed": "rename" in kinds,
         "kinds": sorted(kinds - {"rename"}),
+        "whole_expert_matches": [
+            (m["a"]["key"], m["b"]["key"])
+            for m in related
+            if m["a"]["slice"] is None and m["b"]["slice"] is None
+        ],
     }
 
 
@@ -90,6 +95,28 @@ def check_verdict(report: dict) -> None:
         _check_related(text, summary, facts)
 
 
+_EXPERT = re.compile(r"(?:^|\.)(?:experts|expert|local_experts)\.(\d+)\.")
+
+
+def _check_upcycled(text: str, report_matches: list[tuple[str, str]]) -> None:
+    """The up-cycling sentence, recounted: related whole-tensor matches grouped by A tensor and by
+    B's key with its expert number blanked; groups of two or more are up-cycled experts."""
+    groups: dict[tuple[str, str], int] = {}
+    for a_key, b_key in report_matches:
+        found = _EXPERT.search(b_key)
+        if found:
+            role = b_key[: found.start(1)] + "*" + b_key[found.end(1) :]
+            groups[a_key, role] = groups.get((a_key, role), 0) + 1
+    shared = [n for n in groups.values() if n > 1]
+    if not shared:
+        assert "Up-cycled" not in text, text
+        return
+    experts, sources = map(
+        int, _number(text, r"Up-cycled: (\d+) expert tensors of B derive from (\d+) dense")
+    )
+    assert (experts, sources) == (sum(shared), len(shared)), (text, shared)
+
+
 def _check_related(text: str, summary: dict, facts: dict) -> None:
     related, total, match, partial = map(
         int, _number(text, r"(\d+) of (\d+) weight matrices .*?\((\d+) match, (\d+) partial")
@@ -124,6 +151,7 @@ def _check_related(text: str, summary: dict, facts: dict) -> None:
         assert "changed by training" in text and "transfer" in text
     else:
         assert "changed by training" not in text
+    _check_upcycled(text, report_matches=facts["whole_expert_matches"])
     if summary["scenario"] == "partially_related":
         (rest,) = _number(text, r"The other (\d+) weight matrices show no significant relation")
         assert int(rest) == total - related

@@ -1,7 +1,9 @@
 """Stage 2: shortlist candidate pairs in DuckDB, score them from sketches, verify exactly.
 
-1. ``queries/compare_candidates.sql`` joins the two indexes on 2-D views that fit a
-   transform (same view, transpose, slice along rows or columns either way).
+1. ``queries/candidate_groups.sql`` joins the two indexes on 2-D views that fit a
+   transform (same view, transpose, slice along rows or columns either way);
+   ``candidates.py`` turns the groups into pairs, narrowing groups of thousands of
+   same-shaped tensors (experts) to their likely partners.
 2. Each candidate is scored from the sketches alone (``estimate.py``); for slices every
    block-aligned offset on a ``gcd`` grid is tried.
 3. A greedy one-to-one assignment keeps the best-scoring candidates whose score stands
@@ -23,6 +25,7 @@ import numpy as np
 from weightidx import policy
 from weightidx.compare import lineage
 from weightidx.compare.block_gather import gathered_matches
+from weightidx.compare.candidates import candidate_pairs, content_key
 from weightidx.compare.estimate import (
     Sketches,
     aligned_samples,
@@ -60,8 +63,7 @@ from weightidx.fingerprint.sketch import BLOCK
 from weightidx.index.cache import cached_index
 from weightidx.index.reader import IndexedModel, is_index_file, load_index
 from weightidx.io.safetensors import ShardReader, decode
-from weightidx.naming import block_of, in_block, role_of
-from weightidx.sql.runner import run_query
+from weightidx.naming import block_of, expert_role, in_block, role_of
 
 _DECISIVE_P = 1e-12  # a sketch this significant needs no second statistic
 
@@ -101,6 +103,7 @@ def compare_indexes(
     *,
     index_only: bool = False,
     second_looks: bool = True,
+    exhaustive: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Compare two indexed models and return the report (``schema_version`` 1) as a dict.
@@ -113,6 +116,8 @@ def compare_indexes(
             matrices, tensors where their neighbours point, structured derivations; from the
             sketches alone with ``index_only``: gathers of whole sketch blocks); False skips
             that (the benchmark measures its cost).
+        exhaustive: test every pair of fitting views, also in groups of thousands of
+            same-shaped tensors (``candidates.py`` narrows those): the reference for tests.
         progress: called with (pairs verified, pairs to verify).
 
     Returns:
@@ -123,10 +128,11 @@ def compare_indexes(
     Raises:
         IndexFileError: a checkpoint changed after it was indexed (its offsets are stale).
     """
-    shortlist = _score_candidates(a, b)
+    shortlist = _score_candidates(a, b, exhaustive)
     p_threshold = shortlist.p_threshold()
     significant = [c for c in shortlist.candidates if c.identical or c.evidence.p_value <= p_threshold]
-    kept = _assign(significant, tie_key=lambda key: _content_key(b.rows[key]))
+    kept = _assign(significant, tie_key=lambda key: content_key(b.rows[key]))
+    kept = sorted(kept + _upcycled(significant, kept), key=lambda c: (c.b.key, c.b.start))
     missing = [] if index_only else [m for m in (a, b) if not m.files_present()]
     exact = not index_only and not missing
     matches = []
@@ -430,9 +436,10 @@ def _constant_matches(
     return found
 
 
-def _score_candidates(a: IndexedModel, b: IndexedModel) -> Shortlist:
-    """Every pair the shortlist query proposes, judged from the fingerprints."""
-    pairs = run_query("compare_candidates", [a.index, b.index], block=BLOCK).fetchall()
+def _score_candidates(a: IndexedModel, b: IndexedModel, exhaustive: bool = False) -> Shortlist:
+    """Every pair ``candidates.candidate_pairs`` proposes, judged from the fingerprints."""
+    proposed = candidate_pairs(a, b, exhaustive)
+    pairs = proposed.pairs
     sketches: dict[tuple[str, str], Sketches] = {}
 
     def sketch(side: str, key: str) -> Sketches:
@@ -442,7 +449,7 @@ def _score_candidates(a: IndexedModel, b: IndexedModel) -> Shortlist:
 
     ranks = _RankCache(a, b)
     kept: list[Candidate] = []
-    tests = 0
+    tests = proposed.skipped  # pairs left out of a large group count as tests found null
     tally = _Tally()
     comparable = False
     constant: list[tuple[str, str]] = []
@@ -522,7 +529,7 @@ def _same_constant(row_a: dict, row_b: dict, relation: str) -> bool:
 def pair_candidates(
     row_a: dict, row_b: dict, relation: str, sa: Sketches | None = None, sb: Sketches | None = None
 ) -> Iterator[Candidate]:
-    """The pair of index rows under ``relation`` (see ``queries/compare_candidates.sql``) judged
+    """The pair of index rows under ``relation`` (see ``queries/candidate_groups.sql``) judged
     from their fingerprints, in full (no pair is passed over as clearly null, as a comparison
     does): one candidate for a whole tensor, one per plausible offset for a slice, none when
     nothing can be judged. ``sa``, ``sb``: the rows' sketches, if at hand."""
@@ -739,11 +746,6 @@ def _with_sample(sketched: Evidence | None, samples: tuple[np.ndarray, np.ndarra
     return combined(sketched, sample_evidence(va, vb))
 
 
-def _content_key(row: dict) -> tuple:
-    """Tensors with equal keys here hold the same bytes (tied weights)."""
-    return (row["dtype"], tuple(row["shape"]), row["crc32"], row["sum_x2"], row["sum_x4"])
-
-
 def _assign(candidates: list[Candidate], tie_key: Callable[[str], tuple]) -> list[Candidate]:
     """Greedy one-to-one over significant candidates: strongest estimates first; each region of
     A and of B used once.
@@ -769,6 +771,30 @@ def _assign(candidates: list[Candidate], tie_key: Callable[[str], tuple]) -> lis
         used_a[candidate.a.key].append((candidate.a, tie))
         used_b[candidate.b.key].append(candidate.b)
     return sorted(kept, key=lambda c: (c.b.key, c.b.start))
+
+
+def _upcycled(significant: list[Candidate], kept: list[Candidate]) -> list[Candidate]:
+    """Experts copied from one dense tensor (mixture-of-experts up-cycling, Komatsuzaki et al.
+    2023, *Sparse Upcycling*): B tensors of an expert role (``naming.expert_role``) left without a
+    partner, whose strongest significant candidate is the whole A tensor another expert of that
+    role took. One A tensor is then the source of many B tensors; any other A tensor stays one
+    B tensor's."""
+    taken_b = {c.b.key for c in kept}
+    sources: dict[str, set[str]] = defaultdict(set)  # expert role -> A tensors its experts took
+    for c in kept:
+        role = expert_role(c.b.key)
+        if role is not None and c.a.axis is None and c.b.axis is None:
+            sources[role].add(c.a.key)
+    best: dict[str, Candidate] = {}
+    for c in significant:
+        role = expert_role(c.b.key)
+        if c.b.key in taken_b or role is None or c.a.axis is not None or c.b.axis is not None:
+            continue
+        if c.a.key in sources.get(role, ()) and (
+            c.b.key not in best or c.evidence.p_value < best[c.b.key].evidence.p_value
+        ):
+            best[c.b.key] = c
+    return list(best.values())
 
 
 def _view_reader(

@@ -16,7 +16,7 @@ from weightidx.compare.gather import compact
 from weightidx.compare.significance import critical_correlation, z_from_p
 from weightidx.errors import InputError
 from weightidx.io.atomic import atomic_path
-from weightidx.naming import block_of, natural_key
+from weightidx.naming import block_of, expert_role, natural_key
 from weightidx.sql.runner import run_query
 
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ def _facts(
             "largest_relative_l2": _round(max((m.metrics.relative_l2 or 0.0 for m in moved), default=0.0)),
         },
         "weakest_z": _round(min(m.proof.z for m in on_matrices), 1) if on_matrices else None,
+        "upcycled": _upcycled(related),
         "transforms": kinds,
         "identical": _identical(a, b, matches),
         "comparable": shortlist.comparable,
@@ -190,6 +191,27 @@ def _unmatched_reasons(
                 reasons[key] = "no_candidate"
         out[side] = reasons
     return out
+
+
+def _upcycled(related: list[Match]) -> dict | None:
+    """The summary's ``upcycled``: B's experts that derive from a dense tensor of A several
+    experts share (``engine._upcycled``), as counts and one example; None when there are none."""
+    by_source: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for m in related:
+        role = expert_role(m.candidate.b.key)
+        if role is not None and m.candidate.a.axis is None and m.candidate.b.axis is None:
+            by_source[m.candidate.a.key, role].append(m.candidate.b.key)
+    shared = {source: experts for source, experts in by_source.items() if len(experts) > 1}
+    if not shared:
+        return None
+    counts = [len(experts) for experts in shared.values()]
+    (a_key, role) = min(shared, key=lambda source: natural_key(source[1]))
+    return {
+        "sources": len(shared),
+        "experts": sum(counts),
+        "per_source": [min(counts), max(counts)],
+        "example": {"a": a_key, "b": role},
+    }
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -279,6 +301,16 @@ def _related_text(summary: dict, a_name: str, b_name: str) -> str:
         sentences.append(
             f"{changed['matrices']} of them differ from A's in value beyond the cast (relative L2 up to "
             f"{changed['largest_relative_l2']:.2g}): lightly trained after the copy."
+        )
+    upcycled = summary.get("upcycled")
+    if upcycled:
+        low, high = upcycled["per_source"]
+        each = str(low) if low == high else f"{low} to {high}"
+        example = upcycled["example"]
+        sentences.append(
+            f"Up-cycled: {upcycled['experts']} expert tensors of B derive from {upcycled['sources']} dense "
+            f"tensor{'s' if upcycled['sources'] != 1 else ''} of A, {each} experts each "
+            f"(e.g. {example['b']} from {example['a']})."
         )
     sentences.append(_how_text(summary["transforms"]))
     sentences += [f"{line}." for line in summary.get("layouts", [])]
