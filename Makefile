@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_index.py
 	$(PY) benchmarks/bench_compare.py
 	$(PY) benchmarks/bench_catalog.py
+	$(PY) benchmarks/bench_moe.py
 
 clean:
 	rm -rf build $(VENV)

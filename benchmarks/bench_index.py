@@ -118,8 +118,13 @@ def index_rss(path: Path, out: Path) -> int:
 
 def run_command(arguments: list[str]) -> tuple[float, int]:
     """Wall time and peak process-tree RSS (KiB) of one `weightidx ...` run."""
+    return run_process(weightidx_command(arguments), f"weightidx {arguments[0]}")
+
+
+def run_process(argv: list[str], label: str) -> tuple[float, int]:
+    """Wall time and peak process-tree RSS (KiB) of one process run to its end."""
     start = time.perf_counter()
-    proc = subprocess.Popen(weightidx_command(arguments))
+    proc = subprocess.Popen(argv)
     peak = 0
     done = threading.Event()
 
@@ -136,7 +141,7 @@ def run_command(arguments: list[str]) -> tuple[float, int]:
     done.set()
     sampler.join()
     if code:
-        raise SystemExit(f"weightidx {arguments[0]} failed with exit code {code}")
+        raise SystemExit(f"{label} failed with exit code {code}")
     return elapsed, peak
 
 

@@ -276,7 +276,7 @@ def test_allow_pickle_reads_tensors_and_refuses_code(tmp_path: Path, monkeypatch
 def test_interrupted_compare_and_lora_conversion_write_nothing(
     demo_pair, tmp_path: Path, monkeypatch
 ) -> None:
-    from weightidx.compare import engine as compare_module
+    from weightidx.compare import reads as compare_module
     from weightidx.compare.engine import compare_paths
     from weightidx.compare.report import write_report
     from weightidx.lora.convert import convert_lora
@@ -288,7 +288,7 @@ def test_interrupted_compare_and_lora_conversion_write_nothing(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(compare_module, "_exact_metrics", interrupt)
+        patch.setattr(compare_module, "exact_metrics", interrupt)
         result = runner.invoke(
             app,
             ["compare", str(demo_pair["a"]), str(demo_pair["b"]), "-o", str(tmp_path / "r2.json")],

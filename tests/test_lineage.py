@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers.lineage_models import FFN, INPUTS, model, projected, pruned
+from tests.helpers.mapping import checked_phases
 from tests.helpers.seed_pair import write_seed_pair
 from tests.helpers.tensors import trained_like, write_tensors
 from tests.helpers.verdicts import check_verdict
@@ -19,9 +20,12 @@ from weightidx.compare.engine import compare_paths
 def lineage_of(tmp_path: Path, a: dict, b: dict) -> dict:
     pa = write_tensors(tmp_path / "a.safetensors", a)
     pb = write_tensors(tmp_path / "b.safetensors", b)
-    report = compare_paths(pa, pb, cache=tmp_path / "cache")
+    calls: list[tuple[str, int, int]] = []
+    report = compare_paths(pa, pb, cache=tmp_path / "cache", progress=lambda *call: calls.append(call))
     check_verdict(report)
     assert report["summary"]["scenario"] in ("incompatible", "unrelated")
+    lineage_read_values = report.get("lineage", {}).get("method") == "checkpoint values"
+    assert ("lineage" in checked_phases(calls)) == lineage_read_values
     return report
 
 

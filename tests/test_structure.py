@@ -11,7 +11,7 @@ import pytest
 
 from tests import derive
 from tests.helpers import real_models
-from tests.helpers.mapping import assert_mapping, compare, predicted
+from tests.helpers.mapping import assert_mapping, checked_phases, compare, predicted
 from tests.helpers.seed_pair import write_seed_pair
 from tests.helpers.tensors import trained_like
 from tests.helpers.verdicts import check_verdict
@@ -97,8 +97,11 @@ def test_swapped_halves_take_their_bias_along(tmp_path: Path) -> None:
     a["norm_out.linear.bias"] = ("F32", (0.1 * rng.standard_normal(256)).astype(np.float32))
     swap = np.concatenate([np.arange(128, 256), np.arange(128)])
     moved = derive.reorder_rows(a, ["norm_out.linear.weight"], swap)
-    report = compare(tmp_path, a, derive.cast(moved.tensors, "BF16").tensors)
+    calls: list[tuple[str, int, int]] = []
+    b = derive.cast(moved.tensors, "BF16").tensors
+    report = compare(tmp_path, a, b, progress=lambda *call: calls.append(call))
     assert_mapping(report, moved.expected())
+    assert "tracing structures, round 1" in checked_phases(calls)
     for key in ("norm_out.linear.weight", "norm_out.linear.bias"):
         match = next(m for m in report["matches"] if m["b"]["key"] == key)
         assert match["permutation"]["order"] == swap.tolist() and match["verdict"] == "match"

@@ -1,4 +1,4 @@
-"""The only module that reads environment variables.
+"""The only module that reads the environment: its variables and the cores this process may use.
 
 - ``WEIGHTIDX_CACHE``: where indexes (and converted pickles) built on demand are kept
   (default ``~/.cache/weightidx``);
@@ -23,6 +23,13 @@ def cache_folder() -> Path:
 def numpy_kernel_forced() -> bool:
     """Whether ``WEIGHTIDX_KERNEL=numpy`` asks for the numpy path over the compiled kernel."""
     return os.environ.get("WEIGHTIDX_KERNEL") == "numpy"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def debug() -> bool:

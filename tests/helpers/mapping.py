@@ -48,3 +48,15 @@ def assert_mapping(report: dict, expected: set[Key], only: set[str] | None = Non
         "missing": sorted(expected - got)[:5],
         "extra": sorted(got - expected)[:5],
     }
+
+
+def checked_phases(calls: list[tuple[str, int, int]]) -> list[str]:
+    """The phases ``compare_paths`` reported progress for, in order, each checked: its total
+    never changes, its count never goes back and ends at the total."""
+    phases = list(dict.fromkeys(phase for phase, _, _ in calls))
+    for phase in phases:
+        counts = [(done, total) for name, done, total in calls if name == phase]
+        assert len({total for _, total in counts}) == 1, (phase, counts[:5])
+        dones = [done for done, _ in counts]
+        assert dones == sorted(dones) and dones[-1] == counts[0][1], (phase, dones[-5:])
+    return phases

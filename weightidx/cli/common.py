@@ -42,8 +42,9 @@ def on_sigterm(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def progress(label: str, enabled: bool, unit: str = "bytes") -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr (bytes with throughput, or a count), only when stderr is a terminal."""
+def progress(label: str, enabled: bool, unit: str = "bytes") -> Iterator[Callable[..., None] | None]:
+    """A progress bar on stderr (bytes with throughput, or a count), only when stderr is a terminal;
+    ``update(done, total)``, or ``update(done, total, phase, unit)`` to relabel it for a new phase."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
@@ -72,14 +73,17 @@ def progress(label: str, enabled: bool, unit: str = "bytes") -> Iterator[Callabl
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn(unit),
+            TextColumn("{task.fields[unit]}"),
             TimeRemainingColumn(),
         )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
+        task = bar.add_task(label, total=None, unit=unit)
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(done: int, total: int, phase: str | None = None, phase_unit: str | None = None) -> None:
+            if phase is None:
+                bar.update(task, completed=done, total=total)
+            else:  # a new phase relabels the bar
+                bar.update(task, completed=done, total=total, description=phase, unit=phase_unit or unit)
 
         yield update
 

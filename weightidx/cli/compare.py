@@ -43,8 +43,9 @@ def compare_command(
     from weightidx.compare.report import write_report
     from weightidx.render.text import render_report
 
-    with user_errors(), progress("verifying", not quiet, unit="pairs") as update:
-        report = compare_paths(a, b, names=names, index_only=index_only, reindex=reindex, progress=update)
+    with user_errors(), progress("comparing", not quiet, unit="pairs") as update:
+        phases = (lambda phase, done, total: update(done, total, phase, _unit(phase))) if update else None
+        report = compare_paths(a, b, names=names, index_only=index_only, reindex=reindex, progress=phases)
         html_out = [path for path in (out, html) if path is not None and (path is html or _is_html(path))]
         if out is not None and out not in html_out:
             write_report(report, out)
@@ -61,3 +62,8 @@ def compare_command(
 
 def _is_html(path: Path) -> bool:
     return path.suffix.lower() in (".html", ".htm")
+
+
+def _unit(phase: str) -> str:
+    """What a phase of ``compare_paths`` counts (its docstring)."""
+    return {"scoring": "pairs", "verifying": "pairs", "lineage": "axes"}.get(phase, "tensors")

@@ -31,15 +31,14 @@ from weightidx.compare.estimate import (
     aligned_samples,
     estimated_metrics,
     layout_parts,
-    region_origin,
-    region_shape,
     same_layout,
     slice_scan,
     slice_values,
     transposed,
 )
-from weightidx.compare.metrics import PairAccumulator, PairMetrics, chunk_rows, pair_metrics
+from weightidx.compare.metrics import pair_metrics
 from weightidx.compare.permutation import Permutation
+from weightidx.compare.reads import Count, exact_metrics, verify, whole_view
 from weightidx.compare.report import build_report, is_weight_matrix, model_width
 from weightidx.compare.significance import (
     EQUAL_BYTES,
@@ -58,11 +57,10 @@ from weightidx.compare.significance import (
 )
 from weightidx.compare.structure import Structures, find_structures
 from weightidx.compare.types import Candidate, Match, Region, Transform, judge, strength_of
-from weightidx.dtypes import SUPPORTED_DTYPES, lower_precision
 from weightidx.fingerprint.sketch import BLOCK
 from weightidx.index.cache import cached_index
 from weightidx.index.reader import IndexedModel, is_index_file, load_index
-from weightidx.io.safetensors import ShardReader, decode
+from weightidx.io.safetensors import ShardReader
 from weightidx.naming import block_of, expert_role, in_block, role_of
 
 _DECISIVE_P = 1e-12  # a sketch this significant needs no second statistic
@@ -104,7 +102,7 @@ def compare_indexes(
     index_only: bool = False,
     second_looks: bool = True,
     exhaustive: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Compare two indexed models and return the report (``schema_version`` 1) as a dict.
 
@@ -118,7 +116,11 @@ def compare_indexes(
             that (the benchmark measures its cost).
         exhaustive: test every pair of fitting views, also in groups of thousands of
             same-shaped tensors (``candidates.py`` narrows those): the reference for tests.
-        progress: called with (pairs verified, pairs to verify).
+        progress: called with (phase, done, total) as the comparison goes: ``"scoring"`` the
+            candidate pairs from the fingerprints, ``"verifying"`` the kept pairs from the
+            values, ``"tracing structures, round N"`` over B's untraced weight matrices and
+            ``"lineage"`` over the shared axes (these three with the checkpoints only, where
+            there is work); each phase's total is known from its first call.
 
     Returns:
         The report: ``summary`` (scenario, verdict and the facts it is generated from),
@@ -128,7 +130,7 @@ def compare_indexes(
     Raises:
         IndexFileError: a checkpoint changed after it was indexed (its offsets are stale).
     """
-    shortlist = _score_candidates(a, b, exhaustive)
+    shortlist = _score_candidates(a, b, exhaustive, _phase(progress, "scoring"))
     p_threshold = shortlist.p_threshold()
     significant = [c for c in shortlist.candidates if c.identical or c.evidence.p_value <= p_threshold]
     kept = _assign(significant, tie_key=lambda key: content_key(b.rows[key]))
@@ -137,21 +139,19 @@ def compare_indexes(
     exact = not index_only and not missing
     matches = []
     with ShardReader() as reader:  # one set of open shard files for verification, permutations, lineage
-        for done, candidate in enumerate(kept):
-            if exact:
-                metrics = _exact_metrics(reader, a, b, candidate)
-            else:
-                metrics = estimated_metrics(a.rows[candidate.a.key], b.rows[candidate.b.key], candidate)
+        if exact:
+            verified = verify(reader, a, b, kept, _phase(progress, "verifying"))
+        else:
+            verified = [estimated_metrics(a.rows[c.a.key], b.rows[c.b.key], c) for c in kept]
+        for candidate, metrics in zip(kept, verified, strict=True):
             verdict, proof = judge(candidate, metrics, p_threshold)
             matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
-            if progress is not None:
-                progress(done + 1, len(kept))
         if exact and second_looks:
             matches += _second_looks(reader, a, b, shortlist, matches, p_threshold)
         second, cut = _within_blocks(a, b, shortlist, matches) if second_looks else ([], 0.0)
         for candidate in second:
             metrics = (
-                _exact_metrics(reader, a, b, candidate)
+                exact_metrics(reader, a, b, candidate)
                 if exact
                 else estimated_metrics(a.rows[candidate.a.key], b.rows[candidate.b.key], candidate)
             )
@@ -160,7 +160,7 @@ def compare_indexes(
                 matches.append(Match(candidate, metrics, "exact" if exact else "estimated", verdict, proof))
         structures = Structures([], [], [])
         if exact and second_looks:
-            structured, structures = _structured_matches(reader, a, b, matches, p_threshold)
+            structured, structures = _structured_matches(reader, a, b, matches, p_threshold, progress)
             matches += structured
         elif second_looks:
             structured, structures = _block_gathered_matches(a, b, matches, p_threshold)
@@ -168,7 +168,9 @@ def compare_indexes(
         matches += _constant_matches(a, b, shortlist.constant_pairs, matches)
         for match in matches:
             match.transform = _transforms(a, b, match)
-        lineage_section = _lineage(reader, a, b, matches, shortlist.comparable, exact)
+        lineage_section = _lineage(
+            reader, a, b, matches, shortlist.comparable, exact, _phase(progress, "lineage")
+        )
     warnings = [
         f"{model.index}: the checkpoint it was built from is missing ({model.source}); "
         "metrics are estimated from the fingerprints"
@@ -206,14 +208,22 @@ _OUTLIER = 0.2
 
 
 def _structured_matches(
-    reader: ShardReader, a: IndexedModel, b: IndexedModel, matches: list[Match], p_threshold: float
+    reader: ShardReader,
+    a: IndexedModel,
+    b: IndexedModel,
+    matches: list[Match],
+    p_threshold: float,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[list[Match], Structures]:
     """Interleaved, permuted and pruned tensors of B, found from the values (``structure.py``)."""
     related = [m for m in matches if m.verdict != "different"]
     settled = _settled(b, related)
     taken_a = {m.candidate.a.key for m in related if m.candidate.b.key in settled}
-    read = lambda model, key: _whole_view(reader, model, key)  # noqa: E731
-    structures = find_structures(a, b, taken_a, settled, block_map(related), read, p_threshold)
+    read = lambda model, key: whole_view(reader, model, key)  # noqa: E731
+    rounds = None
+    if progress is not None:
+        rounds = lambda number, done, total: progress(f"tracing structures, round {number}", done, total)  # noqa: E731
+    structures = find_structures(a, b, taken_a, settled, block_map(related), read, p_threshold, rounds)
     found = structures.found
     redone = {item.b.key for item in found}
     matches[:] = [m for m in matches if m.candidate.b.key not in redone]
@@ -261,7 +271,13 @@ def _block_gathered_matches(
 
 
 def _lineage(
-    reader: ShardReader, a: IndexedModel, b: IndexedModel, matches: list[Match], comparable: bool, exact: bool
+    reader: ShardReader,
+    a: IndexedModel,
+    b: IndexedModel,
+    matches: list[Match],
+    comparable: bool,
+    exact: bool,
+    progress: Count | None = None,
 ) -> dict | None:
     """The lineage section, when no weight matrix of B is related to one of A and the widths
     differ (or no matrix shape is in common); two models of one width have no width change to
@@ -271,13 +287,8 @@ def _lineage(
     if comparable and model_width(a) == model_width(b):
         return None
     if exact:
-        return lineage.analyse(a, b, lambda model, key: _whole_view(reader, model, key))
+        return lineage.analyse(a, b, lambda model, key: whole_view(reader, model, key), progress)
     return lineage.analyse_sketches(a, b)
-
-
-def _whole_view(reader: ShardReader, model: IndexedModel, key: str) -> np.ndarray:
-    row = model.rows[key]
-    return _view_reader(reader, model, key)(0, int(row["rows"]), 0, int(row["cols"]))
 
 
 def block_map(matches: list[Match]) -> dict[int, int]:
@@ -376,7 +387,7 @@ def _second_looks(
             candidate = None if b_key in used_b else pick(b_key)
             if candidate is None or candidate.a.key in used_a or candidate.identical:
                 continue
-            metrics = _exact_metrics(reader, a, b, candidate)
+            metrics = exact_metrics(reader, a, b, candidate)
             verdict, proof = judge(candidate, metrics, p_threshold, looks=shortlist.looks.get(b_key, 1))
             if verdict != "different":
                 used_a.add(candidate.a.key)
@@ -436,10 +447,20 @@ def _constant_matches(
     return found
 
 
-def _score_candidates(a: IndexedModel, b: IndexedModel, exhaustive: bool = False) -> Shortlist:
+def _phase(progress: Callable[[str, int, int], None] | None, phase: str) -> Count | None:
+    """``progress`` for one phase: called with (done, total)."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(phase, done, total)
+
+
+def _score_candidates(
+    a: IndexedModel, b: IndexedModel, exhaustive: bool = False, progress: Count | None = None
+) -> Shortlist:
     """Every pair ``candidates.candidate_pairs`` proposes, judged from the fingerprints."""
     proposed = candidate_pairs(a, b, exhaustive)
     pairs = proposed.pairs
+    every = max(1, len(pairs) // 200)  # a few hundred updates at most
     sketches: dict[tuple[str, str], Sketches] = {}
 
     def sketch(side: str, key: str) -> Sketches:
@@ -456,7 +477,9 @@ def _score_candidates(a: IndexedModel, b: IndexedModel, exhaustive: bool = False
     best: dict[str, Candidate] = {}
     looks: dict[str, int] = defaultdict(int)
     looks_a: dict[str, int] = defaultdict(int)
-    for a_key, b_key, relation, identical in pairs:
+    for done, (a_key, b_key, relation, identical) in enumerate(pairs):
+        if progress is not None and done % every == 0:
+            progress(done, len(pairs))
         row_a, row_b = a.rows[a_key], b.rows[b_key]
         matrices = is_weight_matrix(row_a) and is_weight_matrix(row_b)
         comparable |= matrices and relation in ("same", "transpose")
@@ -491,6 +514,8 @@ def _score_candidates(a: IndexedModel, b: IndexedModel, exhaustive: bool = False
                 best[b_key] = candidate
             if candidate.identical or candidate.evidence.p_value <= policy.FALSE_DISCOVERY_RATE:
                 kept.append(candidate)
+    if progress is not None:
+        progress(len(pairs), len(pairs))
     return Shortlist(
         kept, tests, tally.strongest, tally.sizes(), comparable, constant, best, dict(looks), dict(looks_a)
     )
@@ -540,6 +565,11 @@ def pair_candidates(
     return _candidates(row_a["key"], row_b["key"], row_a, row_b, sa, sb, relation, screen=False)
 
 
+def _dot64(x: np.ndarray, y: np.ndarray) -> float:
+    """The dot product of two float32 unit vectors, summed in float64 and kept within [-1, 1]."""
+    return max(-1.0, min(1.0, float(x.astype(np.float64) @ y.astype(np.float64))))
+
+
 class _RankCache:
     """Each tensor's sample ranks (``significance.unit_ranks``), computed once: two tensors of one
     view (or transposed views) share their sample lattice, so their rank correlation is one dot
@@ -555,7 +585,10 @@ class _RankCache:
         if (side, key, transposed) not in self.found:
             row = self.models[side].rows[key]
             grid = np.asarray(row["sample"], dtype=np.float64).reshape(row["sample_rows"], row["sample_cols"])
-            self.found[side, key, transposed] = unit_ranks(grid.T if transposed else grid)
+            ranks = unit_ranks(grid.T if transposed else grid)
+            # Kept as float32: 18,528 tensors a side of 1,024 samples (Qwen3-30B-A3B's experts)
+            # would hold 300 MB as float64; the correlation moves by ~1e-7.
+            self.found[side, key, transposed] = None if ranks is None else ranks.astype(np.float32)
         return self.found[side, key, transposed]
 
     def correlation(self, row_a: dict, row_b: dict, transposed: bool = False) -> tuple[float, int] | None:
@@ -570,7 +603,7 @@ class _RankCache:
         ra, rb = self.ranks("a", row_a["key"]), self.ranks("b", row_b["key"], transposed)
         if ra is None or rb is None:
             return None
-        return float(ra @ rb), grid_values((int(row_a["sample_rows"]), int(row_a["sample_cols"])))
+        return _dot64(ra, rb), grid_values((int(row_a["sample_rows"]), int(row_a["sample_cols"])))
 
     def same_view(self, row_a: dict, row_b: dict, transposed: bool = False) -> Evidence | bool | None:
         """The samples' evidence of two tensors of one view (or B transposed); False when the
@@ -586,7 +619,7 @@ class _RankCache:
         if ra is None or rb is None:
             return None
         shape = (int(row_a["sample_rows"]), int(row_a["sample_cols"]))
-        found = evidence("sample", float(ra @ rb), grid_values(shape))
+        found = evidence("sample", _dot64(ra, rb), grid_values(shape))
         return False if found is not None and found.p_value <= SHUFFLE_BELOW_P else found
 
 
@@ -797,47 +830,6 @@ def _upcycled(significant: list[Candidate], kept: list[Candidate]) -> list[Candi
     return list(best.values())
 
 
-def _view_reader(
-    reader: ShardReader, model: IndexedModel, key: str
-) -> Callable[[int, int, int, int], np.ndarray]:
-    """read(r0, r1, c0, c1) -> float array of that block of the tensor's 2-D view."""
-    row = model.rows[key]
-    path, dtype, cols = model.root / row["shard"], row["dtype"], int(row["cols"])
-    itemsize, begin = SUPPORTED_DTYPES[dtype], int(row["data_begin"])
-
-    def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        if c0 == 0 and c1 == cols:
-            raw = reader.read(path, begin + r0 * cols * itemsize, (r1 - r0) * cols * itemsize)
-            return decode(raw, dtype).reshape(r1 - r0, cols)
-        pieces = [
-            decode(reader.read(path, begin + (r * cols + c0) * itemsize, (c1 - c0) * itemsize), dtype)
-            for r in range(r0, r1)
-        ]
-        return np.stack(pieces) if pieces else np.zeros((0, c1 - c0), dtype=np.float32)
-
-    return read
-
-
-def _exact_metrics(reader: ShardReader, a: IndexedModel, b: IndexedModel, c: Candidate) -> PairMetrics:
-    """Stream both sides in row chunks of A's view (or its slice) and accumulate the sums."""
-    ra, rb = a.rows[c.a.key], b.rows[c.b.key]
-    read_a, read_b = _view_reader(reader, a, c.a.key), _view_reader(reader, b, c.b.key)
-    accumulator = PairAccumulator(lower_precision(ra["dtype"], rb["dtype"]), ra["dtype"] == rb["dtype"])
-    a_rows, a_cols = region_shape(ra, c.a)
-    a_r0, a_c0 = region_origin(c.a)
-    b_r0, b_c0 = region_origin(c.b)
-    step = chunk_rows(a_cols)
-    for r in range(0, a_rows, step):
-        r1 = min(r + step, a_rows)
-        block_a = read_a(a_r0 + r, a_r0 + r1, a_c0, a_c0 + a_cols)
-        if c.relation == "transpose":
-            block_b = read_b(0, int(rb["rows"]), r, r1).T
-        else:
-            block_b = read_b(b_r0 + r, b_r0 + r1, b_c0, b_c0 + a_cols)
-        accumulator.add(block_a, block_b)
-    return accumulator.finish()
-
-
 def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[Transform]:
     c, ra, rb = match.candidate, a.rows[match.candidate.a.key], b.rows[match.candidate.b.key]
     steps = []
@@ -876,21 +868,29 @@ def compare_paths(
     index_only: bool = False,
     cache: Path | None = None,
     reindex: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Compare two models given as index files or checkpoints (indexed on first use, then cached).
 
     With ``reindex``, an index whose checkpoint changed since it was built is rebuilt in place.
+    ``progress`` is ``compare_indexes``'s, with the phases ``"indexing A"`` and ``"indexing B"``
+    (tensors indexed, tensors) first when a checkpoint is indexed.
     """
-    from weightidx.index.writer import index_checkpoint
+    from weightidx.index.writer import IndexProgress, index_checkpoint
 
     sides = []
     for position, path in enumerate((Path(a), Path(b))):
         name = names[position] if names else None
-        index = path if is_index_file(path) else cached_index(path, cache)
+        phase = f"indexing {'AB'[position]}"
+
+        def indexed(done: IndexProgress, phase: str = phase) -> None:
+            if progress is not None:
+                progress(phase, done.tensors_done, done.tensors_total)
+
+        index = path if is_index_file(path) else cached_index(path, cache, indexed)
         model = load_index(index, name)
         if reindex and model.stale_shards():
-            index_checkpoint(model.source, index, name=model.name)
+            index_checkpoint(model.source, index, name=model.name, progress=indexed)
             model = load_index(index, name)
         sides.append(model)
     return compare_indexes(sides[0], sides[1], index_only=index_only, progress=progress)

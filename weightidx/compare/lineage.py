@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -31,7 +32,7 @@ import numpy as np
 from weightidx import policy
 from weightidx.compare.report import is_matrix
 from weightidx.fingerprint.sketch import GRAM_DIM, OUTPUT_BUCKETS
-from weightidx.index.reader import IndexedModel
+from weightidx.index.reader import IndexedModel, load_grams
 from weightidx.naming import is_attention
 
 MAX_AXIS = 4096  # Gram matrices up to 4096 x 4096 (64 MB in float32)
@@ -182,7 +183,9 @@ def _pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
+def analyse(
+    a: IndexedModel, b: IndexedModel, read: Callable, progress: Callable[[int, int], None] | None = None
+) -> dict:
     """The ``lineage`` section: per shared axis, the best pair, its null and z-score, and a verdict.
 
     Axes too large to read whole (or on tensors over ``MAX_VALUES``) come from the index
@@ -190,9 +193,20 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
 
     Args:
         read: ``read(model, key) -> 2-D float array`` (the whole tensor's view).
+        progress: called with (steps done, steps): one per shared axis, one for the heads.
     """
+    load_grams(a)
+    load_grams(b)
     results = []
-    for (side, size), (keys_a, keys_b) in shared_axes(a, b).items():
+    axes = shared_axes(a, b)
+    steps = len(axes) + 1
+
+    def step(done: int) -> None:
+        if progress is not None:
+            progress(done, steps)
+
+    for position, ((side, size), (keys_a, keys_b)) in enumerate(axes.items()):
+        step(position)
         signatures_a = {k: gram_signature(read(a, k), side) for k in keys_a}
         signatures_b = {k: gram_signature(read(b, k), side) for k in keys_b}
         result = _score_axis(
@@ -206,7 +220,9 @@ def analyse(a: IndexedModel, b: IndexedModel, read) -> dict:
     done = {(r.side, r.size) for r in results}
     if not _stale(a, b):
         results += [r for r in _sketched_axes(a, b) if (r.side, r.size) not in done]
+    step(len(axes))
     results += head_axes(a, b, read)
+    step(steps)
     return {
         "method": "checkpoint values",
         "axes": [r.as_json() for r in results],
@@ -315,6 +331,8 @@ def _stale(a: IndexedModel, b: IndexedModel) -> list[str]:
 
 def analyse_sketches(a: IndexedModel, b: IndexedModel) -> dict:
     """The ``lineage`` section from the indexes alone, through the Gram sketches."""
+    load_grams(a)
+    load_grams(b)
     stale = _stale(a, b)
     if stale:
         return {

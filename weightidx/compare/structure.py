@@ -170,9 +170,11 @@ def find_structures(
     blocks: dict[int, int],
     read: Reader,
     p_threshold: float,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> Structures:
     """Structured matches of B's weight matrices not yet taken (``taken_b``), and of the 1-D
     tensors that follow them. ``blocks``: B's block -> A's block, from the related tensors.
+    ``progress``: called with (round, tensors tried, tensors to try in that round).
 
     Runs only where something can be found: the models are related (``blocks``) or their hidden
     widths differ (a pruned model has no tensor of its source's shapes).
@@ -180,8 +182,9 @@ def find_structures(
     if not blocks and model_width(a) == model_width(b):
         return Structures([], [], [])
     search = _Search(a, b, taken_a, set(taken_b), blocks, read, p_threshold)
-    for _ in range(_MAX_ROUNDS):
-        if not search.round():
+    for number in range(1, _MAX_ROUNDS + 1):
+        tried = None if progress is None else lambda done, total, n=number: progress(n, done, total)
+        if not search.round(tried):
             break
     search.follow_vectors()
     axes = [
@@ -214,18 +217,26 @@ class _Search:
         self._cache: dict[tuple[int, str], np.ndarray] = {}
 
     # --- one pass over B's untaken matrices
-    def round(self) -> bool:
-        progress = False
+    def round(self, tried: Callable[[int, int], None] | None = None) -> bool:
+        """One pass over B's open weight matrices; whether it traced any (``tried``: called with
+        (tensors tried, tensors to try))."""
+        found = False
         keys = [
             k
             for k, r in self.b.rows.items()
             if k not in self.taken_b and is_weight_matrix(r) and int(r["numel"]) <= MAX_POOL_VALUES
         ]
-        for key in sorted(keys, key=lambda k: (block_of(k) is not None, block_of(k) or 0, k)):
+        for done, key in enumerate(
+            sorted(keys, key=lambda k: (block_of(k) is not None, block_of(k) or 0, k))
+        ):
+            if tried is not None:
+                tried(done, len(keys))
             if any(self._try(key, axis) for axis in (0, 1)) or self._direct(key):
                 self.taken_b.add(key)
-                progress = True
-        return progress
+                found = True
+        if tried is not None:
+            tried(len(keys), len(keys))
+        return found
 
     def _direct(self, key: str) -> bool:
         """A tensor too small to match row by row (two token-type rows), whose both axes follow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,17 +12,20 @@ import pyarrow.parquet as pq
 from weightidx.config import CACHE_FIX, cache_folder
 from weightidx.fingerprint.sketch import GRAM_VERSION, SKETCH_VERSION
 from weightidx.index.schema import METADATA_KEY, SCHEMA_VERSION
-from weightidx.index.writer import index_checkpoint
+from weightidx.index.writer import IndexProgress, index_checkpoint
 from weightidx.io.atomic import ensure_folder
 from weightidx.io.safetensors import open_checkpoint
 
 
-def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
+def cached_index(
+    checkpoint: Path, cache: Path | None = None, progress: Callable[[IndexProgress], None] | None = None
+) -> Path:
     """The index of a checkpoint, built on first use and reused while its shards are unchanged.
 
     Cached under ``cache`` (default ``$WEIGHTIDX_CACHE`` or ``~/.cache/weightidx``), keyed by the
     checkpoint's absolute path; a stale entry (size, mtime or header hash differ), or one an
-    older weightidx wrote without sketches this one reads, is rebuilt.
+    older weightidx wrote without sketches this one reads, is rebuilt; ``progress`` is
+    ``index_checkpoint``'s, called only when it builds one.
     """
     folder = cache or cache_folder()
     opened = open_checkpoint(checkpoint)
@@ -39,5 +43,5 @@ def cached_index(checkpoint: Path, cache: Path | None = None) -> Path:
         if recorded == current and versions == (SCHEMA_VERSION, SKETCH_VERSION, GRAM_VERSION):
             return target
     ensure_folder(folder, "indexes built on demand", CACHE_FIX)
-    index_checkpoint(checkpoint, target)
+    index_checkpoint(checkpoint, target, progress=progress)
     return target

@@ -18,19 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from weightidx.config import available_cores
+
 PROCESS_POOL_MIN_BYTES = 64 << 20  # below this, starting workers (0.2 s) costs more than they save
 _PIPE_BYTES = 1 << 20
 # Workers parallelise by being several processes: an OpenBLAS that starts a thread per core
 # at import costs each of them 0.1 s of CPU for nothing.
 _WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 _prestarted: list[subprocess.Popen] = []
-
-
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's total)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def planned_workers(path: Path | str, workers: int | None) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weightidx._version import __version__
+from weightidx.config import available_cores
 from weightidx.dtypes import SAFETENSORS_DTYPES, SUPPORTED_DTYPES
 from weightidx.errors import CheckpointError, OutputError
 from weightidx.fingerprint import crc
@@ -46,7 +47,7 @@ from weightidx.fingerprint.sketch import (
 from weightidx.index.arrow import record_batch
 from weightidx.index.blas import single_threaded_blas
 from weightidx.index.schema import METADATA_KEY, SCHEMA_VERSION, index_schema
-from weightidx.index.spawn import PROCESS_POOL_MIN_BYTES, available_cores
+from weightidx.index.spawn import PROCESS_POOL_MIN_BYTES
 from weightidx.index.workers import InlineReducer, ProcessReducer, TileJob
 from weightidx.io.atomic import atomic_path
 from weightidx.io.safetensors import Checkpoint, TensorInfo, is_pickle, open_checkpoint

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,6 +339,7 @@ class ShardReader:
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
+        self._opening = threading.Lock()  # two threads opening one shard would leak a descriptor
 
     def __enter__(self) -> ShardReader:
         return self
@@ -352,12 +354,16 @@ class ShardReader:
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as exc:
-                raise InputError(f"{path}: cannot open ({exc.strerror})") from None
-            self._fds[path] = fd
+        if fd is not None:
+            return fd
+        with self._opening:
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as exc:
+                    raise InputError(f"{path}: cannot open ({exc.strerror})") from None
+                self._fds[path] = fd
         return fd
 
     def read_into(self, path: Path, offset: int, out: memoryview) -> None:
