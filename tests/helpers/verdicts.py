@@ -47,6 +47,12 @@ def recount(report: dict) -> dict:
         "weakest_z": min((m["significance"]["z"] for m in on_matrices), default=None),
         "renamed": "rename" in kinds,
         "kinds": sorted(kinds - {"rename"}),
+        "quantised": {
+            m["b"]["key"]: t.split(":")[1]
+            for m in on_matrices
+            for t in m["transform"]
+            if t.startswith("quantise:")
+        },
         "whole_expert_matches": [
             (m["a"]["key"], m["b"]["key"])
             for m in related
@@ -117,6 +123,16 @@ def _check_upcycled(text: str, report_matches: list[tuple[str, str]]) -> None:
     assert (experts, sources) == (sum(shared), len(shared)), (text, shared)
 
 
+def _check_quantised(text: str, quantised: dict[str, str]) -> None:
+    """The quantisation sentence: how many related matrices are stored quantised, in which types."""
+    if not quantised:
+        assert "stored quantised" not in text, text
+        return
+    count, types = _number(text, r"(\d+) of them are stored quantised \(([^)]+)\)")
+    assert int(count) == len(quantised) and types.split(", ") == sorted(set(quantised.values())), text
+    assert "trained after the copy" not in text, "quantisation called training"
+
+
 def _check_related(text: str, summary: dict, facts: dict) -> None:
     related, total, match, partial = map(
         int, _number(text, r"(\d+) of (\d+) weight matrices .*?\((\d+) match, (\d+) partial")
@@ -152,6 +168,7 @@ def _check_related(text: str, summary: dict, facts: dict) -> None:
     else:
         assert "changed by training" not in text
     _check_upcycled(text, report_matches=facts["whole_expert_matches"])
+    _check_quantised(text, facts["quantised"])
     if summary["scenario"] == "partially_related":
         (rest,) = _number(text, r"The other (\d+) weight matrices show no significant relation")
         assert int(rest) == total - related

@@ -14,7 +14,12 @@ from weightidx.cli.common import progress, size, user_errors
 @app.command("index")
 def index_command(
     path: Annotated[
-        Path, typer.Argument(help="A .safetensors file, a folder of shards, or a *.safetensors.index.json.")
+        Path,
+        typer.Argument(
+            help="A .safetensors file, a folder of shards, a *.safetensors.index.json, a .gguf file "
+            "(gguf extra), or a Hugging Face cache repo: its models--org--name folder, a snapshot, "
+            "or org/name (hub extra)."
+        ),
     ],
     out: Annotated[
         Path | None,
@@ -38,6 +43,14 @@ def index_command(
             help="Read .bin/.pt/.pth/.ckpt/.pkl with torch.load(weights_only=True) (needs the torch extra).",
         ),
     ] = False,
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision",
+            help="For a Hugging Face cache repo: the branch, tag or commit (default: main).",
+            callback=not_a_flag,
+        ),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Fingerprint every tensor of a checkpoint into one Parquet file (stage 1)."""
@@ -55,6 +68,7 @@ def index_command(
                 workers=workers,
                 progress=(lambda p: update(p.bytes_done, p.bytes_total)) if update else None,
                 allow_pickle=allow_pickle,
+                revision=revision,
             )
     for line in summary.warnings:
         typer.echo(f"Warning: {line}", err=True)

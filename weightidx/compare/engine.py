@@ -835,8 +835,12 @@ def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[Transfor
     steps = []
     if c.a.key != c.b.key:
         steps.append(Transform("rename"))
-    if ra["dtype"] != rb["dtype"]:
-        steps.append(Transform("cast", f"{ra['dtype'].lower()}->{rb['dtype'].lower()}"))
+    stored_a = a.quantisation.get(c.a.key, ra["dtype"])
+    stored_b = b.quantisation.get(c.b.key)
+    if stored_b is not None:  # dequantised for the index: the step is the quantisation, not a cast
+        steps.append(Transform("quantise", stored_b))
+    elif stored_a != rb["dtype"]:
+        steps.append(Transform("cast", f"{stored_a.lower()}->{rb['dtype'].lower()}"))
     if c.relation.startswith("permute"):
         steps.append(Transform("permute", "rows" if c.relation == "permute_rows" else "cols"))
     elif c.relation.startswith("gather"):

@@ -106,7 +106,13 @@ def _facts(
     matched = {m.candidate.b.key for m in on_matrices if m.verdict == "match"}
     degrees = [m.strength for m in on_matrices]
     # Estimated pairs whose samples do not line up say nothing about their values: not counted.
-    moved = [m for m in on_matrices if not _equal_values(m) and m.metrics.max_abs_diff is not None]
+    quantised = [m for m in on_matrices if any(t.kind == "quantise" for t in m.transform)]
+    # A quantised tensor differs from A's by the quantisation: not counted as changed by training.
+    moved = [
+        m
+        for m in on_matrices
+        if not _equal_values(m) and m.metrics.max_abs_diff is not None and m not in quantised
+    ]
     strongest = shortlist.strongest_z
     threshold = p_threshold
     sizes = shortlist.matrix_values
@@ -127,6 +133,7 @@ def _facts(
             "matrices": len({m.candidate.b.key for m in moved}),
             "largest_relative_l2": _round(max((m.metrics.relative_l2 or 0.0 for m in moved), default=0.0)),
         },
+        "quantised": _quantised(quantised),
         "weakest_z": _round(min(m.proof.z for m in on_matrices), 1) if on_matrices else None,
         "upcycled": _upcycled(related),
         "transforms": kinds,
@@ -218,6 +225,16 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
+def _quantised(quantised: list[Match]) -> dict:
+    """How many related matrices of B are stored quantised, in which types, how far from A."""
+    types = {t.parameter or "" for m in quantised for t in m.transform if t.kind == "quantise"}
+    return {
+        "matrices": len({m.candidate.b.key for m in quantised}),
+        "types": sorted(types),
+        "largest_relative_l2": _round(max((m.metrics.relative_l2 or 0.0 for m in quantised), default=0.0)),
+    }
+
+
 def _equal_values(m: Match) -> bool:
     """B's values are A's, bytes or values after the cast (or a reordering, or equal constants)."""
     metrics = m.metrics
@@ -302,6 +319,13 @@ def _related_text(summary: dict, a_name: str, b_name: str) -> str:
             f"{changed['matrices']} of them differ from A's in value beyond the cast (relative L2 up to "
             f"{changed['largest_relative_l2']:.2g}): lightly trained after the copy."
         )
+    quantised = summary.get("quantised") or {"matrices": 0}
+    if quantised["matrices"]:
+        sentences.append(
+            f"{quantised['matrices']} of them are stored quantised ({', '.join(quantised['types'])}) and "
+            f"differ from A's by up to relative L2 {quantised['largest_relative_l2']:.2g}, as quantisation "
+            "does; whether they were also trained the values do not tell."
+        )
     upcycled = summary.get("upcycled")
     if upcycled:
         low, high = upcycled["per_source"]
@@ -373,7 +397,7 @@ def _how_text(kinds: list[str]) -> str:
 
 
 def _lora_text(summary: dict) -> str:
-    kinds = set(summary["transforms"]) - {"rename", "cast"}
+    kinds = set(summary["transforms"]) - {"rename", "cast", "quantise"}  # storage: a LoRA applies as it is
     matrices = summary["matrices"]
     if summary["scenario"] == "partially_related":
         lead = f"A LoRA made for A converts to B only on the {matrices['related']} related weight matrices"

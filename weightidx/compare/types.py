@@ -39,13 +39,26 @@ class Transform:
     """One step of how A's region became B's, written in the report as ``kind`` or
     ``kind:parameter``: ``rename``, ``transpose``, ``reshape``, ``cast:f32->bf16``,
     ``concat:0`` / ``split:1`` / ``gather:0`` (the axis), ``permute:rows``, ``select:cols``,
-    ``scale:2054`` (B = factor · A)."""
+    ``scale:2054`` (B = factor · A), ``quantise:Q4_K`` (B stored in that quantised type:
+    ``IndexedModel.quantisation``)."""
 
     kind: str
     parameter: str | None = None
 
     KINDS = frozenset(
-        {"rename", "transpose", "reshape", "cast", "concat", "split", "gather", "permute", "select", "scale"}
+        {
+            "rename",
+            "transpose",
+            "reshape",
+            "cast",
+            "concat",
+            "split",
+            "gather",
+            "permute",
+            "select",
+            "scale",
+            "quantise",
+        }
     )
 
     def __post_init__(self) -> None:

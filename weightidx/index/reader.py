@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 
 from weightidx.errors import IndexFileError
 from weightidx.index.schema import METADATA_KEY, SCHEMA_VERSION
+from weightidx.io.gguf import QUANTISATION_KEY
 from weightidx.io.safetensors import header_sha256
 
 
@@ -25,6 +27,17 @@ class IndexedModel:
     source: str
     rows: dict[str, dict]
     shards: tuple[dict, ...] = ()
+
+    @cached_property
+    def quantisation(self) -> dict[str, str]:
+        """Tensor key -> quantisation type (``Q4_K``) for tensors stored quantised in the original
+        file and dequantised for the index (GGUF: ``io/gguf.py``); empty for plain checkpoints."""
+        found: dict[str, str] = {}
+        for shard in self.shards:
+            recorded = (shard.get("metadata") or {}).get(QUANTISATION_KEY)
+            if recorded:
+                found.update(json.loads(recorded))
+        return found
 
     @property
     def parameters(self) -> int:

@@ -50,7 +50,8 @@ from weightidx.index.schema import METADATA_KEY, SCHEMA_VERSION, index_schema
 from weightidx.index.spawn import PROCESS_POOL_MIN_BYTES
 from weightidx.index.workers import InlineReducer, ProcessReducer, TileJob
 from weightidx.io.atomic import atomic_path
-from weightidx.io.safetensors import Checkpoint, TensorInfo, is_pickle, open_checkpoint
+from weightidx.io.locate import prepare
+from weightidx.io.safetensors import Checkpoint, TensorInfo, open_checkpoint
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,6 +98,7 @@ def index_checkpoint(
     workers: int | None = None,
     progress: Callable[[IndexProgress], None] | None = None,
     allow_pickle: bool = False,
+    revision: str | None = None,
 ) -> IndexSummary:
     """Fingerprint every tensor of a checkpoint into one Parquet file.
 
@@ -109,6 +111,11 @@ def index_checkpoint(
         progress: called with an ``IndexProgress`` as work completes.
         allow_pickle: read a pickle checkpoint (.bin, .pt, .pth, .ckpt, .pkl) through
             ``torch.load(weights_only=True)`` (needs the torch extra); refused otherwise.
+        revision: for a Hugging Face cache repo (``models--org--name`` or ``org/name``), the
+            branch, tag or commit to read (default ``main``).
+
+    ``path`` may also be a GGUF file (converted once into the cache: ``io/gguf.py``), a
+    Hugging Face cache repo, snapshot or repo id (``io/locate.py``).
 
     Returns:
         An ``IndexSummary``. The file appears only when complete (temp file + rename).
@@ -119,16 +126,12 @@ def index_checkpoint(
         101
     """
     started = time.perf_counter()
-    if allow_pickle and is_pickle(Path(path)):
-        from weightidx.io.pickle import convert_pickle
-
-        name = name or Path(path).stem
-        path = convert_pickle(path)
-    checkpoint = open_checkpoint(path)
-    model = name or checkpoint.default_name()
+    located = prepare(path, allow_pickle=allow_pickle, revision=revision)
+    checkpoint = open_checkpoint(located.path)
+    model = name or located.name or checkpoint.default_name()
     output = Path(out) if out is not None else default_output(checkpoint, model)
     _check_output(output, checkpoint)
-    warnings = _dtype_warnings(checkpoint)
+    warnings = located.notes + _dtype_warnings(checkpoint)
     workers = workers or available_cores()
     metadata = json.dumps(_file_metadata(checkpoint, model))
     with single_threaded_blas(), _reducer(workers, checkpoint.total_bytes) as reducer:

@@ -13,7 +13,7 @@ import math
 import os
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -427,12 +427,26 @@ def encode(values: np.ndarray, dtype: str) -> bytes:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A tensor to write: its bytes are produced only when it is its turn."""
+    """A tensor to write: its bytes are produced only when it is its turn.
+
+    ``produce`` returns the values as one array of ``shape``, or as an iterable of blocks of
+    rows (arrays whose concatenation along the first axis is the tensor), so that a tensor
+    larger than memory can be written. ``nbytes`` is needed only for a ``dtype`` weightidx does
+    not decode (the blocks are then raw bytes, written as they are).
+    """
 
     key: str
     dtype: str
     shape: tuple[int, ...]
-    produce: Callable[[], np.ndarray]
+    produce: Callable[[], np.ndarray | Iterable[np.ndarray]]
+    nbytes: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file."""
+        if self.nbytes is not None:
+            return self.nbytes
+        return math.prod(self.shape) * SUPPORTED_DTYPES[self.dtype]
 
 
 def write_safetensors(
@@ -448,7 +462,7 @@ def write_safetensors(
         header["__metadata__"] = metadata
     offset = 0
     for spec in specs:
-        nbytes = math.prod(spec.shape) * SUPPORTED_DTYPES[spec.dtype]
+        nbytes = spec.size
         header[spec.key] = {
             "dtype": spec.dtype,
             "shape": list(spec.shape),
@@ -460,7 +474,13 @@ def write_safetensors(
     with atomic_path(path) as temporary, temporary.open("wb") as handle:
         handle.write(struct.pack("<Q", len(raw)) + raw)
         for spec in specs:
-            values = np.asarray(spec.produce())
-            if values.shape != spec.shape:
-                raise ValueError(f"{spec.key}: produced {values.shape}, declared {spec.shape}")
-            handle.write(encode(values, spec.dtype))
+            produced = spec.produce()
+            if isinstance(produced, np.ndarray) and produced.shape != spec.shape:
+                raise ValueError(f"{spec.key}: produced {produced.shape}, declared {spec.shape}")
+            written = 0
+            for block in [produced] if isinstance(produced, np.ndarray) else produced:
+                raw = encode(block, spec.dtype) if spec.nbytes is None else np.asarray(block).tobytes()
+                handle.write(raw)
+                written += len(raw)
+            if written != spec.size:
+                raise ValueError(f"{spec.key}: produced {written} bytes, declared {spec.size}")
