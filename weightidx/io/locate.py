@@ -15,7 +15,8 @@ one shard of a sharded model, or a file of another format to convert first.
   beside it) is indexed as asked, with a note that it is one of N and how to take the whole model.
 
 ``prepare`` then turns a file of another format into a safetensors file in the cache: GGUF
-(``gguf.py``) always, a pickle (``pickle.py``) only when allowed.
+(``gguf.py``) always, a pickle (``pickle.py``) only when allowed, and a safetensors checkpoint
+whose weights carry companion scales (fp8-scaled, block fp8: ``scaled.py``) dequantised.
 """
 
 from __future__ import annotations
@@ -178,4 +179,18 @@ def prepare(
 
         converted = convert_pickle(located.path, cache)
         return Located(converted, located.name or located.path.stem, located.notes)
-    return located
+    return _dequantised(located, cache)
+
+
+def _dequantised(located: Located, cache: Path | None) -> Located:
+    """A safetensors checkpoint whose weights carry companion scales, dequantised (``scaled.py``)."""
+    from weightidx.io.safetensors import is_pickle, open_checkpoint
+    from weightidx.io.scaled import convert_scaled
+
+    if is_pickle(located.path):
+        return located  # refused by open_checkpoint, with the reason
+    checkpoint = open_checkpoint(located.path)
+    converted = convert_scaled(checkpoint, cache)
+    if converted is None:
+        return located
+    return Located(converted, located.name or checkpoint.default_name(), located.notes)

@@ -1,0 +1,138 @@
+"""Quantised safetensors with companion scales (``weightidx/io/scaled.py``), written here from
+all-MiniLM-L6-v2's weights by each convention's published layout: ComfyUI's fp8-scaled
+(``scale_weight``), block fp8 (``weight_scale_inv``, DeepSeek-V3), per-channel fp8
+(``weight_scale``, compressed-tensors). Each is an exact quantised copy: compared with its
+source it is traced whole, its quantisation named, and a LoRA ported to it keeps its ΔW."""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+from typer.testing import CliRunner
+
+from tests.helpers import real_models
+from tests.helpers.verdicts import check_verdict
+from weightidx.cli import app
+from weightidx.compare.engine import compare_paths
+from weightidx.compare.report import write_report
+
+E4M3_MAX = 448.0
+pytestmark = pytest.mark.real_model
+
+
+def _e4m3(values: np.ndarray) -> np.ndarray:
+    return values.astype(ml_dtypes.float8_e4m3fn)
+
+
+def fp8_scaled(values: np.ndarray) -> dict[str, np.ndarray]:
+    scale = np.float32(np.abs(values).max() / E4M3_MAX)
+    return {"weight": _e4m3(values / scale), "scale_weight": np.array(scale, dtype=np.float32)}
+
+
+def fp8_block(values: np.ndarray, block: int = 128) -> dict[str, np.ndarray]:
+    rows, cols = values.shape
+    grid = np.zeros((math.ceil(rows / block), math.ceil(cols / block)), dtype=np.float32)
+    stored = np.zeros_like(values)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            piece = values[i * block : (i + 1) * block, j * block : (j + 1) * block]
+            grid[i, j] = max(np.abs(piece).max() / E4M3_MAX, 1e-12)
+            stored[i * block : (i + 1) * block, j * block : (j + 1) * block] = piece / grid[i, j]
+    return {"weight": _e4m3(stored), "weight_scale_inv": grid}
+
+
+def fp8_channel(values: np.ndarray) -> dict[str, np.ndarray]:
+    scale = (np.abs(values).max(axis=1, keepdims=True) / E4M3_MAX).astype(np.float32)
+    return {"weight": _e4m3(values / scale), "weight_scale": scale}
+
+
+CONVENTIONS = {"fp8-scaled": fp8_scaled, "fp8-block128": fp8_block, "fp8-channel": fp8_channel}
+
+
+@pytest.fixture(scope="module")
+def source(minilm) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float32) for k, (dtype, v) in real_models.load(minilm).items() if dtype != "I64"}
+
+
+def quantised_copy(source: dict[str, np.ndarray], convention: str) -> dict[str, np.ndarray]:
+    """Every 2-D weight stored by ``convention``, the rest as BF16 (and ComfyUI's marker)."""
+    out: dict[str, np.ndarray] = {}
+    for key, values in source.items():
+        if values.ndim == 2 and key.endswith(".weight"):
+            module = key.removesuffix(".weight")
+            out.update({f"{module}.{name}": v for name, v in CONVENTIONS[convention](values).items()})
+        else:
+            out[key] = values.astype(ml_dtypes.bfloat16)
+    if convention == "fp8-scaled":
+        out["scaled_fp8"] = np.zeros(0, dtype=ml_dtypes.float8_e4m3fn)
+    return out
+
+
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
+def test_a_scaled_fp8_copy_is_a_copy_with_no_companion_left_over(source, tmp_path, convention: str) -> None:
+    save_file(source, str(tmp_path / "a.safetensors"))
+    save_file(quantised_copy(source, convention), str(tmp_path / "b.safetensors"))
+    report = compare_paths(tmp_path / "a.safetensors", tmp_path / "b.safetensors", cache=tmp_path / "cache")
+    check_verdict(report)
+    summary = report["summary"]
+    assert summary["scenario"] == "copied", summary["verdict"]
+    assert summary["matched_b_tensors"] == len(source) and not report["unmatched"]["b"]
+    matrices = [k for k, v in source.items() if v.ndim == 2 and k.endswith(".weight")]
+    assert summary["quantised"] == {
+        "matrices": len(matrices),
+        "types": [convention],
+        "largest_relative_l2": summary["quantised"]["largest_relative_l2"],
+    }
+    assert 0 < summary["quantised"]["largest_relative_l2"] < 0.1
+    for match in report["matches"]:
+        assert not any(t.startswith("scale") for t in match["transform"]), match
+    assert "applies to B as it is" in summary["verdict"]
+
+
+def test_a_lora_ported_to_an_fp8_scaled_copy_keeps_its_delta(source, tmp_path) -> None:
+    """The LoRA's ΔW on B equals ΔW on A, checked here from the files (not by --verify): the
+    storage scale is not folded into it."""
+    save_file(source, str(tmp_path / "a.safetensors"))
+    save_file(quantised_copy(source, "fp8-scaled"), str(tmp_path / "b.safetensors"))
+    report = compare_paths(tmp_path / "a.safetensors", tmp_path / "b.safetensors", cache=tmp_path / "cache")
+    write_report(report, tmp_path / "report.json")
+    rng = np.random.default_rng(0)
+    targets = ["encoder.layer.0.attention.self.query", "encoder.layer.3.output.dense"]
+    lora = {}
+    for module in targets:
+        rows, cols = source[f"{module}.weight"].shape
+        lora[f"diffusion_model.{module}.lora_A.weight"] = (0.1 * rng.standard_normal((4, cols))).astype(
+            np.float32
+        )
+        lora[f"diffusion_model.{module}.lora_B.weight"] = (0.1 * rng.standard_normal((rows, 4))).astype(
+            np.float32
+        )
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    out = tmp_path / "ported.safetensors"
+    result = CliRunner().invoke(
+        app,
+        [
+            "lora",
+            "convert",
+            str(tmp_path / "lora.safetensors"),
+            "--report",
+            str(tmp_path / "report.json"),
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    ported = load_file(str(out))
+    for module in targets:
+        ups = [k for k in ported if module in k and ("lora_B" in k or "lora_up" in k)]
+        downs = [k for k in ported if module in k and ("lora_A" in k or "lora_down" in k)]
+        assert len(ups) == len(downs) == 1, sorted(ported)
+        got = ported[ups[0]].astype(np.float64) @ ported[downs[0]].astype(np.float64)
+        want = lora[f"diffusion_model.{module}.lora_B.weight"].astype(np.float64) @ lora[
+            f"diffusion_model.{module}.lora_A.weight"
+        ].astype(np.float64)
+        assert np.linalg.norm(got - want) <= 1e-6 * np.linalg.norm(want)
