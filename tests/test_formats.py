@@ -240,3 +240,98 @@ def test_dtypes_weightidx_does_not_decode_leave_the_rest_compared(tmp_path: Path
     check_verdict(report)
     assert report["summary"]["matched_b_tensors"] == 1
     assert report["unmatched_reasons"]["b"] == {key: "dtype" for key in ("g_idx", "perm", "scales", "packed")}
+
+
+def write_onnx(
+    path: Path, tensors: dict, quantise: str | None = None, external: bool = False
+) -> dict[str, str]:
+    """MiniLM's tensors as ONNX initialisers with exporter-style names: each linear weight as a
+    MatMul weight ([in, out], named ``onnx::MatMul_N``), the rest under their own names; with
+    ``quantise``, the MatMul weights int8 behind ``DequantizeLinear`` (per output column) or
+    ``Cast`` -> ``Mul`` (per tensor). Returns the ONNX name of each source key."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    initialisers, nodes, names = [], [], {}
+    for number, (key, (dtype, values)) in enumerate(tensors.items()):
+        values = np.asarray(values)
+        if (
+            dtype.startswith(("F", "BF"))
+            and values.ndim == 2
+            and key.endswith(".weight")
+            and "embeddings" not in key
+        ):
+            name = f"onnx::MatMul_{1000 + number}"
+            weight = np.ascontiguousarray(values.astype(np.float32).T)
+            if quantise == "dequantize_linear":
+                scale = (np.abs(weight).max(axis=0) / 127).astype(np.float32)
+                stored = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+                initialisers += [
+                    numpy_helper.from_array(stored, name),
+                    numpy_helper.from_array(scale, f"{name}_scale"),
+                ]
+                nodes.append(
+                    helper.make_node("DequantizeLinear", [name, f"{name}_scale"], [f"{name}_dq"], axis=1)
+                )
+            elif quantise == "cast_mul":
+                scale = np.array(np.abs(weight).max() / 127, dtype=np.float32)
+                stored = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+                initialisers += [
+                    numpy_helper.from_array(stored, name),
+                    numpy_helper.from_array(scale, f"{name}_scale"),
+                ]
+                nodes.append(helper.make_node("Cast", [name], [f"{name}_f"], to=TensorProto.FLOAT))
+                nodes.append(helper.make_node("Mul", [f"{name}_f", f"{name}_scale"], [f"{name}_dq"]))
+            else:
+                initialisers.append(numpy_helper.from_array(weight, name))
+            names[key] = name
+        else:
+            initialisers.append(
+                numpy_helper.from_array(values.astype(np.float32 if dtype != "I64" else np.int64), key)
+            )
+            names[key] = key
+    graph = helper.make_graph(nodes, "minilm", [], [], initialisers)
+    model = helper.make_model(graph)
+    if external:
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0
+        )
+    else:
+        onnx.save_model(model, str(path))
+    return names
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize(
+    ("quantise", "external"), [(None, False), (None, True), ("dequantize_linear", False), ("cast_mul", False)]
+)
+def test_an_onnx_export_of_minilm_is_traced(
+    minilm: Path, minilm_tensors: dict, tmp_path: Path, quantise: str | None, external: bool
+) -> None:
+    names = write_onnx(tmp_path / "model.onnx", minilm_tensors, quantise, external)
+    report = compare_paths(minilm, tmp_path / "model.onnx", cache=tmp_path / "cache")
+    check_verdict(report)
+    summary = report["summary"]
+    assert summary["scenario"] == "transformed", summary["verdict"]
+    traced = {m["b"]["key"]: m["a"]["key"] for m in report["matches"] if m["verdict"] != "different"}
+    expected = {names[k]: k for k in minilm_tensors if k != "embeddings.position_ids"}
+    right = sum(traced.get(b) == a for b, a in expected.items())
+    assert right >= 0.99 * len(expected), (right, len(expected))
+    assert not report["unmatched"]["b"] or set(report["unmatched"]["b"]) <= {"embeddings.position_ids"}
+    if quantise:
+        assert summary["quantised"]["matrices"] == sum(
+            name.startswith("onnx::MatMul") for name in names.values()
+        )
+        assert summary["quantised"]["types"] == [
+            "int8-channel" if quantise == "dequantize_linear" else "int8-tensor"
+        ]
+        assert summary["changed_values"]["matrices"] == 0
+
+
+def test_a_corrupt_onnx_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.onnx"
+    path.write_bytes(b"\xff\xfe not a protobuf" * 10)
+    result = runner.invoke(app, ["index", str(path)], env={"WEIGHTIDX_CACHE": str(tmp_path / "cache")})
+    assert result.exit_code == 2
+    expected = f"Error: {path}: not an ONNX model onnx can read (DecodeError); the file is corrupt\n"
+    assert result.output == expected

@@ -15,8 +15,9 @@ one shard of a sharded model, or a file of another format to convert first.
   beside it) is indexed as asked, with a note that it is one of N and how to take the whole model.
 
 ``prepare`` then turns a file of another format into a safetensors file in the cache: GGUF
-(``gguf.py``) always, a pickle (``pickle.py``) only when allowed, and a safetensors checkpoint
-whose weights carry companion scales (fp8-scaled, block fp8: ``scaled.py``) dequantised.
+(``gguf.py``) and ONNX (``onnx.py``) always, a pickle (``pickle.py``) only when allowed, and a
+safetensors checkpoint whose weights carry companion scales (fp8-scaled, block fp8:
+``scaled.py``) dequantised.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def _lone_shard_notes(path: Path) -> tuple[str, ...]:
 def prepare(
     path: Path | str, *, allow_pickle: bool = False, revision: str | None = None, cache: Path | None = None
 ) -> Located:
-    """``locate``, then a GGUF file (or, with ``allow_pickle``, a pickle) converted to a
+    """``locate``, then a GGUF or ONNX file (or, with ``allow_pickle``, a pickle) converted to a
     safetensors file in the cache (``cache``, default ``config.cache_folder()``), named after the
     original file.
 
@@ -168,11 +169,15 @@ def prepare(
         CheckpointError: the file cannot be converted.
     """
     from weightidx.io.gguf import convert_gguf, is_gguf
+    from weightidx.io.onnx import convert_onnx, is_onnx
     from weightidx.io.safetensors import is_pickle
 
     located = locate(path, revision)
     if is_gguf(located.path):
         converted = convert_gguf(located.path, cache)
+        return Located(converted, located.name or located.path.stem, located.notes)
+    if is_onnx(located.path):
+        converted = convert_onnx(located.path, cache)
         return Located(converted, located.name or located.path.stem, located.notes)
     if allow_pickle and is_pickle(located.path):
         from weightidx.io.pickle import convert_pickle
