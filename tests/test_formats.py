@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import real_models
+from tests.helpers.kquants import quantize_q6_k
 from tests.helpers.tensors import trained_like, write_tensors
 from tests.helpers.verdicts import check_verdict
 from weightidx.cli import app
@@ -41,7 +42,11 @@ def write_gguf(path: Path, tensors: dict, types: tuple[str, ...] = QUANTISED) ->
         if dtype.startswith(("F", "BF")) and values.ndim == 2 and values.shape[1] % 32 == 0:
             kind = gguf.GGMLQuantizationType[types[turn % len(types)]]
             turn += 1
-            writer.add_tensor(key, gguf.quants.quantize(values, kind), raw_dtype=kind)
+            if kind.name == "Q6_K" and values.shape[1] % 256:  # rows of whole 256-value blocks only
+                kind = gguf.GGMLQuantizationType.Q8_0
+            quantise = quantize_q6_k if kind.name == "Q6_K" else lambda v, k=kind: gguf.quants.quantize(v, k)
+            stored = quantise(values)
+            writer.add_tensor(key, stored, raw_dtype=kind)
             chosen[key] = kind.name
         else:
             writer.add_tensor(key, values)
@@ -58,10 +63,11 @@ def minilm_tensors(minilm: Path) -> dict:
 
 
 @pytest.mark.real_model
+@pytest.mark.parametrize("types", [QUANTISED, ("Q6_K",)], ids=["legacy quants", "K-quant"])
 def test_a_gguf_quantisation_of_minilm_is_a_copy_with_its_types_named(
-    minilm: Path, minilm_tensors: dict, tmp_path: Path
+    minilm: Path, minilm_tensors: dict, tmp_path: Path, types: tuple[str, ...]
 ) -> None:
-    chosen = write_gguf(tmp_path / "minilm-q.gguf", minilm_tensors)
+    chosen = write_gguf(tmp_path / "minilm-q.gguf", minilm_tensors, types)
     env = {"WEIGHTIDX_CACHE": str(tmp_path / "cache")}
     result = runner.invoke(
         app, ["index", str(tmp_path / "minilm-q.gguf"), "-o", str(tmp_path / "q.parquet")], env=env
@@ -75,9 +81,8 @@ def test_a_gguf_quantisation_of_minilm_is_a_copy_with_its_types_named(
     summary = report["summary"]
     assert summary["scenario"] == "copied"
     assert summary["matched_b_tensors"] == len(minilm_tensors)
-    assert summary["quantised"]["matrices"] == len(chosen) and summary["quantised"]["types"] == sorted(
-        QUANTISED
-    )
+    assert summary["quantised"]["matrices"] == len(chosen)
+    assert summary["quantised"]["types"] == sorted(set(chosen.values()))
     assert summary["changed_values"]["matrices"] == 0  # quantisation is not called training
     for match in report["matches"]:
         expected = f"quantise:{chosen[match['b']['key']]}" if match["b"]["key"] in chosen else None
