@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_compare.py
 	$(PY) benchmarks/bench_catalog.py
 	$(PY) benchmarks/bench_moe.py
+	$(PY) benchmarks/bench_gguf.py
 
 clean:
 	rm -rf build $(VENV)
