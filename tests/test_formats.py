@@ -164,6 +164,15 @@ def test_hugging_face_cache_entries_are_named_after_the_repo(tmp_path: Path) -> 
         locate(folder, revision="v2")
 
 
+def test_a_repo_indexed_without_an_output_path_gets_a_file_name(tmp_path: Path, monkeypatch) -> None:
+    folder = _hub_repo(tmp_path / "hub")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["index", str(folder)], env={"WEIGHTIDX_CACHE": str(tmp_path / "cache")})
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("acme/tiny-model: 1 tensors")
+    assert load_index(tmp_path / "acme--tiny-model.weightidx.parquet").name == "acme/tiny-model"
+
+
 def test_a_repo_id_is_found_in_the_local_cache_only(tmp_path: Path) -> None:
     pytest.importorskip("huggingface_hub")
     _hub_repo(tmp_path / "hub")
@@ -202,6 +211,29 @@ def test_a_diffusers_pipeline_root_lists_its_components(tmp_path: Path) -> None:
         "index each on its own: "
         f"weightidx index {root / 'text_encoder'}; weightidx index {root / 'transformer'}; "
         f"weightidx index {root / 'vae'}\n"
+    )
+
+
+def test_a_pipelines_model_index_json_names_the_pipeline(tmp_path: Path) -> None:
+    root = tmp_path / "pipe"
+    (root / "vae").mkdir(parents=True)
+    write_tensors(
+        root / "vae" / "diffusion_pytorch_model.safetensors", {"w": ("F32", np.ones((4, 4), np.float32))}
+    )
+    (root / "model_index.json").write_text("{}")
+    result = runner.invoke(app, ["index", str(root / "model_index.json")])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: {root}: a diffusers pipeline of 1 model (vae)")
+
+
+def test_a_gguf_name_without_gguf_bytes_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "x.gguf"
+    path.write_bytes(b"")
+    result = runner.invoke(app, ["index", str(path)])
+    assert result.exit_code == 2
+    assert (
+        result.output
+        == f"Error: {path}: not a GGUF file (it does not start with GGUF's magic bytes); check the file\n"
     )
 
 

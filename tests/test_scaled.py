@@ -50,7 +50,50 @@ def fp8_channel(values: np.ndarray) -> dict[str, np.ndarray]:
     return {"weight": _e4m3(values / scale), "weight_scale": scale}
 
 
-CONVENTIONS = {"fp8-scaled": fp8_scaled, "fp8-block128": fp8_block, "fp8-channel": fp8_channel}
+def int8_bnb(values: np.ndarray) -> dict[str, np.ndarray]:
+    """bitsandbytes 8-bit (``Int8Params``): int8 rows and their absolute maxima (SCB)."""
+    scb = np.abs(values).max(axis=1).astype(np.float32)
+    stored = np.clip(np.round(values / scb[:, None] * 127), -127, 127).astype(np.int8)
+    return {"weight": stored, "SCB": scb, "weight_format": np.zeros(1, dtype=np.uint8)}
+
+
+def _pack(nibbles: np.ndarray, axis: int) -> np.ndarray:
+    """Eight 4-bit values per int32 word, lowest bits first, along ``axis``."""
+    moved = np.moveaxis(nibbles.astype(np.uint32), axis, -1)
+    words = moved.reshape(*moved.shape[:-1], -1, 8) << (4 * np.arange(8, dtype=np.uint32))
+    return np.moveaxis(np.bitwise_or.reduce(words, axis=-1), -1, axis).view(np.int32)
+
+
+def gptq_int4(values: np.ndarray, group: int = 128, act_order: bool = False) -> dict[str, np.ndarray]:
+    """AutoGPTQ's 4-bit layout (asymmetric, per group of input rows; the stored zero one less
+    than the real one). ``act_order``: input rows assigned to groups in a shuffled order."""
+    weight = values.T.astype(np.float64)  # (in, out)
+    inputs = weight.shape[0]
+    order = np.random.default_rng(inputs).permutation(inputs) if act_order else np.arange(inputs)
+    g_idx = np.empty(inputs, dtype=np.int32)
+    g_idx[order] = np.arange(inputs) // group
+    groups = inputs // group
+    low = np.stack([weight[g_idx == g].min(axis=0) for g in range(groups)])
+    high = np.stack([weight[g_idx == g].max(axis=0) for g in range(groups)])
+    scales = np.maximum((high - low) / 15, 1e-8).astype(np.float16)
+    zeros = np.clip(np.round(-low / scales.astype(np.float64)), 1, 15)  # 0 would overflow the stored zero - 1
+    q = np.clip(np.round(weight / scales.astype(np.float64)[g_idx] + zeros[g_idx]), 0, 15)
+    return {
+        "qweight": _pack(q, axis=0),
+        "qzeros": _pack(zeros - 1, axis=1),
+        "scales": scales,
+        "g_idx": g_idx,
+    }
+
+
+CONVENTIONS = {
+    "fp8-scaled": fp8_scaled,
+    "fp8-block128": fp8_block,
+    "fp8-channel": fp8_channel,
+    "int8-bnb": int8_bnb,
+    "gptq-int4": gptq_int4,
+    "gptq-int4 act-order": lambda v: gptq_int4(v, act_order=True),
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +105,8 @@ def quantised_copy(source: dict[str, np.ndarray], convention: str) -> dict[str, 
     """Every 2-D weight stored by ``convention``, the rest as BF16 (and ComfyUI's marker)."""
     out: dict[str, np.ndarray] = {}
     for key, values in source.items():
-        if values.ndim == 2 and key.endswith(".weight"):
+        gptq_fits = values.ndim == 2 and values.shape[1] % 128 == 0 and values.shape[0] % 8 == 0
+        if values.ndim == 2 and key.endswith(".weight") and (gptq_fits or not convention.startswith("gptq")):
             module = key.removesuffix(".weight")
             out.update({f"{module}.{name}": v for name, v in CONVENTIONS[convention](values).items()})
         else:
@@ -81,13 +125,17 @@ def test_a_scaled_fp8_copy_is_a_copy_with_no_companion_left_over(source, tmp_pat
     summary = report["summary"]
     assert summary["scenario"] == "copied", summary["verdict"]
     assert summary["matched_b_tensors"] == len(source) and not report["unmatched"]["b"]
-    matrices = [k for k, v in source.items() if v.ndim == 2 and k.endswith(".weight")]
+    quantised = quantised_copy(source, convention)
+    stored_plainly = {k for k, v in quantised.items() if v.dtype == ml_dtypes.bfloat16}
+    matrices = [
+        k for k, v in source.items() if v.ndim == 2 and k.endswith(".weight") and k not in stored_plainly
+    ]
     assert summary["quantised"] == {
         "matrices": len(matrices),
-        "types": [convention],
+        "types": [convention.split()[0]],
         "largest_relative_l2": summary["quantised"]["largest_relative_l2"],
     }
-    assert 0 < summary["quantised"]["largest_relative_l2"] < 0.1
+    assert 0 < summary["quantised"]["largest_relative_l2"] < 0.2
     for match in report["matches"]:
         assert not any(t.startswith("scale") for t in match["transform"]), match
     assert "applies to B as it is" in summary["verdict"]

@@ -86,8 +86,9 @@ class IndexSummary:
 
 
 def default_output(checkpoint: Checkpoint, name: str | None = None) -> Path:
-    """``<name>.weightidx.parquet`` in the current directory."""
-    return Path(f"{name or checkpoint.default_name()}.weightidx.parquet")
+    """``<name>.weightidx.parquet`` in the current directory (a repo id's ``/`` written ``--``,
+    as the Hugging Face cache does: ``org--name.weightidx.parquet``)."""
+    return Path(f"{(name or checkpoint.default_name()).replace('/', '--')}.weightidx.parquet")
 
 
 def index_checkpoint(

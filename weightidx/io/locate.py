@@ -64,6 +64,8 @@ def locate(path: Path | str, revision: str | None = None) -> Located:
     name = _repo_name(given)
     if given.is_dir():
         _refuse_pipeline_root(given)
+    elif given.name == "model_index.json":
+        _refuse_pipeline_root(given.parent)
     notes = _lone_shard_notes(given)
     return Located(given, name, notes)
 
@@ -133,7 +135,8 @@ def _refuse_pipeline_root(folder: Path) -> None:
         return
     commands = "; ".join(f"weightidx index {folder / name}" for name in components)
     raise InputError(
-        f"{folder}: a diffusers pipeline of {len(components)} models ({', '.join(components)}); "
+        f"{folder}: a diffusers pipeline of {len(components)} model{'s' if len(components) != 1 else ''} "
+        f"({', '.join(components)}); "
         f"index each on its own: {commands}"
     )
 
@@ -173,6 +176,10 @@ def prepare(
     from weightidx.io.safetensors import is_pickle
 
     located = locate(path, revision)
+    if located.path.suffix.lower() == ".gguf" and located.path.is_file() and not is_gguf(located.path):
+        raise InputError(
+            f"{located.path}: not a GGUF file (it does not start with GGUF's magic bytes); check the file"
+        )
     if is_gguf(located.path):
         converted = convert_gguf(located.path, cache)
         return Located(converted, located.name or located.path.stem, located.notes)

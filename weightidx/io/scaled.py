@@ -11,11 +11,19 @@ times too strong). Recognised, by their companion tensors:
   Qwen3-FP8; ``weight_dequant`` in DeepSeek-V3's ``inference/kernel.py``, b = 128): each b × b
   block times its value;
 - ``<module>.weight_scale`` of one value, or one per output row (``(rows,)`` or ``(rows, 1)``:
-  compressed-tensors and FBGEMM fp8); ``<module>.input_scale`` (an activation scale) is dropped.
+  compressed-tensors and FBGEMM fp8); ``<module>.input_scale`` (an activation scale) is dropped;
+- ``<module>.SCB`` beside an int8 ``<module>.weight`` (bitsandbytes 8-bit, ``Int8Params``: the
+  row's absolute maximum, ``W = weight · SCB / 127``); the ``weight_format`` marker is dropped;
+- ``<module>.qweight``, ``.qzeros``, ``.scales`` and optional ``.g_idx`` (GPTQ 4-bit, AutoGPTQ's
+  format: eight 4-bit values per int32, ``qweight`` packed along the input axis and ``qzeros``
+  along the output axis, the stored zero one less than the real one; ``W[i, o] = scales[g, o] ·
+  (q[i, o] − zeros[g, o] − 1)`` with ``g = g_idx[i]``, default ``i // (in / groups)``), written as
+  ``<module>.weight`` of shape (out, in).
 
 The converted file holds every other tensor as it was, each dequantised weight as F32 (its exact
 value), and no companion. Its metadata records the source and each weight's scheme
-(``weightidx_quantisation``: ``fp8-scaled``, ``fp8-block128``, ``fp8-channel``, ``fp8-tensor``)
+(``weightidx_quantisation``: ``fp8-scaled``, ``fp8-block128``, ``fp8-channel``, ``fp8-tensor``,
+``int8-bnb``, ``gptq-int4``)
 and the companions it consumed (``weightidx_consumed``).
 """
 
@@ -46,6 +54,7 @@ CONSUMED_KEY = "weightidx_consumed"
 _ROWS_VALUES = 1 << 24  # dequantised values written at a time
 _CHUNK_BYTES = 64 << 20  # bytes copied at a time
 _DROPPED_SUFFIXES = (".input_scale",)
+_SMALL_MARKERS = (".weight_format",)  # bitsandbytes' int8 layout marker: one value
 _MARKERS = ("scaled_fp8",)
 
 
@@ -65,8 +74,10 @@ def scaled_weights(checkpoint: Checkpoint) -> tuple[list[Scaled], list[TensorInf
     found: list[Scaled] = []
     dropped: list[TensorInfo] = []
     for tensor in checkpoint.tensors:
-        if tensor.key.endswith(_DROPPED_SUFFIXES) or (
-            tensor.key.rsplit(".", 1)[-1] in _MARKERS and tensor.numel <= 2
+        if (
+            tensor.key.endswith(_DROPPED_SUFFIXES)
+            or (tensor.key.rsplit(".", 1)[-1] in _MARKERS and tensor.numel <= 2)
+            or (tensor.key.endswith(_SMALL_MARKERS) and tensor.numel <= 1)
         ):
             dropped.append(tensor)
             continue
@@ -74,6 +85,7 @@ def scaled_weights(checkpoint: Checkpoint) -> tuple[list[Scaled], list[TensorInf
             (".scale_weight", "fp8-scaled"),
             (".weight_scale_inv", "block"),
             (".weight_scale", "channel"),
+            (".SCB", "bnb"),
         ):
             if not tensor.key.endswith(suffix):
                 continue
@@ -94,6 +106,8 @@ def _scaled(weight: TensorInfo, scale: TensorInfo, kind: str) -> Scaled | None:
         return Scaled(weight, scale, "fp8-scaled" if kind == "fp8-scaled" else "fp8-tensor", (rows, cols))
     if kind == "channel" and scale.numel == rows and scale.shape in ((rows,), (rows, 1)):
         return Scaled(weight, scale, "fp8-channel", (1, cols))
+    if kind == "bnb" and weight.dtype == "I8" and scale.shape == (rows,):
+        return Scaled(weight, scale, "int8-bnb", (1, cols))
     if kind == "block" and len(scale.shape) == 2:
         block = _block(rows, scale.shape[0]), _block(cols, scale.shape[1])
         if block[0] and block[1]:
@@ -115,11 +129,85 @@ def _block(size: int, count: int) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class Packed:
+    """A GPTQ 4-bit module: its packed tensors and the weight they stand for (out, in)."""
+
+    module: str
+    qweight: TensorInfo
+    qzeros: TensorInfo
+    scales: TensorInfo
+    g_idx: TensorInfo | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.qweight.shape[1], self.qweight.shape[0] * 8
+
+    @property
+    def parts(self) -> list[TensorInfo]:
+        return [t for t in (self.qweight, self.qzeros, self.scales, self.g_idx) if t is not None]
+
+
+def packed_modules(checkpoint: Checkpoint) -> list[Packed]:
+    """The GPTQ 4-bit modules (module doc) whose shapes are consistent."""
+    by_key = {t.key: t for t in checkpoint.tensors}
+    found = []
+    for key, qweight in by_key.items():
+        if not key.endswith(".qweight") or qweight.dtype != "I32" or len(qweight.shape) != 2:
+            continue
+        module = key.removesuffix(".qweight")
+        qzeros, scales = by_key.get(f"{module}.qzeros"), by_key.get(f"{module}.scales")
+        g_idx = by_key.get(f"{module}.g_idx")
+        if qzeros is None or scales is None or qzeros.dtype != "I32" or len(scales.shape) != 2:
+            continue
+        inputs, outputs = qweight.shape[0] * 8, qweight.shape[1]
+        groups = scales.shape[0]
+        if scales.shape[1] != outputs or qzeros.shape != (groups, outputs // 8) or inputs % groups:
+            continue
+        if g_idx is not None and g_idx.shape != (inputs,):
+            continue
+        found.append(Packed(module, qweight, qzeros, scales, g_idx))
+    return found
+
+
+def _unpacked(words: np.ndarray, axis: int) -> np.ndarray:
+    """Eight 4-bit values per int32 word, lowest bits first, laid out along ``axis``."""
+    shifts = np.arange(0, 32, 4, dtype=np.uint32)
+    nibbles = (words.astype(np.uint32)[..., None] >> shifts) & np.uint32(0xF)  # (..., 8)
+    if axis == 0:
+        return np.moveaxis(nibbles, -1, 1).reshape(words.shape[0] * 8, words.shape[1])
+    return nibbles.reshape(words.shape[0], words.shape[1] * 8)
+
+
+def _gptq_weight(reader: ShardReader, packed: Packed) -> Iterator[np.ndarray]:
+    """The module's weight (out, in) as float32, in blocks of output rows."""
+
+    def load(tensor: TensorInfo) -> np.ndarray:
+        raw = reader.read(tensor.path, tensor.begin, tensor.nbytes)
+        return decode(raw, tensor.dtype).reshape(tensor.shape)
+
+    quantised = _unpacked(load(packed.qweight).astype(np.int64), axis=0).astype(np.float32)  # (in, out)
+    zeros = _unpacked(load(packed.qzeros).astype(np.int64), axis=1).astype(np.float32) + 1  # (groups, out)
+    scales = load(packed.scales).astype(np.float32)
+    inputs = quantised.shape[0]
+    if packed.g_idx is not None:
+        group = load(packed.g_idx).astype(np.int64)
+    else:
+        group = np.arange(inputs) // (inputs // scales.shape[0])
+    step = max(1, _ROWS_VALUES // max(1, inputs))
+    for start in range(0, quantised.shape[1], step):
+        stop = min(start + step, quantised.shape[1])
+        columns = (quantised[:, start:stop] - zeros[group, start:stop]) * scales[group, start:stop]
+        yield np.ascontiguousarray(columns.T)
+
+
 def convert_scaled(checkpoint: Checkpoint, cache: Path | None = None) -> Path | None:
     """The checkpoint with its scaled weights dequantised, as a safetensors file in the cache
     (converted once per version of the shards), or None when it has none (module doc)."""
     found, dropped = scaled_weights(checkpoint)
-    if not found:
+    packed = packed_modules(checkpoint)
+    dropped += [part for module in packed for part in module.parts]
+    if not found and not packed:
         return None
     identity = ":".join(
         f"{s.path.resolve()}:{s.size}:{s.mtime_ns}:{s.header_sha256}" for s in checkpoint.shards
@@ -142,10 +230,14 @@ def convert_scaled(checkpoint: Checkpoint, cache: Path | None = None) -> Path | 
         else:
             copy = lambda t=tensor: _raw(reader, t)  # noqa: E731
             specs.append(TensorSpec(tensor.key, tensor.dtype, tensor.shape, copy, tensor.nbytes))
+    for module in packed:
+        unpack = lambda m=module: _gptq_weight(reader, m)  # noqa: E731
+        specs.append(TensorSpec(f"{module.module}.weight", "F32", module.shape, unpack))
+    schemes = {s.weight.key: s.scheme for s in found} | {f"{m.module}.weight": "gptq-int4" for m in packed}
     metadata = {
         CONVERTED_FROM_KEY: str(checkpoint.source.resolve()),
         "weightidx_format": "safetensors with scales",
-        QUANTISATION_KEY: json.dumps({s.weight.key: s.scheme for s in found}, sort_keys=True),
+        QUANTISATION_KEY: json.dumps(schemes, sort_keys=True),
         CONSUMED_KEY: json.dumps(sorted(skip)),
     }
     ensure_folder(target.parent, "converted checkpoints", CACHE_FIX)
@@ -166,6 +258,8 @@ def _dequantised(reader: ShardReader, scaled: Scaled) -> Iterator[np.ndarray]:
     weight, scale = scaled.weight, scaled.scale
     rows, cols = weight.shape[0], math.prod(weight.shape[1:])
     factors = decode(reader.read(scale.path, scale.begin, scale.nbytes), scale.dtype).astype(np.float32)
+    if scaled.scheme == "int8-bnb":  # SCB is the row's absolute maximum, int8 spans ±127
+        factors = factors / np.float32(127)
     row_block, col_block = scaled.block
     unit = row_block if scaled.scheme.startswith("fp8-block") else 1
     step = max(unit, (max(1, _ROWS_VALUES // max(1, cols)) // unit) * unit)
