@@ -254,7 +254,9 @@ def test_refusals_are_listed_and_strict_fails_without_output(tmp_path: Path) -> 
     }
     sidecar = json.loads((tmp_path / "out.safetensors.conversion.json").read_text())
     assert sidecar["refused"] == conversion.refused and len(sidecar["converted"]) == 1
-    with pytest.raises(LoraError, match=r"2 module\(s\) cannot be converted \(--strict\)"):
+    with pytest.raises(
+        LoraError, match=r"2 module\(s\) or tensor\(s\) cannot be converted whole \(--strict\)"
+    ):
         convert_lora(lora, report, tmp_path / "strict.safetensors", strict=True)
     assert not (tmp_path / "strict.safetensors").exists()
 

@@ -48,10 +48,13 @@ def lora_convert_command(
             lora, report, out, output_format=format, source_format=from_format, verify=verify, strict=strict
         )
     if not quiet:
+        partly = f", {len(conversion.partial)} only in part" if conversion.partial else ""
         print(
             f"{len(conversion.converted)} module(s) converted ({conversion.source_format} -> "
-            f"{conversion.output_format}), {len(conversion.refused)} refused -> {out}"
+            f"{conversion.output_format}){partly}, {len(conversion.refused)} refused -> {out}"
         )
+        for part in conversion.partial:
+            print(f"  in part {part['module']}: {part['reason']}")
         for refusal in conversion.refused:
             print(f"  refused {refusal['module']}: {refusal['reason']}")
         if conversion.worst_relative_error is not None:

@@ -16,6 +16,7 @@ slice) it became and how; the same transform is applied to ΔW through the facto
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -34,6 +35,7 @@ from weightidx.errors import LoraError
 from weightidx.fingerprint.sketch import view_2d
 from weightidx.io.atomic import atomic_path
 from weightidx.io.safetensors import ShardReader, TensorSpec, decode, open_checkpoint, write_safetensors
+from weightidx.lora.names import Resolver
 from weightidx.naming import lora_wrappers
 
 FORMATS = ("comfyui", "kohya", "diffusers", "peft")
@@ -43,13 +45,15 @@ _ALPHA = re.compile(r"^(?P<module>.+)\.alpha$")
 
 @dataclass
 class LoraModule:
-    """One adapted weight: ``ΔW = scale · up @ down`` on ``target`` (a weight key)."""
+    """One adapted weight: ``ΔW = scale · up @ down`` on ``target`` (a weight key of A; the
+    module's name as written when ``unresolved`` says why no key fits)."""
 
     target: str
     down: np.ndarray  # (rank, *in dims)
     up: np.ndarray  # (out, rank, *1s)
     alpha: float | None
     dtype: str
+    unresolved: str | None = None
 
     @property
     def rank(self) -> int:
@@ -68,12 +72,17 @@ class LoraModule:
 
 @dataclass
 class Conversion:
-    """What ``convert_lora`` did: modules written, modules refused with the reason, and checks."""
+    """What ``convert_lora`` did, accounting for every tensor of the input: modules written
+    (``converted``), modules and tensors not carried over with the reason (``refused``, each
+    naming its ``tensors``), modules whose ΔW lands in B only in part (``partial``: the share of
+    ΔW's norm lost), the metadata kept, and the check."""
 
     source_format: str
     output_format: str
     converted: list[dict] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)
+    partial: list[dict] = field(default_factory=list)
+    metadata_kept: list[str] = field(default_factory=list)
     worst_relative_error: float | None = None
 
     def as_json(self) -> dict:
@@ -82,48 +91,98 @@ class Conversion:
             "output_format": self.output_format,
             "converted": self.converted,
             "refused": self.refused,
+            "partial": self.partial,
+            "metadata_kept": self.metadata_kept,
             "worst_relative_error": self.worst_relative_error,
         }
 
 
-def read_lora(path: Path | str, a_keys: set[str], forced: str | None = None) -> tuple[str, list[LoraModule]]:
-    """Read a LoRA file in any supported format; module names are resolved against A's keys.
+#: Kinds of adapter tensors other than LoRA factors: recognised, named, and refused until
+#: converted (LyCORIS: ``lycoris/modules/{lokr,loha}.py``; DoRA: Liu et al. 2024; full deltas:
+#: ComfyUI's ``comfy/lora.py``).
+_OTHER_KINDS = (
+    (re.compile(r"\.lokr_(w1|w2|w1_a|w1_b|w2_a|w2_b|t2)$"), "LoKr (LyCORIS)"),
+    (re.compile(r"\.hada_(w1_a|w1_b|w2_a|w2_b|t1|t2)$"), "LoHa (LyCORIS)"),
+    (re.compile(r"\.dora_scale$"), "DoRA magnitude"),
+    (re.compile(r"\.(diff|diff_b)$"), "full delta (diff)"),
+    (re.compile(r"\.set_weight$"), "full weight (set_weight)"),
+    (re.compile(r"\.(lora_mid|lora_A2|lora_B2)\.weight$"), "LoCon middle factor"),
+)
 
-    Returns the detected (or forced) format and the modules.
+
+@dataclass
+class LoraFile:
+    """A LoRA file read: its format, its modules, the tensors that are no LoRA factor (each with
+    its kind), and the file's metadata."""
+
+    format: str
+    modules: list[LoraModule]
+    others: list[dict]
+    metadata: dict[str, str]
+
+
+def read_lora(path: Path | str, a_keys: set[str], forced: str | None = None) -> tuple[str, list[LoraModule]]:
+    """Read a LoRA file in any supported format; module names are resolved against A's keys
+    (``names.Resolver``). Returns the detected (or forced) format and the modules.
+
+    Raises:
+        LoraError: the file holds no LoRA factor at all.
+    """
+    found = read_lora_file(path, a_keys, forced)
+    if not found.modules:
+        raise LoraError(f"{path}: no LoRA factors found (keys like '<module>.lora_A.weight'); is it a LoRA?")
+    return found.format, found.modules
+
+
+def read_lora_file(path: Path | str, a_keys: set[str], forced: str | None = None) -> LoraFile:
+    """Every tensor of a LoRA file, accounted for: modules of LoRA factors (alpha attached),
+    and the other tensors with their kind (``_OTHER_KINDS``, or unknown).
+
+    Raises:
+        LoraError: an unknown ``forced`` format, an unreadable file or PEFT config.
     """
     path = Path(path)
-    tensors = _load_all(path)
+    tensors, metadata = _load_all(path)
     fmt = forced or _detect(tensors)
     if fmt not in FORMATS:
         raise LoraError(f"--from-format {fmt}: use one of {', '.join(FORMATS)}")
     peft_alpha = _peft_alphas(path) if fmt == "peft" else {}
-    resolve = _resolver(a_keys, kohya=fmt == "kohya")
+    resolver = Resolver(a_keys)
     parts: dict[str, dict[str, object]] = defaultdict(dict)
+    others: list[dict] = []
     for key, (dtype, values) in tensors.items():
         factor, alpha = _FACTOR.match(key), _ALPHA.match(key)
         if factor:
             kind = "down" if factor["kind"] in ("lora_A", "lora_down") else "up"
             parts[factor["module"]][kind] = values
             parts[factor["module"]]["dtype"] = dtype
+            parts[factor["module"]].setdefault("keys", []).append(key)  # type: ignore[union-attr]
         elif alpha:
             parts[alpha["module"]]["alpha"] = float(np.asarray(values).reshape(-1)[0])
+            parts[alpha["module"]].setdefault("keys", []).append(key)  # type: ignore[union-attr]
+        else:
+            kind_name = next((name for pattern, name in _OTHER_KINDS if pattern.search(key)), None)
+            others.append({"tensor": key, "kind": kind_name or "unknown"})
     modules = []
     for name, found in parts.items():
         if "down" not in found or "up" not in found:
-            raise LoraError(
-                f"{path}: module '{name}' has only one of its two factors (lora_A/down, lora_B/up)"
-            )
-        target = resolve(name)
+            missing = "down (lora_A/lora_down)" if "down" not in found else "up (lora_B/lora_up)"
+            others += [
+                {"tensor": key, "kind": f"LoRA factor without its {missing}"} for key in found.get("keys", [])
+            ]
+            continue
+        resolved = resolver.resolve(name)
         alpha = found.get("alpha")
         if fmt == "peft":
             alpha = peft_alpha.get(_strip(name), peft_alpha.get("*"))
-        modules.append(LoraModule(target, found["down"], found["up"], alpha, str(found["dtype"])))
-    if not modules:
-        raise LoraError(f"{path}: no LoRA factors found (keys like '<module>.lora_A.weight'); is it a LoRA?")
-    return fmt, modules
+        target = resolved.key or name
+        modules.append(
+            LoraModule(target, found["down"], found["up"], alpha, str(found["dtype"]), resolved.reason)
+        )
+    return LoraFile(fmt, modules, others, metadata)
 
 
-def _load_all(path: Path) -> dict[str, tuple[str, np.ndarray]]:
+def _load_all(path: Path) -> tuple[dict[str, tuple[str, np.ndarray]], dict[str, str]]:
     checkpoint = open_checkpoint(path)
     tensors = {}
     with ShardReader() as reader:
@@ -134,7 +193,8 @@ def _load_all(path: Path) -> dict[str, tuple[str, np.ndarray]]:
                 )
             raw = reader.read(tensor.path, tensor.begin, tensor.nbytes)
             tensors[tensor.key] = (tensor.dtype, decode(raw, tensor.dtype).reshape(tensor.shape))
-    return tensors
+    metadata = dict(checkpoint.shards[0].metadata or {}) if checkpoint.shards else {}
+    return tensors, metadata
 
 
 def _detect(tensors: dict) -> str:
@@ -153,29 +213,6 @@ def _strip(name: str) -> str:
         if name.startswith(wrapper):
             return name[len(wrapper) :]
     return name
-
-
-def _resolver(a_keys: set[str], kohya: bool):
-    """Module name in the LoRA -> A's weight key; kohya names are looked up, never guessed."""
-    underscored: dict[str, list[str]] = defaultdict(list)
-    for key in a_keys:
-        module = _module_name(key)
-        underscored[module.replace(".", "_")].append(key)
-
-    def resolve(name: str) -> str:
-        if kohya:
-            stem = name[len("lora_unet_") :] if name.startswith("lora_unet_") else name
-            found = underscored.get(stem, [])
-            if len(found) == 1:
-                return found[0]
-            return name if not found else f"<ambiguous:{name}>"
-        module = _strip(name)
-        for candidate in (module + ".weight", module):
-            if candidate in a_keys:
-                return candidate
-        return module + ".weight"
-
-    return resolve
 
 
 def _peft_alphas(path: Path) -> dict[str, float]:
@@ -330,10 +367,10 @@ def convert_modules(
 
 
 def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tuple]) -> str | None:
-    if module.target.startswith("<ambiguous:"):
-        return "its kohya name fits several of A's keys"
+    if module.unresolved is not None:
+        return module.unresolved
     if module.target not in a_shapes:
-        return "A has no weight of that name"
+        return "no weight of A has this name"
     if not targets:
         return "the report matches this weight to nothing in B"
     permuted = [t for t in targets if t.has("permute")]
@@ -531,22 +568,30 @@ def convert_lora(
             )
     a_shapes = {k: tuple(r["shape"]) for k, r in a.rows.items()}
     b_shapes = {k: tuple(r["shape"]) for k, r in b.rows.items()}
-    fmt_in, modules = read_lora(lora, set(a_shapes), source_format)
+    read = read_lora_file(lora, set(a_shapes), source_format)
+    fmt_in, modules = read.format, read.modules
     fmt_out = output_format or fmt_in
     if fmt_out not in FORMATS:
         raise LoraError(f"--format {fmt_out}: use one of {', '.join(FORMATS)}")
-    planned, refused = convert_modules(modules, mapping_from_report(report), a_shapes, b_shapes)
-    if strict and refused:
-        first = refused[0]
+    targets = mapping_from_report(report)
+    planned, refused = convert_modules(modules, targets, a_shapes, b_shapes)
+    refused += [
+        {"module": other["tensor"], "tensors": [other["tensor"]], "reason": _other_reason(other["kind"])}
+        for other in read.others
+    ]
+    partial = lost_parts(modules, targets, a_shapes, {r["module"] for r in refused})
+    if strict and (refused or partial):
+        first = refused[0] if refused else {"module": partial[0]["module"], "reason": partial[0]["reason"]}
         raise LoraError(
-            f"{len(refused)} module(s) cannot be converted (--strict), e.g. {first['module']}: "
-            f"{first['reason']}; nothing was written"
+            f"{len(refused) + len(partial)} module(s) or tensor(s) cannot be converted whole (--strict), "
+            f"e.g. {first['module']}: {first['reason']}; nothing was written"
         )
     if not planned:
         raise LoraError(
-            f"{lora}: no module could be converted ({refused[0]['reason'] if refused else 'empty'})"
+            f"{lora}: no module could be converted "
+            f"({refused[0]['module'] + ': ' + refused[0]['reason'] if refused else 'empty'})"
         )
-    conversion = Conversion(fmt_in, fmt_out, refused=refused)
+    conversion = Conversion(fmt_in, fmt_out, refused=refused, partial=partial)
     for plan in planned:
         conversion.converted.append(
             {
@@ -563,25 +608,102 @@ def convert_lora(
                 "rank": plan.module.rank,
             }
         )
-    if verify:
+    if verify:  # against the whole of T(ΔW_A): what landed nowhere in B counts as error too
         conversion.worst_relative_error = max(
-            relative_error(_as_written(p.module).delta(), expected_delta(p, b_shapes[p.module.target]))
-            for p in planned
+            [
+                relative_error(_as_written(p.module).delta(), expected_delta(p, b_shapes[p.module.target]))
+                for p in planned
+            ]
+            + [part["lost_share"] for part in partial]
         )
+    kept = {k: v for k, v in read.metadata.items() if not k.startswith("weightidx_")}
+    conversion.metadata_kept = sorted(kept)
     _write(
         Path(out),
         [p.module for p in planned],
         fmt_out,
         conversion,
         {
-            "weightidx_source_lora": str(lora),
-            "weightidx_report": str(report_path),
+            **kept,
+            "weightidx_source_lora": Path(lora).name,  # names, not paths: files get published
+            "weightidx_source_lora_sha256": _sha256(Path(lora)),
+            "weightidx_report": Path(report_path).name,
             "weightidx_model_a": a.name,
             "weightidx_model_b": b.name,
             "weightidx_format": fmt_out,
         },
     )
     return conversion
+
+
+def _other_reason(kind: str) -> str:
+    if kind == "unknown":
+        return "not a LoRA factor, alpha or adapter tensor weightidx knows; not converted"
+    if kind.startswith("LoRA factor without"):
+        return f"a {kind}: not converted"
+    return f"{kind} is not converted yet (only LoRA down/up factors are); not written"
+
+
+def lost_parts(
+    modules: list[LoraModule], targets: list[Target], a_shapes: dict[str, tuple], refused: set[str]
+) -> list[dict]:
+    """Modules whose ΔW reaches B only in part: the rows or columns of A's weight that no
+    target carries (a fused tensor traced in part), with the share of ΔW's norm that is lost."""
+    by_a: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        if target.verdict != "different":
+            by_a[target.a_key].append(target)
+    found = []
+    for module in modules:
+        if module.target in refused or module.unresolved or module.target not in a_shapes:
+            continue
+        covered = _covered(view_2d(a_shapes[module.target]), by_a.get(module.target, []))
+        if covered is None or covered.all():
+            continue
+        delta = module.delta()
+        total = float(np.linalg.norm(delta))
+        share = float(np.linalg.norm(delta[~covered])) / total if total else 0.0
+        rows_lost = int((~covered).all(axis=1).sum())
+        cols_lost = int((~covered).all(axis=0).sum())
+        found.append(
+            {
+                "module": module.target,
+                "rows_lost": rows_lost,
+                "cols_lost": cols_lost,
+                "lost_share": share,
+                "reason": f"{share:.1%} of its ΔW lands nowhere in B ({rows_lost} rows, {cols_lost} columns "
+                "of A's weight have no counterpart)",
+            }
+        )
+    return found
+
+
+def _covered(shape: tuple[int, int], targets: list[Target]) -> np.ndarray | None:
+    """Which entries of A's 2-D view some target carries into B (None: no target at all)."""
+    if not targets:
+        return None
+    covered = np.zeros(shape, dtype=bool)
+    for target in targets:
+        # A selection (pruning) is the transform itself dropping rows or columns: T(ΔW) is
+        # carried whole; only slices of A that reach no B tensor are lost.
+        rows: slice | np.ndarray = slice(None)
+        cols: slice | np.ndarray = slice(None)
+        if target.a_slice is not None:
+            axis, start, stop = target.a_slice
+            if axis == 0:
+                rows = slice(start, stop)
+            else:
+                cols = slice(start, stop)
+        covered[rows, cols] = True
+    return covered
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _as_written(module: LoraModule) -> LoraModule:

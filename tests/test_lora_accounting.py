@@ -1,0 +1,176 @@
+"""LoRAs as people ship them: every tensor of the input is converted, refused with a reason or
+kept as metadata; module names are resolved by one algorithm; ΔW that lands nowhere in B is
+reported, checked by --verify and refused by --strict (the reports replayed at small width)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+from typer.testing import CliRunner
+
+from tests import derive
+from tests.helpers.tensors import trained_like, write_tensors
+from weightidx.cli import app
+from weightidx.compare.engine import compare_paths
+from weightidx.compare.report import write_report
+from weightidx.lora.names import Resolver, normalised
+
+runner = CliRunner()
+RANK = 4
+
+
+def _report(tmp_path: Path, a: dict, b: dict) -> Path:
+    pa = write_tensors(tmp_path / "a.safetensors", a)
+    pb = write_tensors(tmp_path / "b.safetensors", b)
+    return write_report(compare_paths(pa, pb, cache=tmp_path / "cache"), tmp_path / "report.json")
+
+
+def _factors(rng: np.random.Generator, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    down = (0.1 * rng.standard_normal((RANK, cols))).astype(np.float32)
+    up = (0.1 * rng.standard_normal((rows, RANK))).astype(np.float32)
+    return down, up
+
+
+def _convert(tmp_path: Path, lora: dict, report: Path, *options: str, metadata: dict | None = None):
+    save_file(lora, str(tmp_path / "lora.safetensors"), metadata=metadata)
+    out = tmp_path / "out.safetensors"
+    arguments = [
+        "lora",
+        "convert",
+        str(tmp_path / "lora.safetensors"),
+        "--report",
+        str(report),
+        "-o",
+        str(out),
+    ]
+    return runner.invoke(app, [*arguments, *options]), out
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "lora_unet_layer_0_attn_q",  # kohya
+        "lora_unet_layer_0.attn.q",  # underscores up to the block index, dots after
+        "diffusion_model.layer.0.attn.q",
+        "model.diffusion_model.layer.0.attn.q",
+        "base_model.model.layer.0.attn.q",
+        "transformer.layer_0.attn_q",
+    ],
+)
+def test_module_names_resolve_however_they_are_spelt(spelling: str) -> None:
+    a_keys = set(derive.toy_transformer(1))
+    assert Resolver(a_keys).resolve(spelling).key == "layer.0.attn.q.weight"
+
+
+def test_unresolved_names_say_why_and_what_is_near() -> None:
+    resolver = Resolver(set(derive.toy_transformer(1)))
+    missing = resolver.resolve("lora_unet_layer_0_attn_qq")
+    assert missing.key is None and missing.reason.startswith(
+        "no weight of A has this name; nearest: layer.0.attn.q.weight"
+    )
+    encoder = resolver.resolve("lora_te1_text_model_encoder_layers_0_mlp_fc1")
+    assert encoder.key is None and encoder.reason.startswith("a text-encoder module")
+    assert normalised("lora_unet_blocks_0.self_attn.q.weight") == "blocks_0_self_attn_q"
+
+
+def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
+    """8 LoKr modules, 2 LoRA modules, 2 bias deltas and a DoRA magnitude: the LoRA modules are
+    converted, every other tensor is listed with its kind; --strict refuses the file."""
+    a = derive.toy_transformer(2)
+    report = _report(tmp_path, a, a)
+    rng = np.random.default_rng(0)
+    lora: dict[str, np.ndarray] = {}
+    for name in ("layer.0.attn.q", "layer.1.attn.k"):
+        down, up = _factors(rng, 128, 128)
+        lora[f"diffusion_model.{name}.lora_A.weight"], lora[f"diffusion_model.{name}.lora_B.weight"] = (
+            down,
+            up,
+        )
+    for i in range(8):
+        lora[f"lycoris_layer_{i % 3}_mlp_up.lokr_w1"] = rng.standard_normal((4, 4)).astype(np.float32)
+        lora[f"lycoris_layer_{i % 3}_mlp_up_{i}.lokr_w2"] = rng.standard_normal((128, 32)).astype(np.float32)
+    lora["diffusion_model.layer.0.attn.q.diff_b"] = rng.standard_normal(128).astype(np.float32)
+    lora["diffusion_model.layer.1.attn.k.diff_b"] = rng.standard_normal(128).astype(np.float32)
+    lora["diffusion_model.layer.0.attn.q.dora_scale"] = rng.standard_normal((128, 1)).astype(np.float32)
+    result, out = _convert(tmp_path, lora, report)
+    assert result.exit_code == 0, result.output
+    conversion = json.loads(out.with_name(out.name + ".conversion.json").read_text())
+    written = load_file(str(out))
+    refused = {t for r in conversion["refused"] for t in r["tensors"]}
+    factors = {k for k in lora if ".lora_" in k}
+    assert refused == set(lora) - factors  # nothing dropped without a word
+    assert len(written) == len(factors) and len(conversion["converted"]) == 2
+    assert result.output.startswith(f"2 module(s) converted (comfyui -> comfyui), {len(refused)} refused")
+    kinds = {r["tensors"][0]: r["reason"] for r in conversion["refused"]}
+    assert kinds["lycoris_layer_0_mlp_up.lokr_w1"].startswith("LoKr (LyCORIS) is not converted yet")
+    assert kinds["diffusion_model.layer.0.attn.q.diff_b"].startswith("full delta (diff) is not converted yet")
+    assert kinds["diffusion_model.layer.0.attn.q.dora_scale"].startswith(
+        "DoRA magnitude is not converted yet"
+    )
+    strict, _ = _convert(tmp_path, lora, report, "--strict")
+    assert strict.exit_code == 2 and "cannot be converted whole (--strict)" in strict.output
+
+
+def test_a_file_of_lokr_alone_says_what_it_is(tmp_path: Path) -> None:
+    a = derive.toy_transformer(3)
+    report = _report(tmp_path, a, a)
+    lora = {
+        "lycoris_layer_0_attn_q.lokr_w1": np.ones((4, 4), np.float32),
+        "lycoris_layer_0_attn_q.lokr_w2": np.ones((32, 32), np.float32),
+    }
+    result, _ = _convert(tmp_path, lora, report)
+    assert result.exit_code == 2
+    assert (
+        "no module could be converted (lycoris_layer_0_attn_q.lokr_w1: LoKr (LyCORIS) is not converted yet"
+        in result.output
+    )
+
+
+def test_delta_that_lands_nowhere_in_b_is_reported_verified_and_strict(tmp_path: Path) -> None:
+    """FLUX's single_blocks.N.linear1 fuses q, k, v and the MLP input; B keeps only the MLP part
+    (its proj_mlp) under the trace: 3/4 of the rows of ΔW have nowhere to go."""
+    rng = np.random.default_rng(5)
+    fused = trained_like(rng, 256, 64)
+    a = {"single_blocks.0.linear1.weight": ("F32", fused), "other.weight": ("F32", trained_like(rng, 64, 64))}
+    b = {"proj_mlp.weight": ("F32", fused[192:]), "other.weight": a["other.weight"]}
+    report = _report(tmp_path, a, b)
+    down, up = _factors(rng, 256, 64)
+    lora = {
+        "diffusion_model.single_blocks.0.linear1.lora_A.weight": down,
+        "diffusion_model.single_blocks.0.linear1.lora_B.weight": up,
+    }
+    result, out = _convert(tmp_path, lora, report, "--verify")
+    assert result.exit_code == 0, result.output
+    conversion = json.loads(out.with_name(out.name + ".conversion.json").read_text())
+    (part,) = conversion["partial"]
+    delta = up.astype(np.float64) @ down.astype(np.float64)
+    expected = np.linalg.norm(delta[:192]) / np.linalg.norm(delta)
+    assert part["module"] == "single_blocks.0.linear1.weight" and part["rows_lost"] == 192
+    assert abs(part["lost_share"] - expected) < 1e-9
+    assert "1 only in part" in result.output.splitlines()[0]
+    assert conversion["worst_relative_error"] >= expected  # --verify checks the whole T(ΔW_A)
+    strict, _ = _convert(tmp_path, lora, report, "--strict")
+    assert strict.exit_code == 2 and "lands nowhere in B" in strict.output
+
+
+def test_user_metadata_is_kept_and_paths_are_not_recorded(tmp_path: Path) -> None:
+    a = derive.toy_transformer(4)
+    report = _report(tmp_path, a, a)
+    down, up = _factors(np.random.default_rng(6), 128, 128)
+    lora = {"lora_unet_layer_0_attn_q.lora_down.weight": down, "lora_unet_layer_0_attn_q.lora_up.weight": up}
+    result, out = _convert(
+        tmp_path, lora, report, metadata={"ss_network_dim": "4", "modelspec.title": "mine"}
+    )
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out), "np") as handle:
+        metadata = handle.metadata()
+    assert metadata["ss_network_dim"] == "4" and metadata["modelspec.title"] == "mine"
+    assert metadata["weightidx_source_lora"] == "lora.safetensors" and str(tmp_path) not in json.dumps(
+        metadata
+    )
+    assert len(metadata["weightidx_source_lora_sha256"]) == 64
