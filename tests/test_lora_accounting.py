@@ -174,3 +174,67 @@ def test_user_metadata_is_kept_and_paths_are_not_recorded(tmp_path: Path) -> Non
         metadata
     )
     assert len(metadata["weightidx_source_lora_sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("comfyui", "diffusion_model.layer.0.attn.q.lora_A.weight"),
+        ("kohya", "lora_unet_layer_0_attn_q.lora_down.weight"),
+    ],
+)
+def test_a_b_whose_keys_carry_the_loader_wrapper_gets_it_once(
+    tmp_path: Path, fmt: str, expected: str
+) -> None:
+    a = derive.toy_transformer(7)
+    b = {f"model.diffusion_model.{key}": value for key, value in a.items()}
+    report = _report(tmp_path, a, b)
+    down, up = _factors(np.random.default_rng(8), 128, 128)
+    lora = {
+        "diffusion_model.layer.0.attn.q.lora_A.weight": down,
+        "diffusion_model.layer.0.attn.q.lora_B.weight": up,
+    }
+    result, out = _convert(tmp_path, lora, report, "--format", fmt)
+    assert result.exit_code == 0, result.output
+    assert expected in load_file(str(out))
+
+
+def test_lora_check_lists_what_would_be_ignored(tmp_path: Path) -> None:
+    a = derive.toy_transformer(9)
+    model = write_tensors(tmp_path / "tiny.safetensors", a)
+    rng = np.random.default_rng(10)
+    down, up = _factors(rng, 128, 128)
+    lora = {
+        "lora_unet_layer_0_attn_q.lora_down.weight": down,
+        "lora_unet_layer_0_attn_q.lora_up.weight": up,
+        "lora_unet_layer_0_attn_qq.lora_down.weight": down,  # no such weight
+        "lora_unet_layer_0_attn_qq.lora_up.weight": up,
+        "lora_unet_layer_1_mlp_up.lora_down.weight": down,  # (512, 128) weight: up has 128 rows
+        "lora_unet_layer_1_mlp_up.lora_up.weight": up,
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": down,
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": up,
+        "lora_unet_layer_2_attn_k.hada_w1_a": down,
+    }
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    env = {"WEIGHTIDX_CACHE": str(tmp_path / "cache")}
+    result = runner.invoke(app, ["lora", "check", str(tmp_path / "lora.safetensors"), str(model)], env=env)
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0] == "1 module(s) of lora.safetensors load on tiny; 4 item(s) would be ignored"
+    assert any(
+        "layer_0_attn_qq" in line and "no weight of the model has this name; nearest" in line for line in lines
+    )
+    assert any(
+        "layer.1.mlp.up.weight" in line and "do not fit the weight [512, 128]" in line for line in lines
+    )
+    assert any("lora_te1" in line and "text-encoder" in line for line in lines)
+    assert any("hada_w1_a" in line and "LoHa (LyCORIS)" in line for line in lines)
+    clean = {k: v for k, v in lora.items() if k.startswith("lora_unet_layer_0_attn_q.")}
+    save_file(clean, str(tmp_path / "clean.safetensors"))
+    as_json = runner.invoke(
+        app, ["lora", "check", str(tmp_path / "clean.safetensors"), str(model), "--json"], env=env
+    )
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.output)["loads"] == [
+        {"module": "layer.0.attn.q.weight", "weight": "layer.0.attn.q.weight", "rank": 4}
+    ]

@@ -62,6 +62,34 @@ def lora_convert_command(
             print(f"verified: worst relative error of ΔW_B against T(ΔW_A) = {worst:.2e}")
 
 
+@lora_app.command("check")
+def lora_check_command(
+    lora: Annotated[Path, typer.Argument(help="The LoRA (.safetensors).")],
+    model: Annotated[Path, typer.Argument(help="The model it is for: a checkpoint or its index.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Which modules of a LoRA would load on a model, and what would be ignored and why
+    (exit 1 if anything would be ignored)."""
+    import json
+
+    from weightidx.lora.check import check_lora
+
+    with user_errors():
+        result = check_lora(lora, model)
+    if as_json:
+        print(json.dumps(result.as_json(), indent=1))
+    elif not quiet:
+        print(
+            f"{len(result.loads)} module(s) of {result.lora} load on {result.model}; "
+            f"{len(result.ignored)} item(s) would be ignored"
+        )
+        for item in result.ignored:
+            print(f"  ignored {item['item']}: {item['reason']}")
+    if result.ignored:
+        raise typer.Exit(1)
+
+
 @lora_app.command("mapping")
 def lora_mapping_command(
     report: Annotated[Path, typer.Argument(help="JSON report of `weightidx compare A B -o`.")],

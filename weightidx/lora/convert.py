@@ -134,7 +134,9 @@ def read_lora(path: Path | str, a_keys: set[str], forced: str | None = None) -> 
     return found.format, found.modules
 
 
-def read_lora_file(path: Path | str, a_keys: set[str], forced: str | None = None) -> LoraFile:
+def read_lora_file(
+    path: Path | str, a_keys: set[str], forced: str | None = None, label: str = "A"
+) -> LoraFile:
     """Every tensor of a LoRA file, accounted for: modules of LoRA factors (alpha attached),
     and the other tensors with their kind (``_OTHER_KINDS``, or unknown).
 
@@ -147,7 +149,7 @@ def read_lora_file(path: Path | str, a_keys: set[str], forced: str | None = None
     if fmt not in FORMATS:
         raise LoraError(f"--from-format {fmt}: use one of {', '.join(FORMATS)}")
     peft_alpha = _peft_alphas(path) if fmt == "peft" else {}
-    resolver = Resolver(a_keys)
+    resolver = Resolver(a_keys, label)
     parts: dict[str, dict[str, object]] = defaultdict(dict)
     others: list[dict] = []
     for key, (dtype, values) in tensors.items():
@@ -498,12 +500,29 @@ def _module_name(weight_key: str) -> str:
     return weight_key[: -len(".weight")] if weight_key.endswith(".weight") else weight_key
 
 
+#: What each output format's loader puts in front of a module name: a B key that already carries
+#: it (a checkpoint saved with ComfyUI's ``model.diffusion_model.``) must not get it twice.
+_LOADER_WRAPPERS = {
+    "comfyui": ("model.diffusion_model.", "diffusion_model."),
+    "kohya": ("model.diffusion_model.", "diffusion_model."),
+    "diffusers": ("transformer.",),
+    "peft": ("base_model.model.",),
+}
+
+
+def _unwrapped(name: str, fmt: str) -> str:
+    for wrapper in _LOADER_WRAPPERS[fmt]:
+        if name.startswith(wrapper):
+            return name[len(wrapper) :]
+    return name
+
+
 def lora_tensors(modules: list[LoraModule], fmt: str) -> tuple[list[TensorSpec], dict | None]:
     """Tensors to write in ``fmt``'s key style, and a PEFT adapter config when ``fmt`` is peft."""
     specs: list[TensorSpec] = []
     config: dict | None = None
     for module in modules:
-        name = _module_name(module.target)
+        name = _unwrapped(_module_name(module.target), fmt)
         up, down, alpha = module.up, module.down, module.alpha
         if fmt in ("diffusers", "peft"):  # these formats carry no alpha: fold the scale into up
             up, alpha = up * module.scale, None
@@ -527,7 +546,7 @@ def lora_tensors(modules: list[LoraModule], fmt: str) -> tuple[list[TensorSpec],
                 TensorSpec(f"{prefix}.alpha", "F32", (), lambda a=alpha: np.array(a, dtype=np.float32))
             )
     if fmt == "peft":
-        ranks = {_module_name(m.target): m.rank for m in modules}
+        ranks = {_unwrapped(_module_name(m.target), fmt): m.rank for m in modules}
         base = min(ranks.values()) if ranks else 1
         config = {
             "peft_type": "LORA",

@@ -56,7 +56,8 @@ class Resolved:
 class Resolver:
     """Module names -> A's weight keys (module doc)."""
 
-    def __init__(self, a_keys: set[str]) -> None:
+    def __init__(self, a_keys: set[str], label: str = "A") -> None:
+        self._label = label  # how refusals name the model: "A" in a conversion
         self._keys = a_keys
         self._by_name: dict[str, list[str]] = defaultdict(list)
         for key in sorted(a_keys):
@@ -75,10 +76,12 @@ class Resolver:
         if len(found) == 1:
             return Resolved(found[0])
         if found:
-            return Resolved(None, f"its name fits several of A's weights ({', '.join(found[:3])})")
+            return Resolved(
+                None, f"its name fits several of {self._label}'s weights ({', '.join(found[:3])})"
+            )
         nearest = difflib.get_close_matches(normalised(module), self._names, n=2, cutoff=0.6)
         hint = f"; nearest: {', '.join(self._by_name[n][0] for n in nearest)}" if nearest else ""
-        return Resolved(None, f"no weight of A has this name{hint}")
+        return Resolved(None, f"no weight of {self._label} has this name{hint}")
 
 
 def _exact_candidates(module: str) -> list[str]:

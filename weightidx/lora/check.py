@@ -1,0 +1,74 @@
+"""``weightidx lora check``: which modules of a LoRA would load on a model, before a long render.
+
+A module loads when its name resolves to one of the model's weights (``names.Resolver``) and its
+factors fit that weight's shape (``up`` rows = the weight's rows, ``down`` columns = the rest of
+its dimensions). Everything else in the file is listed with the reason it would be ignored:
+a name that fits no weight (with the nearest), or several; factors of the wrong shape; a kind
+this tool does not apply (LoKr, LoHa, DoRA, full deltas: ``convert._OTHER_KINDS``); an unknown
+tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightidx.fingerprint.sketch import view_2d
+from weightidx.index.cache import cached_index
+from weightidx.index.reader import is_index_file, load_index
+from weightidx.lora.convert import read_lora_file
+
+
+@dataclass
+class LoraCheck:
+    """The modules that load (``module``, ``weight``) and what would be ignored (``item``,
+    ``reason``), for a LoRA on one model."""
+
+    lora: str
+    model: str
+    loads: list[dict] = field(default_factory=list)
+    ignored: list[dict] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"lora": self.lora, "model": self.model, "loads": self.loads, "ignored": self.ignored}
+
+
+def check_lora(lora: Path | str, model: Path | str, cache: Path | None = None) -> LoraCheck:
+    """Check a LoRA against a model given as a checkpoint (indexed on first use) or its index.
+
+    Raises:
+        LoraError: the LoRA cannot be read; InputError / CheckpointError / IndexFileError: the model.
+    """
+    path = Path(model)
+    indexed = load_index(path if is_index_file(path) else cached_index(path, cache))
+    shapes = {key: tuple(row["shape"]) for key, row in indexed.rows.items()}
+    read = read_lora_file(lora, set(shapes), label="the model")
+    result = LoraCheck(Path(lora).name, indexed.name)
+    for module in read.modules:
+        if module.unresolved is not None or module.target not in shapes:
+            result.ignored.append(
+                {"item": module.target, "reason": module.unresolved or "no weight of that name"}
+            )
+            continue
+        shape = shapes[module.target]
+        rows, cols = view_2d(shape)
+        if len(shape) < 2 or module.up.shape[0] != rows or math.prod(module.down.shape[1:]) != cols:
+            result.ignored.append(
+                {
+                    "item": module.target,
+                    "reason": f"factor shapes up {list(module.up.shape)} / down {list(module.down.shape)} "
+                    f"do not fit the weight {list(shape)}",
+                }
+            )
+            continue
+        result.loads.append({"module": module.target, "weight": module.target, "rank": module.rank})
+    for other in read.others:
+        kind = other["kind"]
+        reason = (
+            "not a tensor any LoRA loader knows"
+            if kind == "unknown"
+            else f"{kind}: not applied by this check"
+        )
+        result.ignored.append({"item": other["tensor"], "reason": reason})
+    return result
