@@ -79,8 +79,8 @@ def test_unresolved_names_say_why_and_what_is_near() -> None:
 
 
 def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
-    """8 LoKr modules, 2 LoRA modules, 2 bias deltas and a DoRA magnitude: the LoRA modules are
-    converted, every other tensor is listed with its kind; --strict refuses the file."""
+    """8 LoKr modules, 2 LoRA modules, 2 bias deltas and a DoRA magnitude: the LoRA modules and
+    bias deltas are converted, every other tensor is listed with its kind; --strict refuses."""
     a = derive.toy_transformer(2)
     report = _report(tmp_path, a, a)
     rng = np.random.default_rng(0)
@@ -102,13 +102,15 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     conversion = json.loads(out.with_name(out.name + ".conversion.json").read_text())
     written = load_file(str(out))
     refused = {t for r in conversion["refused"] for t in r["tensors"]}
-    factors = {k for k in lora if ".lora_" in k}
-    assert refused == set(lora) - factors  # nothing dropped without a word
-    assert len(written) == len(factors) and len(conversion["converted"]) == 2
-    assert result.output.startswith(f"2 module(s) converted (comfyui -> comfyui), {len(refused)} refused")
+    converted = {k for k in lora if ".lora_" in k or k.endswith(".diff_b")}
+    assert refused == set(lora) - converted  # nothing dropped without a word
+    assert len(written) == len(converted) and len(conversion["converted"]) == 4
+    np.testing.assert_allclose(
+        written["diffusion_model.layer.0.attn.q.diff_b"], lora["diffusion_model.layer.0.attn.q.diff_b"]
+    )
+    assert result.output.startswith(f"4 module(s) converted (comfyui -> comfyui), {len(refused)} refused")
     kinds = {r["tensors"][0]: r["reason"] for r in conversion["refused"]}
     assert kinds["lycoris_layer_0_mlp_up.lokr_w1"].startswith("LoKr (LyCORIS) is not converted yet")
-    assert kinds["diffusion_model.layer.0.attn.q.diff_b"].startswith("full delta (diff) is not converted yet")
     assert kinds["diffusion_model.layer.0.attn.q.dora_scale"].startswith(
         "DoRA magnitude is not converted yet"
     )
@@ -222,7 +224,8 @@ def test_lora_check_lists_what_would_be_ignored(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     assert lines[0] == "1 module(s) of lora.safetensors load on tiny; 4 item(s) would be ignored"
     assert any(
-        "layer_0_attn_qq" in line and "no weight of the model has this name; nearest" in line for line in lines
+        "layer_0_attn_qq" in line and "no weight of the model has this name; nearest" in line
+        for line in lines
     )
     assert any(
         "layer.1.mlp.up.weight" in line and "do not fit the weight [512, 128]" in line for line in lines
@@ -238,3 +241,54 @@ def test_lora_check_lists_what_would_be_ignored(tmp_path: Path) -> None:
     assert json.loads(as_json.output)["loads"] == [
         {"module": "layer.0.attn.q.weight", "weight": "layer.0.attn.q.weight", "rank": 4}
     ]
+
+
+@pytest.mark.parametrize("derivation", ["transpose", "fuse", "split", "scale"])
+def test_full_deltas_follow_the_transform_exactly(tmp_path: Path, derivation: str) -> None:
+    """``diff`` (ΔW), ``diff_b`` (Δb) and ``set_weight`` on A become B's under T, exactly."""
+    a = derive.toy_transformer(11)
+    qkv = ["layer.0.attn.q.weight", "layer.0.attn.k.weight", "layer.0.attn.v.weight"]
+    derived = {
+        "transpose": lambda: derive.transpose(a),
+        "fuse": lambda: derive.fuse(a, [qkv]),
+        "split": lambda: derive.split(a, ["layer.1.mlp.up.weight"], parts=4),
+        "scale": lambda: derive.scale(a, 2.0),
+    }[derivation]()
+    report = _report(tmp_path, a, derived.tensors)
+    rng = np.random.default_rng(12)
+    lora = {
+        "diffusion_model.layer.0.attn.k.diff": rng.standard_normal((128, 128)).astype(np.float32),
+        "diffusion_model.layer.1.mlp.up.diff": rng.standard_normal((512, 128)).astype(np.float32),
+        "diffusion_model.layer.2.attn.o.set_weight": rng.standard_normal((128, 128)).astype(np.float32),
+        "diffusion_model.layer.2.attn.q.diff_b": rng.standard_normal(128).astype(np.float32),
+    }
+    result, out = _convert(tmp_path, lora, report, "--verify", "--strict")
+    assert result.exit_code == 0, result.output
+    assert float(result.output.rsplit("=", 1)[1].split()[0]) < 1e-6
+    written = load_file(str(out))
+    expected = {}
+    for truth in derived.truth:
+        for key, values in lora.items():
+            module, kind = key.removeprefix("diffusion_model.").rsplit(".", 1)
+            a_key = f"{module}.bias" if kind == "diff_b" else f"{module}.weight"
+            if truth.a != a_key:
+                continue
+            delta = values.astype(np.float64) * (2.0 if derivation == "scale" else 1.0)
+            if truth.a_slice is not None:
+                axis, start, stop = truth.a_slice
+                delta = delta[start:stop] if axis == 0 else delta[:, start:stop]
+            if derivation == "transpose" and delta.ndim == 2:
+                delta = delta.T
+            b_module = truth.b.removesuffix(".bias").removesuffix(".weight")
+            full = np.zeros(derived.tensors[truth.b][1].shape)
+            if truth.b_slice is None:
+                full = delta
+            else:
+                axis, start, stop = truth.b_slice
+                full[start:stop] = delta
+            expected[f"diffusion_model.{b_module}.{kind}"] = (
+                expected.get(f"diffusion_model.{b_module}.{kind}", 0) + full
+            )
+    assert set(written) == set(expected), (sorted(written), sorted(expected))
+    for key, values in expected.items():
+        np.testing.assert_allclose(written[key], values, rtol=1e-6, atol=1e-6)

@@ -11,7 +11,12 @@ slice) it became and how; the same transform is applied to ΔW through the facto
 * split in B (A fused, B parts): each part keeps down and takes its rows of up;
 * constant scale s: up is multiplied by s.
 
-``--verify`` rebuilds ΔW on both sides and checks ``ΔW_B = T(ΔW_A)`` for every module.
+Full deltas (``diff``, a bias's ``diff_b``, ``set_weight``) ride the same transforms as
+factors ``up = D, down = I`` and are written back as one tensor of B's shape (ComfyUI's and
+kohya's naming; diffusers and PEFT have no such tensors).
+
+``--verify`` rebuilds ΔW on both sides and checks ``ΔW_B = T(ΔW_A)`` for every module, and
+counts ΔW that lands nowhere in B as error.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +40,11 @@ from weightidx.errors import LoraError
 from weightidx.fingerprint.sketch import view_2d
 from weightidx.io.atomic import atomic_path
 from weightidx.io.safetensors import ShardReader, TensorSpec, decode, open_checkpoint, write_safetensors
-from weightidx.lora.names import Resolver
+from weightidx.lora.names import Resolved, Resolver
 from weightidx.naming import lora_wrappers
 
 FORMATS = ("comfyui", "kohya", "diffusers", "peft")
+_DELTA = re.compile(r"^(?P<module>.+)\.(?P<kind>diff|diff_b|set_weight)$")
 _FACTOR = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight$")
 _ALPHA = re.compile(r"^(?P<module>.+)\.alpha$")
 
@@ -54,6 +60,10 @@ class LoraModule:
     alpha: float | None
     dtype: str
     unresolved: str | None = None
+    #: "lora", or a full delta written as such: "diff" (ΔW), "diff_b" (a bias's Δb) or
+    #: "set_weight" (the new weight). A full delta D rides the same factor transforms as
+    #: up = D, down = I (or up = I, down = D, whichever rank is smaller): T(D) is exact.
+    kind: str = "lora"
 
     @property
     def rank(self) -> int:
@@ -104,8 +114,6 @@ _OTHER_KINDS = (
     (re.compile(r"\.lokr_(w1|w2|w1_a|w1_b|w2_a|w2_b|t2)$"), "LoKr (LyCORIS)"),
     (re.compile(r"\.hada_(w1_a|w1_b|w2_a|w2_b|t1|t2)$"), "LoHa (LyCORIS)"),
     (re.compile(r"\.dora_scale$"), "DoRA magnitude"),
-    (re.compile(r"\.(diff|diff_b)$"), "full delta (diff)"),
-    (re.compile(r"\.set_weight$"), "full weight (set_weight)"),
     (re.compile(r"\.(lora_mid|lora_A2|lora_B2)\.weight$"), "LoCon middle factor"),
 )
 
@@ -152,6 +160,7 @@ def read_lora_file(
     resolver = Resolver(a_keys, label)
     parts: dict[str, dict[str, object]] = defaultdict(dict)
     others: list[dict] = []
+    deltas: list[tuple[str, str, str, np.ndarray]] = []
     for key, (dtype, values) in tensors.items():
         factor, alpha = _FACTOR.match(key), _ALPHA.match(key)
         if factor:
@@ -162,6 +171,8 @@ def read_lora_file(
         elif alpha:
             parts[alpha["module"]]["alpha"] = float(np.asarray(values).reshape(-1)[0])
             parts[alpha["module"]].setdefault("keys", []).append(key)  # type: ignore[union-attr]
+        elif delta := _DELTA.match(key):
+            deltas.append((delta["module"], delta["kind"], dtype, values))
         else:
             kind_name = next((name for pattern, name in _OTHER_KINDS if pattern.search(key)), None)
             others.append({"tensor": key, "kind": kind_name or "unknown"})
@@ -181,7 +192,29 @@ def read_lora_file(
         modules.append(
             LoraModule(target, found["down"], found["up"], alpha, str(found["dtype"]), resolved.reason)
         )
+    for name, kind, dtype, values in deltas:
+        modules.append(_delta_module(resolver.resolve(name), name, kind, dtype, values, a_keys))
     return LoraFile(fmt, modules, others, metadata)
+
+
+def _delta_module(
+    resolved: Resolved, name: str, kind: str, dtype: str, values: np.ndarray, a_keys: set[str]
+) -> LoraModule:
+    """A full delta as a module of factors (``LoraModule.kind``); a bias delta targets the bias
+    beside the weight its name resolves to."""
+    target, reason = resolved.key or name, resolved.reason
+    if kind == "diff_b" and resolved.key is not None:
+        target = resolved.key.removesuffix(".weight") + ".bias"
+        if target not in a_keys:
+            reason = "A's weight of this name has no bias"
+    matrix = np.asarray(values, dtype=np.float64).reshape(view_2d(values.shape))
+    rows, cols = matrix.shape
+    if cols <= rows:
+        up, down = matrix, np.eye(cols)
+    else:
+        up, down = np.eye(rows), matrix
+    down = down.reshape(down.shape[0], *values.shape[1:]) if values.ndim > 1 else down
+    return LoraModule(target, down, up, None, dtype, reason, kind)
 
 
 def _load_all(path: Path) -> tuple[dict[str, tuple[str, np.ndarray]], dict[str, str]]:
@@ -359,12 +392,12 @@ def convert_modules(
             refused.append({"module": module.target, "reason": reason})
             continue
         for target in by_a[module.target]:
-            if target.b_slice is not None:
-                fused[target.b_key].append((module, target))
+            if target.b_slice is not None:  # LoRA factors and full deltas fuse apart
+                fused[f"{target.b_key}\0{module.kind}"].append((module, target))
             else:
                 planned.append(_Planned(_move(module, target, b_shapes[target.b_key]), [(module, target)]))
-    for b_key, parts in fused.items():
-        planned.append(_Planned(_fuse(parts, b_shapes[b_key]), parts))
+    for slot, parts in fused.items():
+        planned.append(_Planned(_fuse(parts, b_shapes[slot.split("\0")[0]]), parts))
     return planned, refused
 
 
@@ -386,7 +419,9 @@ def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tupl
             f"factor shapes up {list(module.up.shape)} / down {list(module.down.shape)} "
             f"do not fit A's weight {list(a_shapes[module.target])}"
         )
-    if len(a_shapes[module.target]) < 2 or any(t.has("transpose") and t.b_slice for t in targets):
+    if (module.kind == "lora" and len(a_shapes[module.target]) < 2) or any(
+        t.has("transpose") and t.b_slice for t in targets
+    ):
         return "only 2-D and convolution weights are supported"
     return None
 
@@ -418,7 +453,7 @@ def _move(module: LoraModule, target: Target, b_shape: tuple) -> LoraModule:
     if target.has("transpose"):
         up, down = down.T, up.T
     up, down = _shaped(up, down, b_shape)
-    return LoraModule(target.b_key, down, up, module.alpha, module.dtype)
+    return LoraModule(target.b_key, down, up, module.alpha, module.dtype, kind=module.kind)
 
 
 def _selected(up: np.ndarray, down: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
@@ -461,7 +496,7 @@ def _fuse(parts: list[tuple[LoraModule, Target]], b_shape: tuple) -> LoraModule:
                 down[block, start:stop] = part_down
         offset += module.rank
     up, down = _shaped(up, down, b_shape)
-    return LoraModule(parts[0][1].b_key, down, up, float(total), parts[0][0].dtype)
+    return LoraModule(parts[0][1].b_key, down, up, float(total), parts[0][0].dtype, kind=parts[0][0].kind)
 
 
 def expected_delta(plan: _Planned, b_shape: tuple) -> np.ndarray:
@@ -517,11 +552,17 @@ def _unwrapped(name: str, fmt: str) -> str:
     return name
 
 
-def lora_tensors(modules: list[LoraModule], fmt: str) -> tuple[list[TensorSpec], dict | None]:
-    """Tensors to write in ``fmt``'s key style, and a PEFT adapter config when ``fmt`` is peft."""
+def lora_tensors(
+    modules: list[LoraModule], fmt: str, shapes: dict[str, tuple] | None = None
+) -> tuple[list[TensorSpec], dict | None]:
+    """Tensors to write in ``fmt``'s key style, and a PEFT adapter config when ``fmt`` is peft;
+    ``shapes`` (B's) gives full deltas their tensor's shape."""
     specs: list[TensorSpec] = []
     config: dict | None = None
     for module in modules:
+        if module.kind != "lora":
+            specs.append(_delta_spec(module, fmt, (shapes or {})[module.target]))
+            continue
         name = _unwrapped(_module_name(module.target), fmt)
         up, down, alpha = module.up, module.down, module.alpha
         if fmt in ("diffusers", "peft"):  # these formats carry no alpha: fold the scale into up
@@ -593,6 +634,12 @@ def convert_lora(
     if fmt_out not in FORMATS:
         raise LoraError(f"--format {fmt_out}: use one of {', '.join(FORMATS)}")
     targets = mapping_from_report(report)
+    if fmt_out in ("diffusers", "peft"):  # their loaders read LoRA factors only
+        reason = f"a full delta ({{}}): the {fmt_out} format has none; use --format comfyui or kohya"
+        modules = [
+            m if m.kind == "lora" or m.unresolved else replace(m, unresolved=reason.format(m.kind))
+            for m in modules
+        ]
     planned, refused = convert_modules(modules, targets, a_shapes, b_shapes)
     refused += [
         {"module": other["tensor"], "tensors": [other["tensor"]], "reason": _other_reason(other["kind"])}
@@ -624,7 +671,8 @@ def convert_lora(
                     }
                     for _, t in plan.sources
                 ],
-                "rank": plan.module.rank,
+                "kind": plan.module.kind,
+                "rank": plan.module.rank if plan.module.kind == "lora" else None,
             }
         )
     if verify:  # against the whole of T(ΔW_A): what landed nowhere in B counts as error too
@@ -651,6 +699,7 @@ def convert_lora(
             "weightidx_model_b": b.name,
             "weightidx_format": fmt_out,
         },
+        b_shapes,
     )
     return conversion
 
@@ -660,7 +709,7 @@ def _other_reason(kind: str) -> str:
         return "not a LoRA factor, alpha or adapter tensor weightidx knows; not converted"
     if kind.startswith("LoRA factor without"):
         return f"a {kind}: not converted"
-    return f"{kind} is not converted yet (only LoRA down/up factors are); not written"
+    return f"{kind} is not converted yet (LoRA factors and full deltas are); not written"
 
 
 def lost_parts(
@@ -735,8 +784,25 @@ def _as_written(module: LoraModule) -> LoraModule:
     return LoraModule(module.target, stored(module.down), stored(module.up), module.alpha, module.dtype)
 
 
-def _write(out: Path, modules: list[LoraModule], fmt: str, conversion: Conversion, metadata: dict) -> None:
-    specs, config = lora_tensors(modules, fmt)
+def _delta_spec(module: LoraModule, fmt: str, shape: tuple) -> TensorSpec:
+    """A full delta as one tensor, ``<module>.diff`` (``.diff_b``, ``.set_weight``) in ComfyUI's
+    naming (kohya's module names for ``kohya``)."""
+    stem = module.target.removesuffix(".bias") if module.kind == "diff_b" else _module_name(module.target)
+    name = _unwrapped(stem, fmt)
+    prefix = f"lora_unet_{name.replace('.', '_')}" if fmt == "kohya" else f"diffusion_model.{name}"
+    values = module.delta().reshape(shape)
+    return TensorSpec(f"{prefix}.{module.kind}", module.dtype, tuple(shape), lambda v=values: v)
+
+
+def _write(
+    out: Path,
+    modules: list[LoraModule],
+    fmt: str,
+    conversion: Conversion,
+    metadata: dict,
+    shapes: dict[str, tuple] | None = None,
+) -> None:
+    specs, config = lora_tensors(modules, fmt, shapes)
     sidecar = out.with_name(out.name + ".conversion.json")
     write_safetensors(out, specs, metadata)
     with atomic_path(sidecar) as temporary:
