@@ -19,16 +19,16 @@ Format reference: ggml's ``docs/gguf.md`` and gguf-py's ``gguf_reader.py``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from weightidx.config import CACHE_FIX, cache_folder
+from weightidx.config import CACHE_FIX
 from weightidx.errors import CheckpointError, InputError
 from weightidx.io.atomic import ensure_folder
+from weightidx.io.converted import converted_path
 from weightidx.io.safetensors import TensorSpec, write_safetensors
 
 MAGIC = b"GGUF"
@@ -62,10 +62,7 @@ def convert_gguf(path: Path | str, cache: Path | None = None) -> Path:
         raise InputError(
             f"{path}: reading GGUF needs the gguf package; pip install 'weightidx[gguf]'"
         ) from None
-    stat = path.stat()
-    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = cache or cache_folder()
-    target = folder / "converted" / f"{path.stem}-{digest}.safetensors"
+    target = converted_path(path, cache)
     if target.exists():
         return target
     try:

@@ -17,15 +17,15 @@ are), which is what gets indexed and compared:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from weightidx.config import CACHE_FIX, cache_folder
+from weightidx.config import CACHE_FIX
 from weightidx.errors import CheckpointError, InputError
 from weightidx.io.atomic import ensure_folder
+from weightidx.io.converted import converted_path
 from weightidx.io.gguf import CONVERTED_FROM_KEY, QUANTISATION_KEY
 from weightidx.io.safetensors import TensorSpec, write_safetensors
 
@@ -63,10 +63,7 @@ def convert_onnx(path: Path | str, cache: Path | None = None) -> Path:
         raise InputError(
             f"{path}: reading ONNX needs the onnx package; pip install 'weightidx[onnx]'"
         ) from None
-    stat = path.stat()
-    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = cache or cache_folder()
-    target = folder / "converted" / f"{path.stem}-{digest}.safetensors"
+    target = converted_path(path, cache)
     if target.exists():
         return target
     try:

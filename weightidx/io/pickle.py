@@ -9,16 +9,16 @@ imported only here, and only then: it is an optional extra.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from weightidx.config import CACHE_FIX, cache_folder
+from weightidx.config import CACHE_FIX
 from weightidx.dtypes import FROM_TORCH
 from weightidx.errors import CheckpointError, InputError
 from weightidx.io.atomic import ensure_folder
+from weightidx.io.converted import converted_path
 from weightidx.io.safetensors import TensorSpec, write_safetensors
 
 
@@ -34,10 +34,7 @@ def convert_pickle(path: Path | str, cache: Path | None = None) -> Path:
         import torch
     except ImportError:
         raise InputError(f"{path}: --allow-pickle needs torch; pip install 'weightidx[torch]'") from None
-    stat = path.stat()
-    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = cache or cache_folder()
-    target = folder / "converted" / f"{path.stem}-{digest}.safetensors"
+    target = converted_path(path, cache)
     if target.exists():
         return target
     state = _load(torch, path)
