@@ -184,3 +184,16 @@ def test_a_lora_ported_to_an_fp8_scaled_copy_keeps_its_delta(source, tmp_path) -
             f"diffusion_model.{module}.lora_A.weight"
         ].astype(np.float64)
         assert np.linalg.norm(got - want) <= 1e-6 * np.linalg.norm(want)
+
+
+def test_a_float_weight_with_a_scale_beside_it_is_left_as_it_is(tmp_path) -> None:
+    """Only quantised storage (fp8, int8) is dequantised: a bf16 weight and a learnt
+    ``weight_scale`` parameter stay two tensors."""
+    rng = np.random.default_rng(1)
+    tensors = {
+        "layer.weight": rng.standard_normal((64, 64)).astype(ml_dtypes.bfloat16),
+        "layer.weight_scale": np.ones(1, dtype=np.float32),
+    }
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    report = compare_paths(tmp_path / "m.safetensors", tmp_path / "m.safetensors", cache=tmp_path / "cache")
+    assert report["summary"]["identical"] and report["summary"]["quantised"]["matrices"] == 0

@@ -54,6 +54,9 @@ CONSUMED_KEY = "weightidx_consumed"
 _ROWS_VALUES = 1 << 24  # dequantised values written at a time
 _CHUNK_BYTES = 64 << 20  # bytes copied at a time
 _DROPPED_SUFFIXES = (".input_scale",)
+#: Stored dtypes that hold quantised values (a weight of another dtype with a "scale" beside it is
+#: left as it is: a float weight is the weight).
+_STORAGE = {"F8_E4M3": "fp8", "F8_E5M2": "fp8", "I8": "int8", "U8": "uint8"}
 _SMALL_MARKERS = (".weight_format",)  # bitsandbytes' int8 layout marker: one value
 _MARKERS = ("scaled_fp8",)
 
@@ -99,22 +102,31 @@ def scaled_weights(checkpoint: Checkpoint) -> tuple[list[Scaled], list[TensorInf
 
 def _scaled(weight: TensorInfo, scale: TensorInfo, kind: str) -> Scaled | None:
     """How ``scale`` applies to ``weight``, or None when its shape fits no convention."""
-    if not (weight.supported and scale.supported) or not weight.shape:
+    family = _STORAGE.get(weight.dtype)
+    if family is None or not scale.supported or not weight.shape:  # a float weight is no storage
         return None
     rows, cols = weight.shape[0], math.prod(weight.shape[1:])
+    if kind == "bnb":
+        return (
+            Scaled(weight, scale, "int8-bnb", (1, cols))
+            if family == "int8" and scale.shape == (rows,)
+            else None
+        )
     if scale.numel == 1:
-        return Scaled(weight, scale, "fp8-scaled" if kind == "fp8-scaled" else "fp8-tensor", (rows, cols))
+        return Scaled(
+            weight, scale, f"{family}-scaled" if kind == "fp8-scaled" else f"{family}-tensor", (rows, cols)
+        )
     if kind == "channel" and scale.numel == rows and scale.shape in ((rows,), (rows, 1)):
-        return Scaled(weight, scale, "fp8-channel", (1, cols))
-    if kind == "bnb" and weight.dtype == "I8" and scale.shape == (rows,):
-        return Scaled(weight, scale, "int8-bnb", (1, cols))
+        return Scaled(weight, scale, f"{family}-channel", (1, cols))
     if kind == "block" and len(scale.shape) == 2:
         block = _block(rows, scale.shape[0]), _block(cols, scale.shape[1])
         if block[0] and block[1]:
             return Scaled(
                 weight,
                 scale,
-                f"fp8-block{block[0]}" if block[0] == block[1] else f"fp8-block{block[0]}x{block[1]}",
+                f"{family}-block{block[0]}"
+                if block[0] == block[1]
+                else f"{family}-block{block[0]}x{block[1]}",
                 block,
             )
     return None
@@ -261,7 +273,7 @@ def _dequantised(reader: ShardReader, scaled: Scaled) -> Iterator[np.ndarray]:
     if scaled.scheme == "int8-bnb":  # SCB is the row's absolute maximum, int8 spans ±127
         factors = factors / np.float32(127)
     row_block, col_block = scaled.block
-    unit = row_block if scaled.scheme.startswith("fp8-block") else 1
+    unit = row_block if "-block" in scaled.scheme else 1
     step = max(unit, (max(1, _ROWS_VALUES // max(1, cols)) // unit) * unit)
     row_bytes = weight.nbytes // max(1, rows)
     for start in range(0, rows, step):
