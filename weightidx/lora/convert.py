@@ -179,10 +179,13 @@ def read_lora_file(
     modules = []
     for name, found in parts.items():
         if "down" not in found or "up" not in found:
-            missing = "down (lora_A/lora_down)" if "down" not in found else "up (lora_B/lora_up)"
-            others += [
-                {"tensor": key, "kind": f"LoRA factor without its {missing}"} for key in found.get("keys", [])
-            ]
+            if "down" not in found and "up" not in found:  # LoKr and LoHa modules carry an alpha too
+                kind = "alpha of a module with no LoRA factors"
+            else:
+                kind = "LoRA factor without its " + (
+                    "down (lora_A/lora_down)" if "down" not in found else "up (lora_B/lora_up)"
+                )
+            others += [{"tensor": key, "kind": kind} for key in found.get("keys", [])]
             continue
         resolved = resolver.resolve(name)
         alpha = found.get("alpha")
@@ -707,8 +710,8 @@ def convert_lora(
 def _other_reason(kind: str) -> str:
     if kind == "unknown":
         return "not a LoRA factor, alpha or adapter tensor weightidx knows; not converted"
-    if kind.startswith("LoRA factor without"):
-        return f"a {kind}: not converted"
+    if kind.startswith(("LoRA factor without", "alpha of")):
+        return f"{'an' if kind.startswith('alpha') else 'a'} {kind}: not converted"
     return f"{kind} is not converted yet (LoRA factors and full deltas are); not written"
 
 
