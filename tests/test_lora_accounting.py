@@ -97,6 +97,7 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     lora["diffusion_model.layer.0.attn.q.diff_b"] = rng.standard_normal(128).astype(np.float32)
     lora["diffusion_model.layer.1.attn.k.diff_b"] = rng.standard_normal(128).astype(np.float32)
     lora["diffusion_model.layer.0.attn.q.dora_scale"] = rng.standard_normal((128, 1)).astype(np.float32)
+    lora["lycoris_layer_0_mlp_up.alpha"] = np.array(4.0, dtype=np.float32)
     result, out = _convert(tmp_path, lora, report)
     assert result.exit_code == 0, result.output
     conversion = json.loads(out.with_name(out.name + ".conversion.json").read_text())
@@ -114,6 +115,7 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     assert kinds["diffusion_model.layer.0.attn.q.dora_scale"].startswith(
         "DoRA magnitude is not converted yet"
     )
+    assert kinds["lycoris_layer_0_mlp_up.alpha"] == "an alpha of a module with no LoRA factors: not converted"
     strict, _ = _convert(tmp_path, lora, report, "--strict")
     assert strict.exit_code == 2 and "cannot be converted whole (--strict)" in strict.output
 
