@@ -109,30 +109,109 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         written["diffusion_model.layer.0.attn.q.diff_b"], lora["diffusion_model.layer.0.attn.q.diff_b"]
     )
-    assert result.output.startswith(f"4 module(s) converted (comfyui -> comfyui), {len(refused)} refused")
+    entries = len(conversion["refused"])
+    assert result.output.startswith(f"4 module(s) converted (comfyui -> comfyui), {entries} refused")
     kinds = {r["tensors"][0]: r["reason"] for r in conversion["refused"]}
-    assert kinds["lycoris_layer_0_mlp_up.lokr_w1"].startswith("LoKr (LyCORIS) is not converted yet")
+    assert kinds["lycoris_layer_0_mlp_up.lokr_w1"].startswith("LoKr (LyCORIS) module without its w2")
     assert kinds["diffusion_model.layer.0.attn.q.dora_scale"].startswith(
         "DoRA magnitude is not converted yet"
     )
-    assert kinds["lycoris_layer_0_mlp_up.alpha"] == "an alpha of a module with no LoRA factors: not converted"
     strict, _ = _convert(tmp_path, lora, report, "--strict")
     assert strict.exit_code == 2 and "cannot be converted whole (--strict)" in strict.output
 
 
-def test_a_file_of_lokr_alone_says_what_it_is(tmp_path: Path) -> None:
-    a = derive.toy_transformer(3)
-    report = _report(tmp_path, a, a)
-    lora = {
-        "lycoris_layer_0_attn_q.lokr_w1": np.ones((4, 4), np.float32),
-        "lycoris_layer_0_attn_q.lokr_w2": np.ones((32, 32), np.float32),
+def _lokr_delta(parts: dict, alpha: float | None = None) -> np.ndarray:
+    """LoKr's ΔW by its definition (LyCORIS lokr.py): alpha / w2_b's rows · kron(w1, w2)."""
+    w1 = parts["lokr_w1"] if "lokr_w1" in parts else parts["lokr_w1_a"] @ parts["lokr_w1_b"]
+    w2 = parts["lokr_w2"] if "lokr_w2" in parts else parts["lokr_w2_a"] @ parts["lokr_w2_b"]
+    scale = 1.0 if alpha is None or "lokr_w2_b" not in parts else alpha / parts["lokr_w2_b"].shape[0]
+    return scale * np.kron(w1.astype(np.float64), w2.astype(np.float64))
+
+
+def _loha_delta(parts: dict, alpha: float) -> np.ndarray:
+    """LoHa's ΔW by its definition (LyCORIS loha.py): alpha / rank · (w1_a w1_b) ∘ (w2_a w2_b)."""
+    w1 = parts["hada_w1_a"].astype(np.float64) @ parts["hada_w1_b"]
+    w2 = parts["hada_w2_a"].astype(np.float64) @ parts["hada_w2_b"]
+    return alpha / parts["hada_w1_b"].shape[0] * w1 * w2
+
+
+@pytest.mark.parametrize("derivation", ["rename", "transpose", "scale"])
+def test_lokr_and_loha_follow_renames_transposes_and_scales_as_factors(
+    tmp_path: Path, derivation: str
+) -> None:
+    a = derive.toy_transformer(13)
+    derived = {
+        "rename": lambda: derive.rename(a, {k: "net." + k for k in a}),
+        "transpose": lambda: derive.transpose(a),
+        "scale": lambda: derive.scale(a, 3.0),
+    }[derivation]()
+    report = _report(tmp_path, a, derived.tensors)
+    rng = np.random.default_rng(14)
+    lokr = {
+        "lokr_w1": rng.standard_normal((4, 4)).astype(np.float32),
+        "lokr_w2_a": rng.standard_normal((32, 2)).astype(np.float32),
+        "lokr_w2_b": rng.standard_normal((2, 32)).astype(np.float32),
     }
-    result, _ = _convert(tmp_path, lora, report)
-    assert result.exit_code == 2
+    loha = {
+        name: rng.standard_normal(shape).astype(np.float32)
+        for name, shape in (
+            ("hada_w1_a", (128, 4)),
+            ("hada_w1_b", (4, 128)),
+            ("hada_w2_a", (128, 4)),
+            ("hada_w2_b", (4, 128)),
+        )
+    }
+    lora = {f"lycoris_layer_0_attn_q.{k}": v for k, v in lokr.items()}
+    lora |= {f"lycoris_layer_1_attn_v.{k}": v for k, v in loha.items()}
+    lora["lycoris_layer_0_attn_q.alpha"] = np.array(2.0, np.float32)
+    lora["lycoris_layer_1_attn_v.alpha"] = np.array(4.0, np.float32)
+    result, out = _convert(tmp_path, lora, report, "--verify", "--strict")
+    assert result.exit_code == 0, result.output
+    assert float(result.output.rsplit("=", 1)[1].split()[0]) < 1e-6
+    written = load_file(str(out))
+    truth = {t.a: t.b for t in derived.truth}
+    factor = 3.0 if derivation == "scale" else 1.0
+    for a_key, parts, alpha, delta in (
+        ("layer.0.attn.q.weight", lokr, 2.0, _lokr_delta),
+        ("layer.1.attn.v.weight", loha, 4.0, _loha_delta),
+    ):
+        prefix = "diffusion_model." + truth[a_key].removesuffix(".weight")
+        got_parts = {
+            k.rsplit(".", 1)[1]: v
+            for k, v in written.items()
+            if k.startswith(prefix + ".") and not k.endswith("alpha")
+        }
+        assert set(got_parts) == set(parts), sorted(written)
+        expected = factor * delta(parts, alpha)
+        if derivation == "transpose":
+            expected = expected.T
+        np.testing.assert_allclose(
+            delta(got_parts, float(written[prefix + ".alpha"])), expected, rtol=1e-5, atol=1e-6
+        )
+
+
+def test_lokr_on_a_fused_target_is_a_full_delta_only_when_allowed(tmp_path: Path) -> None:
+    a = derive.toy_transformer(15)
+    qkv = ["layer.0.attn.q.weight", "layer.0.attn.k.weight", "layer.0.attn.v.weight"]
+    derived = derive.fuse(a, [qkv])
+    report = _report(tmp_path, a, derived.tensors)
+    rng = np.random.default_rng(16)
+    lora = {
+        "lycoris_layer_0_attn_k.lokr_w1": rng.standard_normal((4, 4)).astype(np.float32),
+        "lycoris_layer_0_attn_k.lokr_w2": rng.standard_normal((32, 32)).astype(np.float32),
+    }
+    refused, _ = _convert(tmp_path, lora, report)
+    assert refused.exit_code == 2
     assert (
-        "no module could be converted (lycoris_layer_0_attn_q.lokr_w1: LoKr (LyCORIS) is not converted yet"
-        in result.output
+        "LoKr (LyCORIS) cannot follow concat:0 as factors; --allow-full-delta writes it as a full delta"
+        in refused.output
     )
+    allowed, out = _convert(tmp_path, lora, report, "--allow-full-delta", "--verify", "--strict")
+    assert allowed.exit_code == 0, allowed.output
+    diff = load_file(str(out))["diffusion_model.fused.0.diff"]
+    expected = np.zeros((384, 128))
+    expected[128:256] = _lokr_delta({k.rsplit(".", 1)[1]: v for k, v in lora.items()})
+    np.testing.assert_allclose(diff, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_delta_that_lands_nowhere_in_b_is_reported_verified_and_strict(tmp_path: Path) -> None:

@@ -38,6 +38,13 @@ def lora_convert_command(
     ] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Check ΔW_B = T(ΔW_A) for every module.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail if any module cannot be converted.")] = False,
+    allow_full_delta: Annotated[
+        bool,
+        typer.Option(
+            "--allow-full-delta",
+            help="Write a LoKr/LoHa module whose target its factors cannot follow as its exact full delta.",
+        ),
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Convert a LoRA made for A into B's key space: rename, fuse, split, transpose, reshape, scale."""
@@ -45,7 +52,14 @@ def lora_convert_command(
 
     with user_errors():
         conversion = convert_lora(
-            lora, report, out, output_format=format, source_format=from_format, verify=verify, strict=strict
+            lora,
+            report,
+            out,
+            output_format=format,
+            source_format=from_format,
+            verify=verify,
+            strict=strict,
+            allow_full_delta=allow_full_delta,
         )
     if not quiet:
         partly = f", {len(conversion.partial)} only in part" if conversion.partial else ""

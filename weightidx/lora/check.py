@@ -3,9 +3,9 @@
 A module loads when its name resolves to one of the model's weights (``names.Resolver``) and its
 factors fit that weight's shape (``up`` rows = the weight's rows, ``down`` columns = the rest of
 its dimensions). Everything else in the file is listed with the reason it would be ignored:
-a name that fits no weight (with the nearest), or several; factors of the wrong shape; a kind
-this tool does not apply (LoKr, LoHa, DoRA, full deltas: ``convert._OTHER_KINDS``); an unknown
-tensor.
+a name that fits no weight (with the nearest), or several; factors of the wrong shape (LoRA,
+LoKr, LoHa); a kind this tool does not apply (DoRA, full deltas: ``convert._OTHER_KINDS``); an
+unknown tensor.
 """
 
 from __future__ import annotations
@@ -63,6 +63,19 @@ def check_lora(lora: Path | str, model: Path | str, cache: Path | None = None) -
             )
             continue
         result.loads.append({"module": module.target, "weight": module.target, "rank": module.rank})
+    for module in read.lycoris:
+        reason = module.problem() or module.unresolved
+        if (
+            reason is None
+            and module.target is not None
+            and module.delta().shape != view_2d(shapes[module.target])
+        ):
+            reason = f"{module.label} factors do not fit the weight {list(shapes[module.target])}"
+        if reason is None:
+            result.loads.append({"module": module.target, "weight": module.target, "kind": module.kind})
+        else:
+            parts = ", ".join(f"{module.name}.{part}" for part in module.parts)
+            result.ignored.append({"item": parts, "reason": reason})
     for other in read.others:
         kind = other["kind"]
         reason = (

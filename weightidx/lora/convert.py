@@ -40,6 +40,8 @@ from weightidx.errors import LoraError
 from weightidx.fingerprint.sketch import view_2d
 from weightidx.io.atomic import atomic_path
 from weightidx.io.safetensors import ShardReader, TensorSpec, decode, open_checkpoint, write_safetensors
+from weightidx.lora.lycoris import PART as LYCORIS_PART
+from weightidx.lora.lycoris import LycorisModule
 from weightidx.lora.names import Resolved, Resolver
 from weightidx.naming import lora_wrappers
 
@@ -107,12 +109,10 @@ class Conversion:
         }
 
 
-#: Kinds of adapter tensors other than LoRA factors: recognised, named, and refused until
-#: converted (LyCORIS: ``lycoris/modules/{lokr,loha}.py``; DoRA: Liu et al. 2024; full deltas:
-#: ComfyUI's ``comfy/lora.py``).
+#: Kinds of adapter tensors recognised, named, and refused until converted (DoRA: Liu et al.
+#: 2024; LoCon's middle factor: LyCORIS ``lycoris/modules/locon.py``). LoRA factors, full deltas
+#: and LoKr/LoHa (``lycoris.py``) are converted.
 _OTHER_KINDS = (
-    (re.compile(r"\.lokr_(w1|w2|w1_a|w1_b|w2_a|w2_b|t2)$"), "LoKr (LyCORIS)"),
-    (re.compile(r"\.hada_(w1_a|w1_b|w2_a|w2_b|t1|t2)$"), "LoHa (LyCORIS)"),
     (re.compile(r"\.dora_scale$"), "DoRA magnitude"),
     (re.compile(r"\.(lora_mid|lora_A2|lora_B2)\.weight$"), "LoCon middle factor"),
 )
@@ -120,13 +120,14 @@ _OTHER_KINDS = (
 
 @dataclass
 class LoraFile:
-    """A LoRA file read: its format, its modules, the tensors that are no LoRA factor (each with
-    its kind), and the file's metadata."""
+    """A LoRA file read: its format, its LoRA modules, its LoKr/LoHa modules, the tensors that
+    are neither (each with its kind), and the file's metadata."""
 
     format: str
     modules: list[LoraModule]
     others: list[dict]
     metadata: dict[str, str]
+    lycoris: list[LycorisModule] = field(default_factory=list)
 
 
 def read_lora(path: Path | str, a_keys: set[str], forced: str | None = None) -> tuple[str, list[LoraModule]]:
@@ -161,6 +162,7 @@ def read_lora_file(
     parts: dict[str, dict[str, object]] = defaultdict(dict)
     others: list[dict] = []
     deltas: list[tuple[str, str, str, np.ndarray]] = []
+    lycoris: dict[str, LycorisModule] = {}
     for key, (dtype, values) in tensors.items():
         factor, alpha = _FACTOR.match(key), _ALPHA.match(key)
         if factor:
@@ -173,11 +175,18 @@ def read_lora_file(
             parts[alpha["module"]].setdefault("keys", []).append(key)  # type: ignore[union-attr]
         elif delta := _DELTA.match(key):
             deltas.append((delta["module"], delta["kind"], dtype, values))
+        elif part := LYCORIS_PART.match(key):
+            kind = "lokr" if part["part"].startswith("lokr") else "loha"
+            module = lycoris.setdefault(part["module"], LycorisModule(kind, part["module"], dtype=dtype))
+            module.parts[part["part"]] = values
         else:
             kind_name = next((name for pattern, name in _OTHER_KINDS if pattern.search(key)), None)
             others.append({"tensor": key, "kind": kind_name or "unknown"})
     modules = []
     for name, found in parts.items():
+        if "down" not in found and "up" not in found and name in lycoris:  # a LoKr/LoHa module's alpha
+            lycoris[name].alpha = found.get("alpha")  # type: ignore[assignment]
+            continue
         if "down" not in found or "up" not in found:
             if "down" not in found and "up" not in found:  # LoKr and LoHa modules carry an alpha too
                 kind = "alpha of a module with no LoRA factors"
@@ -197,7 +206,10 @@ def read_lora_file(
         )
     for name, kind, dtype, values in deltas:
         modules.append(_delta_module(resolver.resolve(name), name, kind, dtype, values, a_keys))
-    return LoraFile(fmt, modules, others, metadata)
+    for module in lycoris.values():
+        resolved = resolver.resolve(module.name)
+        module.target, module.unresolved = resolved.key, resolved.reason
+    return LoraFile(fmt, modules, others, metadata, list(lycoris.values()))
 
 
 def _delta_module(
@@ -612,8 +624,12 @@ def convert_lora(
     source_format: str | None = None,
     verify: bool = False,
     strict: bool = False,
+    allow_full_delta: bool = False,
 ) -> Conversion:
     """Convert a LoRA for model A into model B's key space using ``weightidx compare A B -o report``.
+
+    ``allow_full_delta``: a LoKr/LoHa module whose target its factors cannot follow (a slice of a
+    fused tensor, a reordering, a selection) is written as its exact full delta (``diff``).
 
     Writes ``out`` (safetensors, atomically), ``out`` + ``.conversion.json`` (what was converted
     and what was refused, with reasons) and, for PEFT, ``adapter_config.json`` beside ``out``.
@@ -643,7 +659,10 @@ def convert_lora(
             m if m.kind == "lora" or m.unresolved else replace(m, unresolved=reason.format(m.kind))
             for m in modules
         ]
+    carried, full, lycoris_refused = plan_lycoris(read.lycoris, targets, a_shapes, fmt_out, allow_full_delta)
+    modules = modules + full
     planned, refused = convert_modules(modules, targets, a_shapes, b_shapes)
+    refused += lycoris_refused
     refused += [
         {"module": other["tensor"], "tensors": [other["tensor"]], "reason": _other_reason(other["kind"])}
         for other in read.others
@@ -655,7 +674,7 @@ def convert_lora(
             f"{len(refused) + len(partial)} module(s) or tensor(s) cannot be converted whole (--strict), "
             f"e.g. {first['module']}: {first['reason']}; nothing was written"
         )
-    if not planned:
+    if not planned and not carried:
         raise LoraError(
             f"{lora}: no module could be converted "
             f"({refused[0]['module'] + ': ' + refused[0]['reason'] if refused else 'empty'})"
@@ -678,11 +697,31 @@ def convert_lora(
                 "rank": plan.module.rank if plan.module.kind == "lora" else None,
             }
         )
+    for source, moved, target in carried:
+        conversion.converted.append(
+            {
+                "b": moved.target,
+                "kind": moved.kind,
+                "from": [
+                    {
+                        "a": source.target,
+                        "a_slice": None,
+                        "b_slice": None,
+                        "transform": [str(x) for x in target.transform],
+                    }
+                ],
+                "rank": None,
+            }
+        )
     if verify:  # against the whole of T(ΔW_A): what landed nowhere in B counts as error too
         conversion.worst_relative_error = max(
             [
                 relative_error(_as_written(p.module).delta(), expected_delta(p, b_shapes[p.module.target]))
                 for p in planned
+            ]
+            + [
+                relative_error(_lycoris_as_written(moved).delta(), _lycoris_expected(source, target))
+                for source, moved, target in carried
             ]
             + [part["lost_share"] for part in partial]
         )
@@ -703,8 +742,97 @@ def convert_lora(
             "weightidx_format": fmt_out,
         },
         b_shapes,
+        [moved for _, moved, _ in carried],
     )
     return conversion
+
+
+_FACTOR_PRESERVING = {"rename", "cast", "scale", "transpose", "quantise"}
+
+
+def plan_lycoris(
+    found: list[LycorisModule],
+    targets: list[Target],
+    a_shapes: dict[str, tuple],
+    fmt: str,
+    allow_full_delta: bool,
+) -> tuple[list[tuple[LycorisModule, LycorisModule, Target]], list[LoraModule], list[dict]]:
+    """LoKr/LoHa modules: (source, moved, target) for those whose factors follow the transform
+    exactly (``lycoris.py``), full deltas for the others when allowed, refusals for the rest."""
+    by_a: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        if target.verdict != "different":
+            by_a[target.a_key].append(target)
+    kept, full, refused = [], [], []
+    for module in found:
+        tensors = [f"{module.name}.{part}" for part in module.parts] + (
+            [f"{module.name}.alpha"] if module.alpha is not None else []
+        )
+        reason = module.problem() or module.unresolved
+        mine = by_a.get(module.target or "", [])
+        if reason is None and not mine:
+            reason = "the report matches this weight to nothing in B"
+        if reason is None and module.target is not None and len(a_shapes[module.target]) != 2:
+            reason = f"{module.label} on a weight that is not 2-D is not converted"
+        if reason is None and module.delta().shape != view_2d(a_shapes[module.target or ""]):
+            reason = f"{module.label} factors do not fit A's weight {list(a_shapes[module.target or ''])}"
+        if reason is None:
+            whole = len(mine) == 1 and mine[0].a_slice is None and mine[0].b_slice is None
+            simple = whole and mine[0].permutation is None and mine[0].rows is None and mine[0].cols is None
+            if (
+                simple
+                and {t.kind for t in mine[0].transform} <= _FACTOR_PRESERVING
+                and fmt in ("comfyui", "kohya")
+            ):
+                target = mine[0]
+                kept.append(
+                    (module, module.moved(target.b_key, target.scale, target.has("transpose")), target)
+                )
+                continue
+            if allow_full_delta and fmt in ("comfyui", "kohya"):
+                values = module.delta().reshape(a_shapes[module.target or ""])
+                full.append(
+                    _delta_module(
+                        Resolved(module.target), module.name, "diff", module.dtype, values, set(a_shapes)
+                    )
+                )
+                continue
+            steps = sorted({str(t) for target in mine for t in target.transform} - {"rename"})
+            reason = f"{module.label} cannot follow {', '.join(steps) or 'a slice'} as factors" + (
+                "; --allow-full-delta writes it as a full delta"
+                if fmt in ("comfyui", "kohya")
+                else f" and the {fmt} format has no LoKr/LoHa or full deltas"
+            )
+        refused.append({"module": module.target or module.name, "tensors": tensors, "reason": reason})
+    return kept, full, refused
+
+
+def _lycoris_as_written(module: LycorisModule) -> LycorisModule:
+    from weightidx.io.safetensors import encode
+
+    parts = {
+        n: decode(encode(v, module.dtype), module.dtype).reshape(v.shape) for n, v in module.parts.items()
+    }
+    return LycorisModule(module.kind, module.name, parts, module.alpha, module.dtype, module.target)
+
+
+def _lycoris_expected(source: LycorisModule, target: Target) -> np.ndarray:
+    expected = source.delta() * target.scale
+    return expected.T if target.has("transpose") else expected
+
+
+def _lycoris_specs(module: LycorisModule, fmt: str) -> list[TensorSpec]:
+    name = _unwrapped(_module_name(module.target or module.name), fmt)
+    prefix = f"lora_unet_{name.replace('.', '_')}" if fmt == "kohya" else f"diffusion_model.{name}"
+    specs = [
+        TensorSpec(f"{prefix}.{part}", module.dtype, tuple(values.shape), lambda v=values: v)
+        for part, values in module.parts.items()
+    ]
+    if module.alpha is not None:
+        specs.append(
+            TensorSpec(f"{prefix}.alpha", "F32", (), lambda a=module.alpha: np.array(a, dtype=np.float32))
+        )
+    return specs
 
 
 def _other_reason(kind: str) -> str:
@@ -804,8 +932,10 @@ def _write(
     conversion: Conversion,
     metadata: dict,
     shapes: dict[str, tuple] | None = None,
+    lycoris: list[LycorisModule] | None = None,
 ) -> None:
     specs, config = lora_tensors(modules, fmt, shapes)
+    specs += [spec for module in lycoris or [] for spec in _lycoris_specs(module, fmt)]
     sidecar = out.with_name(out.name + ".conversion.json")
     write_safetensors(out, specs, metadata)
     with atomic_path(sidecar) as temporary:

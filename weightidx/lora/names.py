@@ -10,7 +10,7 @@ A key written exactly as the module name (with or without a known wrapper, with 
 ``.weight``) is taken first. Otherwise:
 
 1. known wrappers are stripped from the front, repeatedly (``naming.lora_wrappers`` and the
-   kohya prefixes ``lora_unet_``, ``lora_transformer_``);
+   kohya and LyCORIS prefixes ``lora_unet_``, ``lora_transformer_``, ``lycoris_``);
 2. ``.`` and ``_`` count as one separator: every run of them becomes ``_``;
 3. a trailing ``weight`` and trailing separators are dropped.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from weightidx.naming import lora_wrappers
 
-_KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_", "unet.")
+_KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_", "lycoris_", "unet.")
 _TEXT_ENCODER = re.compile(r"^(lora_te\d*_|text_encoder(_\d+)?[._]|te\d*[._])")
 _SEPARATORS = re.compile(r"[._]+")
 
