@@ -293,7 +293,7 @@ def test_demo_wan_lora_converts_to_the_longcat_layout(demo_pair, tmp_path: Path)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     # 26 modules for A: q, k, v fuse into one qkv per block, cross-attention k, v into one kv
-    assert lines[0].startswith("17 module(s) converted (comfyui -> comfyui), 0 refused")
+    assert lines[0].startswith("17 module(s) converted from 26 (comfyui -> comfyui), 0 refused")
     assert float(lines[-1].rsplit("= ", 1)[1]) < 1e-6
     got = converted_deltas(
         tmp_path / "longcat_lora.safetensors",

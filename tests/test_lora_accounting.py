@@ -98,20 +98,28 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     lora["diffusion_model.layer.1.attn.k.diff_b"] = rng.standard_normal(128).astype(np.float32)
     lora["diffusion_model.layer.0.attn.q.dora_scale"] = rng.standard_normal((128, 1)).astype(np.float32)
     lora["lycoris_layer_0_mlp_up.alpha"] = np.array(4.0, dtype=np.float32)
+    lora["diffusion_model.layer.0.mlp.up.diff_b"] = rng.standard_normal(512).astype(
+        np.float32
+    )  # no such bias
     result, out = _convert(tmp_path, lora, report)
     assert result.exit_code == 0, result.output
     conversion = json.loads(out.with_name(out.name + ".conversion.json").read_text())
     written = load_file(str(out))
     refused = {t for r in conversion["refused"] for t in r["tensors"]}
-    converted = {k for k in lora if ".lora_" in k or k.endswith(".diff_b")}
+    converted = {k for k in lora if ".lora_" in k or (k.endswith(".diff_b") and "mlp" not in k)}
     assert refused == set(lora) - converted  # nothing dropped without a word
     assert len(written) == len(converted) and len(conversion["converted"]) == 4
     np.testing.assert_allclose(
         written["diffusion_model.layer.0.attn.q.diff_b"], lora["diffusion_model.layer.0.attn.q.diff_b"]
     )
     entries = len(conversion["refused"])
-    assert result.output.startswith(f"4 module(s) converted (comfyui -> comfyui), {entries} refused")
+    inputs = 2 + 3 + 3 + 8  # LoRA modules, bias deltas, LoKr names with a w1 only, with a w2 only
+    assert result.output.startswith(
+        f"4 module(s) converted from {inputs} (comfyui -> comfyui), {entries} refused"
+    )
+    assert all(r["tensors"] for r in conversion["refused"])  # each refusal names the input's tensors
     kinds = {r["tensors"][0]: r["reason"] for r in conversion["refused"]}
+    assert kinds["diffusion_model.layer.0.mlp.up.diff_b"] == "A's weight layer.0.mlp.up.weight has no bias"
     assert kinds["lycoris_layer_0_mlp_up.lokr_w1"].startswith("LoKr (LyCORIS) module without its w2")
     assert kinds["diffusion_model.layer.0.attn.q.dora_scale"].startswith(
         "DoRA magnitude is not converted yet"
@@ -309,7 +317,8 @@ def test_lora_check_lists_what_would_be_ignored(tmp_path: Path) -> None:
         for line in lines
     )
     assert any(
-        "layer.1.mlp.up.weight" in line and "do not fit the weight [512, 128]" in line for line in lines
+        "lora_unet_layer_1_mlp_up.lora_down" in line and "do not fit the weight [512, 128]" in line
+        for line in lines
     )
     assert any("lora_te1" in line and "text-encoder" in line for line in lines)
     assert any("hada_w1_a" in line and "LoHa (LyCORIS)" in line for line in lines)
@@ -320,7 +329,7 @@ def test_lora_check_lists_what_would_be_ignored(tmp_path: Path) -> None:
     )
     assert as_json.exit_code == 0
     assert json.loads(as_json.output)["loads"] == [
-        {"module": "layer.0.attn.q.weight", "weight": "layer.0.attn.q.weight", "rank": 4}
+        {"module": "lora_unet_layer_0_attn_q", "weight": "layer.0.attn.q.weight", "rank": 4}
     ]
 
 

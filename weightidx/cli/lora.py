@@ -64,7 +64,8 @@ def lora_convert_command(
     if not quiet:
         partly = f", {len(conversion.partial)} only in part" if conversion.partial else ""
         print(
-            f"{len(conversion.converted)} module(s) converted ({conversion.source_format} -> "
+            f"{len(conversion.converted)} module(s) converted from {conversion.input_modules} "
+            f"({conversion.source_format} -> "
             f"{conversion.output_format}){partly}, {len(conversion.refused)} refused -> {out}"
         )
         for part in conversion.partial:

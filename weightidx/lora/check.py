@@ -47,22 +47,21 @@ def check_lora(lora: Path | str, model: Path | str, cache: Path | None = None) -
     result = LoraCheck(Path(lora).name, indexed.name)
     for module in read.modules:
         if module.unresolved is not None or module.target not in shapes:
-            result.ignored.append(
-                {"item": module.target, "reason": module.unresolved or "no weight of that name"}
-            )
+            item = ", ".join(module.keys) or module.target
+            result.ignored.append({"item": item, "reason": module.unresolved or "no weight of that name"})
             continue
         shape = shapes[module.target]
         rows, cols = view_2d(shape)
         if len(shape) < 2 or module.up.shape[0] != rows or math.prod(module.down.shape[1:]) != cols:
             result.ignored.append(
                 {
-                    "item": module.target,
+                    "item": ", ".join(module.keys) or module.target,
                     "reason": f"factor shapes up {list(module.up.shape)} / down {list(module.down.shape)} "
                     f"do not fit the weight {list(shape)}",
                 }
             )
             continue
-        result.loads.append({"module": module.target, "weight": module.target, "rank": module.rank})
+        result.loads.append({"module": module.name, "weight": module.target, "rank": module.rank})
     for module in read.lycoris:
         reason = module.problem() or module.unresolved
         if (
@@ -72,14 +71,14 @@ def check_lora(lora: Path | str, model: Path | str, cache: Path | None = None) -
         ):
             reason = f"{module.label} factors do not fit the weight {list(shapes[module.target])}"
         if reason is None:
-            result.loads.append({"module": module.target, "weight": module.target, "kind": module.kind})
+            result.loads.append({"module": module.name, "weight": module.target, "kind": module.kind})
         else:
             parts = ", ".join(f"{module.name}.{part}" for part in module.parts)
             result.ignored.append({"item": parts, "reason": reason})
     for other in read.others:
         kind = other["kind"]
         reason = (
-            "not a tensor any LoRA loader knows"
+            "not a LoRA factor, alpha or adapter tensor weightidx knows"
             if kind == "unknown"
             else f"{kind}: not applied by this check"
         )

@@ -62,6 +62,8 @@ class LoraModule:
     alpha: float | None
     dtype: str
     unresolved: str | None = None
+    name: str = ""  # the module's name as the LoRA file writes it
+    keys: tuple[str, ...] = ()  # the LoRA file's tensors this module is read from
     #: "lora", or a full delta written as such: "diff" (ΔW), "diff_b" (a bias's Δb) or
     #: "set_weight" (the new weight). A full delta D rides the same factor transforms as
     #: up = D, down = I (or up = I, down = D, whichever rank is smaller): T(D) is exact.
@@ -96,11 +98,13 @@ class Conversion:
     partial: list[dict] = field(default_factory=list)
     metadata_kept: list[str] = field(default_factory=list)
     worst_relative_error: float | None = None
+    input_modules: int = 0  # LoRA, LoKr/LoHa and full-delta modules read (fused ones write fewer)
 
     def as_json(self) -> dict:
         return {
             "source_format": self.source_format,
             "output_format": self.output_format,
+            "input_modules": self.input_modules,
             "converted": self.converted,
             "refused": self.refused,
             "partial": self.partial,
@@ -201,11 +205,15 @@ def read_lora_file(
         if fmt == "peft":
             alpha = peft_alpha.get(_strip(name), peft_alpha.get("*"))
         target = resolved.key or name
+        keys = tuple(found.get("keys", ()))  # type: ignore[arg-type]
         modules.append(
-            LoraModule(target, found["down"], found["up"], alpha, str(found["dtype"]), resolved.reason)
+            LoraModule(
+                target, found["down"], found["up"], alpha, str(found["dtype"]), resolved.reason, name, keys
+            )
         )
     for name, kind, dtype, values in deltas:
-        modules.append(_delta_module(resolver.resolve(name), name, kind, dtype, values, a_keys))
+        delta_module = _delta_module(resolver.resolve(name), name, kind, dtype, values, a_keys, label)
+        modules.append(replace(delta_module, keys=(f"{name}.{kind}",)))
     for module in lycoris.values():
         resolved = resolver.resolve(module.name)
         module.target, module.unresolved = resolved.key, resolved.reason
@@ -213,7 +221,13 @@ def read_lora_file(
 
 
 def _delta_module(
-    resolved: Resolved, name: str, kind: str, dtype: str, values: np.ndarray, a_keys: set[str]
+    resolved: Resolved,
+    name: str,
+    kind: str,
+    dtype: str,
+    values: np.ndarray,
+    a_keys: set[str],
+    label: str = "A",
 ) -> LoraModule:
     """A full delta as a module of factors (``LoraModule.kind``); a bias delta targets the bias
     beside the weight its name resolves to."""
@@ -221,7 +235,7 @@ def _delta_module(
     if kind == "diff_b" and resolved.key is not None:
         target = resolved.key.removesuffix(".weight") + ".bias"
         if target not in a_keys:
-            reason = "A's weight of this name has no bias"
+            target, reason = name, f"{label}'s weight {resolved.key} has no bias"
     matrix = np.asarray(values, dtype=np.float64).reshape(view_2d(values.shape))
     rows, cols = matrix.shape
     if cols <= rows:
@@ -229,7 +243,7 @@ def _delta_module(
     else:
         up, down = np.eye(rows), matrix
     down = down.reshape(down.shape[0], *values.shape[1:]) if values.ndim > 1 else down
-    return LoraModule(target, down, up, None, dtype, reason, kind)
+    return LoraModule(target, down, up, None, dtype, reason, name, kind=kind)
 
 
 def _load_all(path: Path) -> tuple[dict[str, tuple[str, np.ndarray]], dict[str, str]]:
@@ -404,7 +418,7 @@ def convert_modules(
     for module in modules:
         reason = _refusal(module, by_a.get(module.target, []), a_shapes)
         if reason:
-            refused.append({"module": module.target, "reason": reason})
+            refused.append({"module": module.target, "tensors": list(module.keys), "reason": reason})
             continue
         for target in by_a[module.target]:
             if target.b_slice is not None:  # LoRA factors and full deltas fuse apart
@@ -679,7 +693,9 @@ def convert_lora(
             f"{lora}: no module could be converted "
             f"({refused[0]['module'] + ': ' + refused[0]['reason'] if refused else 'empty'})"
         )
-    conversion = Conversion(fmt_in, fmt_out, refused=refused, partial=partial)
+    conversion = Conversion(
+        fmt_in, fmt_out, refused=refused, partial=partial, input_modules=len(read.modules) + len(read.lycoris)
+    )
     for plan in planned:
         conversion.converted.append(
             {
