@@ -807,11 +807,10 @@ def plan_lycoris(
                 continue
             if allow_full_delta and fmt in ("comfyui", "kohya"):
                 values = module.delta().reshape(a_shapes[module.target or ""])
-                full.append(
-                    _delta_module(
-                        Resolved(module.target), module.name, "diff", module.dtype, values, set(a_shapes)
-                    )
+                delta = _delta_module(
+                    Resolved(module.target), module.name, "diff", module.dtype, values, set(a_shapes)
                 )
+                full.append(replace(delta, keys=tuple(tensors)))
                 continue
             steps = sorted({str(t) for target in mine for t in target.transform} - {"rename"})
             reason = f"{module.label} cannot follow {', '.join(steps) or 'a slice'} as factors" + (
