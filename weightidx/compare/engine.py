@@ -591,24 +591,11 @@ class _RankCache:
             self.found[side, key, transposed] = None if ranks is None else ranks.astype(np.float32)
         return self.found[side, key, transposed]
 
-    def correlation(self, row_a: dict, row_b: dict, transposed: bool = False) -> tuple[float, int] | None:
-        """The samples' rank correlation and free values, or None when the lattices differ or a
-        grid is constant."""
-        lattice_a = [row_a[k] for k in self._LATTICE]
-        lattice_b = [row_b[k] for k in self._LATTICE]
-        if transposed:
-            lattice_b = [lattice_b[1], lattice_b[0], lattice_b[3], lattice_b[2]]
-        if lattice_a != lattice_b:
-            return None
-        ra, rb = self.ranks("a", row_a["key"]), self.ranks("b", row_b["key"], transposed)
-        if ra is None or rb is None:
-            return None
-        return _dot64(ra, rb), grid_values((int(row_a["sample_rows"]), int(row_a["sample_cols"])))
-
-    def same_view(self, row_a: dict, row_b: dict, transposed: bool = False) -> Evidence | bool | None:
-        """The samples' evidence of two tensors of one view (or B transposed); False when the
-        lattices differ or the pair may be claimed (the grids are then judged in full, shuffles
-        included)."""
+    def _rank_pair(
+        self, row_a: dict, row_b: dict, transposed: bool
+    ) -> tuple[np.ndarray, np.ndarray] | bool | None:
+        """Both tensors' sample ranks; False when their sample lattices differ (B's transposed
+        with ``transposed``), None when a grid is constant."""
         lattice_a = [row_a[k] for k in self._LATTICE]
         lattice_b = [row_b[k] for k in self._LATTICE]
         if transposed:
@@ -616,10 +603,25 @@ class _RankCache:
         if lattice_a != lattice_b:
             return False
         ra, rb = self.ranks("a", row_a["key"]), self.ranks("b", row_b["key"], transposed)
-        if ra is None or rb is None:
+        return None if ra is None or rb is None else (ra, rb)
+
+    def correlation(self, row_a: dict, row_b: dict, transposed: bool = False) -> tuple[float, int] | None:
+        """The samples' rank correlation and free values, or None when the lattices differ or a
+        grid is constant."""
+        pair = self._rank_pair(row_a, row_b, transposed)
+        if not isinstance(pair, tuple):
             return None
+        return _dot64(*pair), grid_values((int(row_a["sample_rows"]), int(row_a["sample_cols"])))
+
+    def same_view(self, row_a: dict, row_b: dict, transposed: bool = False) -> Evidence | bool | None:
+        """The samples' evidence of two tensors of one view (or B transposed); False when the
+        lattices differ or the pair may be claimed (the grids are then judged in full, shuffles
+        included)."""
+        pair = self._rank_pair(row_a, row_b, transposed)
+        if not isinstance(pair, tuple):
+            return pair
         shape = (int(row_a["sample_rows"]), int(row_a["sample_cols"]))
-        found = evidence("sample", _dot64(ra, rb), grid_values(shape))
+        found = evidence("sample", _dot64(*pair), grid_values(shape))
         return False if found is not None and found.p_value <= SHUFFLE_BELOW_P else found
 
 

@@ -581,6 +581,17 @@ def _unwrapped(name: str, fmt: str) -> str:
     return name
 
 
+def _prefix(stem: str, fmt: str) -> str:
+    """The key prefix of B's module ``stem`` in ``fmt``: kohya's ``lora_unet_`` with ``_`` for
+    ``.``, else the format's loader wrapper (once: ``_unwrapped``)."""
+    name = _unwrapped(stem, fmt)
+    if fmt == "kohya":
+        return f"lora_unet_{name.replace('.', '_')}"
+    return {"comfyui": "diffusion_model.", "diffusers": "transformer.", "peft": "base_model.model."}[
+        fmt
+    ] + name
+
+
 def lora_tensors(
     modules: list[LoraModule], fmt: str, shapes: dict[str, tuple] | None = None
 ) -> tuple[list[TensorSpec], dict | None]:
@@ -592,23 +603,14 @@ def lora_tensors(
         if module.kind != "lora":
             specs.append(_delta_spec(module, fmt, (shapes or {})[module.target]))
             continue
-        name = _unwrapped(_module_name(module.target), fmt)
+        prefix = _prefix(_module_name(module.target), fmt)
         up, down, alpha = module.up, module.down, module.alpha
         if fmt in ("diffusers", "peft"):  # these formats carry no alpha: fold the scale into up
             up, alpha = up * module.scale, None
         if fmt == "kohya":
-            prefix, down_key, up_key = (
-                f"lora_unet_{name.replace('.', '_')}",
-                "lora_down.weight",
-                "lora_up.weight",
-            )
+            down_key, up_key = "lora_down.weight", "lora_up.weight"
         else:
-            wrapper = {
-                "comfyui": "diffusion_model.",
-                "diffusers": "transformer.",
-                "peft": "base_model.model.",
-            }[fmt]
-            prefix, down_key, up_key = wrapper + name, "lora_A.weight", "lora_B.weight"
+            down_key, up_key = "lora_A.weight", "lora_B.weight"
         specs.append(TensorSpec(f"{prefix}.{down_key}", module.dtype, tuple(down.shape), lambda v=down: v))
         specs.append(TensorSpec(f"{prefix}.{up_key}", module.dtype, tuple(up.shape), lambda v=up: v))
         if alpha is not None:
@@ -837,8 +839,7 @@ def _lycoris_expected(source: LycorisModule, target: Target) -> np.ndarray:
 
 
 def _lycoris_specs(module: LycorisModule, fmt: str) -> list[TensorSpec]:
-    name = _unwrapped(_module_name(module.target or module.name), fmt)
-    prefix = f"lora_unet_{name.replace('.', '_')}" if fmt == "kohya" else f"diffusion_model.{name}"
+    prefix = _prefix(_module_name(module.target or module.name), fmt)
     specs = [
         TensorSpec(f"{prefix}.{part}", module.dtype, tuple(values.shape), lambda v=values: v)
         for part, values in module.parts.items()
@@ -934,8 +935,7 @@ def _delta_spec(module: LoraModule, fmt: str, shape: tuple) -> TensorSpec:
     """A full delta as one tensor, ``<module>.diff`` (``.diff_b``, ``.set_weight``) in ComfyUI's
     naming (kohya's module names for ``kohya``)."""
     stem = module.target.removesuffix(".bias") if module.kind == "diff_b" else _module_name(module.target)
-    name = _unwrapped(stem, fmt)
-    prefix = f"lora_unet_{name.replace('.', '_')}" if fmt == "kohya" else f"diffusion_model.{name}"
+    prefix = _prefix(stem, fmt)
     values = module.delta().reshape(shape)
     return TensorSpec(f"{prefix}.{module.kind}", module.dtype, tuple(shape), lambda v=values: v)
 
