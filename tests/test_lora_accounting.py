@@ -106,7 +106,11 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     conversion = json.loads(out.with_name(out.name + ".conversion.json").read_text())
     written = load_file(str(out))
     refused = {t for r in conversion["refused"] for t in r["tensors"]}
-    converted = {k for k in lora if ".lora_" in k or (k.endswith(".diff_b") and "mlp" not in k)}
+    converted = {
+        k
+        for k in lora
+        if ".lora_" in k or k.endswith(".dora_scale") or (k.endswith(".diff_b") and "mlp" not in k)
+    }
     assert refused == set(lora) - converted  # nothing dropped without a word
     assert len(written) == len(converted) and len(conversion["converted"]) == 4
     np.testing.assert_allclose(
@@ -121,9 +125,6 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     kinds = {r["tensors"][0]: r["reason"] for r in conversion["refused"]}
     assert kinds["diffusion_model.layer.0.mlp.up.diff_b"] == "A's weight layer.0.mlp.up.weight has no bias"
     assert kinds["lycoris_layer_0_mlp_up.lokr_w1"].startswith("LoKr (LyCORIS) module without its w2")
-    assert kinds["diffusion_model.layer.0.attn.q.dora_scale"].startswith(
-        "DoRA magnitude is not converted yet"
-    )
     strict, _ = _convert(tmp_path, lora, report, "--strict")
     assert strict.exit_code == 2 and "cannot be converted whole (--strict)" in strict.output
 

@@ -2,9 +2,10 @@
 
 A module loads when its name resolves to one of the model's weights (``names.Resolver``) and its
 factors fit that weight's shape (``up`` rows = the weight's rows, ``down`` columns = the rest of
-its dimensions). Everything else in the file is listed with the reason it would be ignored:
-a name that fits no weight (with the nearest), or several; factors of the wrong shape (LoRA,
-LoKr, LoHa); a kind this tool does not apply (DoRA, full deltas: ``convert._OTHER_KINDS``); an
+its dimensions), with its DoRA magnitude (if any) one value per row or column. Everything else
+in the file is listed with the reason it would be ignored: a name that fits no weight (with the
+nearest), or several; factors or a magnitude of the wrong shape (LoRA, LoKr, LoHa, DoRA); a kind
+this check does not apply (full deltas, LoCon's middle factor: ``convert._OTHER_KINDS``); an
 unknown tensor.
 """
 
@@ -18,6 +19,7 @@ from weightidx.fingerprint.sketch import view_2d
 from weightidx.index.cache import cached_index
 from weightidx.index.reader import is_index_file, load_index
 from weightidx.lora.convert import read_lora_file
+from weightidx.lora.dora import shape_problem
 
 
 @dataclass
@@ -52,6 +54,10 @@ def check_lora(lora: Path | str, model: Path | str, cache: Path | None = None) -
             continue
         shape = shapes[module.target]
         rows, cols = view_2d(shape)
+        magnitude = None if module.magnitude is None else shape_problem(module.magnitude, shape, (rows, cols))
+        if magnitude is not None:
+            result.ignored.append({"item": ", ".join(module.keys), "reason": f"DoRA: {magnitude}"})
+            continue
         if len(shape) < 2 or module.up.shape[0] != rows or math.prod(module.down.shape[1:]) != cols:
             result.ignored.append(
                 {
@@ -70,10 +76,17 @@ def check_lora(lora: Path | str, model: Path | str, cache: Path | None = None) -
             and module.delta().shape != view_2d(shapes[module.target])
         ):
             reason = f"{module.label} factors do not fit the weight {list(shapes[module.target])}"
+        if reason is None and module.magnitude is not None and module.target is not None:
+            shape = shapes[module.target]
+            problem = shape_problem(module.magnitude, shape, view_2d(shape))
+            reason = None if problem is None else f"DoRA: {problem}"
         if reason is None:
             result.loads.append({"module": module.name, "weight": module.target, "kind": module.kind})
         else:
-            parts = ", ".join(f"{module.name}.{part}" for part in module.parts)
+            parts = ", ".join(
+                [f"{module.name}.{part}" for part in module.parts]
+                + ([module.magnitude_key] if module.magnitude_key else [])
+            )
             result.ignored.append({"item": parts, "reason": reason})
     for other in read.others:
         kind = other["kind"]

@@ -26,6 +26,7 @@ import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,12 +35,24 @@ import numpy as np
 from weightidx.compare.gather import compact, expand
 from weightidx.compare.permutation import Permutation
 from weightidx.compare.permutation import apply as apply_permutation
+from weightidx.compare.reads import whole_view
 from weightidx.compare.report import read_report
 from weightidx.compare.types import Transform
-from weightidx.errors import LoraError
+from weightidx.errors import LoraError, WeightidxError
 from weightidx.fingerprint.sketch import view_2d
+from weightidx.index.reader import IndexedModel
 from weightidx.io.atomic import atomic_path
 from weightidx.io.safetensors import ShardReader, TensorSpec, decode, open_checkpoint, write_safetensors
+from weightidx.lora.dora import (
+    MAGNITUDE,
+    Magnitude,
+    change,
+    filled,
+    key_suffix,
+    read_magnitude,
+    shape_problem,
+    stored_shape,
+)
 from weightidx.lora.lycoris import PART as LYCORIS_PART
 from weightidx.lora.lycoris import LycorisModule
 from weightidx.lora.names import Resolved, Resolver
@@ -68,6 +81,7 @@ class LoraModule:
     #: "set_weight" (the new weight). A full delta D rides the same factor transforms as
     #: up = D, down = I (or up = I, down = D, whichever rank is smaller): T(D) is exact.
     kind: str = "lora"
+    magnitude: Magnitude | None = None  # DoRA (``dora.py``)
 
     @property
     def rank(self) -> int:
@@ -113,13 +127,10 @@ class Conversion:
         }
 
 
-#: Kinds of adapter tensors recognised, named, and refused until converted (DoRA: Liu et al.
-#: 2024; LoCon's middle factor: LyCORIS ``lycoris/modules/locon.py``). LoRA factors, full deltas
-#: and LoKr/LoHa (``lycoris.py``) are converted.
-_OTHER_KINDS = (
-    (re.compile(r"\.dora_scale$"), "DoRA magnitude"),
-    (re.compile(r"\.(lora_mid|lora_A2|lora_B2)\.weight$"), "LoCon middle factor"),
-)
+#: Kinds of adapter tensors recognised, named, and refused until converted (LoCon's middle
+#: factor: LyCORIS ``lycoris/modules/locon.py``). LoRA factors, full deltas, LoKr/LoHa
+#: (``lycoris.py``) and DoRA magnitudes (``dora.py``) are converted.
+_OTHER_KINDS = ((re.compile(r"\.(lora_mid|lora_A2|lora_B2)\.weight$"), "LoCon middle factor"),)
 
 
 @dataclass
@@ -167,9 +178,12 @@ def read_lora_file(
     others: list[dict] = []
     deltas: list[tuple[str, str, str, np.ndarray]] = []
     lycoris: dict[str, LycorisModule] = {}
+    magnitudes: dict[str, tuple[str, str, np.ndarray]] = {}
     for key, (dtype, values) in tensors.items():
         factor, alpha = _FACTOR.match(key), _ALPHA.match(key)
-        if factor:
+        if magnitude := MAGNITUDE.match(key):
+            magnitudes[magnitude["module"]] = (key, dtype, values)
+        elif factor:
             kind = "down" if factor["kind"] in ("lora_A", "lora_down") else "up"
             parts[factor["module"]][kind] = values
             parts[factor["module"]]["dtype"] = dtype
@@ -206,9 +220,22 @@ def read_lora_file(
             alpha = peft_alpha.get(_strip(name), peft_alpha.get("*"))
         target = resolved.key or name
         keys = tuple(found.get("keys", ()))  # type: ignore[arg-type]
+        magnitude = None
+        if name in magnitudes:
+            magnitude_key, magnitude_dtype, values = magnitudes.pop(name)
+            magnitude = read_magnitude(values, magnitude_dtype, int(found["up"].shape[0]))  # type: ignore[union-attr]
+            keys += (magnitude_key,)
         modules.append(
             LoraModule(
-                target, found["down"], found["up"], alpha, str(found["dtype"]), resolved.reason, name, keys
+                target,
+                found["down"],
+                found["up"],
+                alpha,
+                str(found["dtype"]),
+                resolved.reason,
+                name,
+                keys,
+                magnitude=magnitude,
             )
         )
     for name, kind, dtype, values in deltas:
@@ -217,6 +244,14 @@ def read_lora_file(
     for module in lycoris.values():
         resolved = resolver.resolve(module.name)
         module.target, module.unresolved = resolved.key, resolved.reason
+        if module.name in magnitudes:
+            module.magnitude_key, magnitude_dtype, values = magnitudes.pop(module.name)
+            if module.problem() is None:
+                module.magnitude = read_magnitude(values, magnitude_dtype, module.delta().shape[0])
+    others += [
+        {"tensor": key, "kind": "DoRA magnitude without its module's factors"}
+        for key, _, _ in magnitudes.values()
+    ]
     return LoraFile(fmt, modules, others, metadata, list(lycoris.values()))
 
 
@@ -307,6 +342,29 @@ def report_index(report: dict, side: str, report_path: Path | str) -> Path:
         f"{report_path}: its index of model {side.upper()} is neither at {recorded} nor beside the report; "
         "put it back, or compare again"
     )
+
+
+#: ``weights(side, key)``: the 2-D view of model ``side``'s ("a" or "b") weight, float64.
+Weights = Callable[[str, str], np.ndarray]
+
+
+def model_weights(reader: ShardReader, a: IndexedModel, b: IndexedModel) -> Weights:
+    """Read A's and B's weights on demand (a DoRA module's change depends on its weight).
+
+    The reader raises ``LoraError`` naming the file when a model's checkpoint is not where
+    its index says."""
+
+    def read(side: str, key: str) -> np.ndarray:
+        model = a if side == "a" else b
+        try:
+            return whole_view(reader, model, key).astype(np.float64)
+        except (OSError, WeightidxError) as exc:
+            raise LoraError(
+                f"{model.root / model.rows[key]['shard']}: model {side.upper()}'s weights are needed for "
+                f"its DoRA modules and cannot be read ({exc}); put the checkpoint back"
+            ) from None
+
+    return read
 
 
 @dataclass(frozen=True)
@@ -406,9 +464,14 @@ class _Planned:
 
 
 def convert_modules(
-    modules: list[LoraModule], targets: list[Target], a_shapes: dict[str, tuple], b_shapes: dict[str, tuple]
+    modules: list[LoraModule],
+    targets: list[Target],
+    a_shapes: dict[str, tuple],
+    b_shapes: dict[str, tuple],
+    weights: Weights | None = None,
 ) -> tuple[list[_Planned], list[dict]]:
-    """Map each A module through its targets; returns the B modules and the refusals."""
+    """Map each A module through its targets; returns the B modules and the refusals.
+    ``weights`` reads B's weights for DoRA modules fused with others (``dora.filled``)."""
     by_a: dict[str, list[Target]] = defaultdict(list)
     for target in targets:
         by_a[target.a_key].append(target)
@@ -426,8 +489,83 @@ def convert_modules(
             else:
                 planned.append(_Planned(_move(module, target, b_shapes[target.b_key]), [(module, target)]))
     for slot, parts in fused.items():
-        planned.append(_Planned(_fuse(parts, b_shapes[slot.split("\0")[0]]), parts))
+        planned.append(_Planned(_fuse(parts, b_shapes[slot.split("\0")[0]], weights), parts))
     return planned, refused
+
+
+def _dora_problem(
+    magnitude: Magnitude,
+    targets: list[Target],
+    a_shape: tuple,
+    b_shapes: dict[str, tuple],
+    fmt: str,
+) -> str | None:
+    """Why a DoRA magnitude cannot follow the targets exactly (``dora.py``), None when it can."""
+    problem = shape_problem(magnitude, a_shape, view_2d(a_shape))
+    if problem is not None:
+        return problem
+    across = "rows" if magnitude.axis == 1 else "columns"
+    for target in targets:
+        if target.verdict == "different":
+            continue
+        b_axis = 1 - magnitude.axis if target.has("transpose") else magnitude.axis
+        if target.a_slice is not None and target.a_slice[0] != magnitude.axis:
+            return f"B holds a slice of A's {across}, which changes the norms its magnitude divides by"
+        if (target.rows is not None and magnitude.axis != 0) or (
+            target.cols is not None and magnitude.axis != 1
+        ):
+            return f"B keeps a selection of A's {across}, which changes the norms its magnitude divides by"
+        if target.b_slice is not None and target.b_slice[0] != b_axis:
+            return f"B's weight joins it with other {across}, which mixes the norms its magnitude divides by"
+        if b_axis == 1 and len(b_shapes[target.b_key]) > 2:
+            return "on B it would be a magnitude per input channel of a convolution"
+        if b_axis == 1 and fmt in ("peft", "diffusers"):
+            return f"on B's transposed weight it is per column; {fmt} stores magnitudes per output row only"
+    return None
+
+
+def plan_dora(
+    modules: list[LoraModule],
+    targets: list[Target],
+    shapes: tuple[dict[str, tuple], dict[str, tuple]],
+    fmt: str,
+    allow_full_delta: bool,
+    weights: Weights,
+) -> tuple[list[LoraModule], list[dict]]:
+    """DoRA modules whose magnitude cannot follow the transform: their exact change
+    ``W'_A − W_A`` as a full delta when allowed (read from A's weight), else refused. The other
+    modules are returned as they are."""
+    a_shapes, b_shapes = shapes
+    by_a: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        by_a[target.a_key].append(target)
+    kept, refused = [], []
+    for module in modules:
+        magnitude = module.magnitude
+        mine = by_a.get(module.target, [])
+        if magnitude is None or module.unresolved or module.target not in a_shapes or not mine:
+            kept.append(module)
+            continue
+        problem = _dora_problem(magnitude, mine, a_shapes[module.target], b_shapes, fmt)
+        if problem is None:
+            kept.append(module)
+        elif allow_full_delta and fmt in ("comfyui", "kohya"):
+            shape = a_shapes[module.target]
+            values = change(weights("a", module.target), module.delta(), magnitude).reshape(shape)
+            full = _delta_module(
+                Resolved(module.target), module.name, "diff", module.dtype, values, set(a_shapes)
+            )
+            kept.append(replace(full, keys=module.keys))
+        else:
+            suffix = (
+                "; --allow-full-delta writes its exact change as a full delta"
+                if fmt in ("comfyui", "kohya")
+                else ""
+            )
+            refused.append(
+                {"module": module.target, "tensors": list(module.keys), "reason": f"DoRA: {problem}{suffix}"}
+            )
+    return kept, refused
 
 
 def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tuple]) -> str | None:
@@ -482,7 +620,28 @@ def _move(module: LoraModule, target: Target, b_shape: tuple) -> LoraModule:
     if target.has("transpose"):
         up, down = down.T, up.T
     up, down = _shaped(up, down, b_shape)
-    return LoraModule(target.b_key, down, up, module.alpha, module.dtype, kind=module.kind)
+    magnitude = None if module.magnitude is None else _followed(module.magnitude, target)
+    if magnitude is not None and target.has("transpose"):
+        magnitude = magnitude.transposed()
+    return LoraModule(
+        target.b_key, down, up, module.alpha, module.dtype, kind=module.kind, magnitude=magnitude
+    )
+
+
+def _followed(magnitude: Magnitude, target: Target) -> Magnitude:
+    """A DoRA magnitude through the target's scale, reordering, slice of A and selection, in
+    A's axes (``dora.py``; a transpose is the caller's)."""
+    magnitude = magnitude.scaled(target.scale)
+    if target.permutation is not None:
+        magnitude = magnitude.taken(target.permutation.axis, target.permutation.order)
+    if target.a_slice is not None:
+        axis, start, stop = target.a_slice
+        magnitude = magnitude.taken(axis, slice(start, stop))
+    if target.rows is not None:
+        magnitude = magnitude.taken(0, target.rows)
+    if target.cols is not None:
+        magnitude = magnitude.taken(1, target.cols)
+    return magnitude
 
 
 def _selected(up: np.ndarray, down: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
@@ -499,10 +658,13 @@ def _selected(up: np.ndarray, down: np.ndarray, target: Target) -> tuple[np.ndar
     return up, down
 
 
-def _fuse(parts: list[tuple[LoraModule, Target]], b_shape: tuple) -> LoraModule:
+def _fuse(
+    parts: list[tuple[LoraModule, Target]], b_shape: tuple, weights: Weights | None = None
+) -> LoraModule:
     """Several A modules (or several pieces of one: heads interleaved) into slices of one B
     weight: one module whose rank is the sum of the A modules' ranks. Each A module keeps one
-    rank block; its pieces scatter its up rows (or down columns) into B's slices."""
+    rank block; its pieces scatter its up rows (or down columns) into B's slices. DoRA
+    magnitudes are placed the same way and the rest completed from B's weight (``weights``)."""
     rows, cols = view_2d(b_shape)
     by_module: dict[int, list[tuple[LoraModule, Target]]] = defaultdict(list)
     for module, target in parts:
@@ -524,16 +686,48 @@ def _fuse(parts: list[tuple[LoraModule, Target]], b_shape: tuple) -> LoraModule:
                 up[:, block] = part_up
                 down[block, start:stop] = part_down
         offset += module.rank
+    magnitude = _fused_magnitude(parts, (rows, cols), up @ down, weights)
     up, down = _shaped(up, down, b_shape)
-    return LoraModule(parts[0][1].b_key, down, up, float(total), parts[0][0].dtype, kind=parts[0][0].kind)
+    return LoraModule(
+        parts[0][1].b_key,
+        down,
+        up,
+        float(total),
+        parts[0][0].dtype,
+        kind=parts[0][0].kind,
+        magnitude=magnitude,
+    )
 
 
-def expected_delta(plan: _Planned, b_shape: tuple) -> np.ndarray:
-    """T(ΔW_A) in B's 2-D view: what the converted module must reproduce."""
+def _fused_magnitude(
+    parts: list[tuple[LoraModule, Target]], view: tuple[int, int], delta: np.ndarray, weights: Weights | None
+) -> Magnitude | None:
+    """The DoRA magnitude of a fused B module: each part's along B's slices, the rest the norms
+    of ``W_B + ΔW_B`` so those rows stay as they are (``dora.filled``); ``_dora_problem`` has
+    refused slices across the norms."""
+    with_magnitude = [(m, t) for m, t in parts if m.magnitude is not None]
+    if not with_magnitude:
+        return None
+    first = with_magnitude[0][0].magnitude
+    assert first is not None and weights is not None
+    values = np.full(view[first.axis], np.nan)
+    for module, target in with_magnitude:
+        assert module.magnitude is not None and target.b_slice is not None
+        _, start, stop = target.b_slice
+        values[start:stop] = _followed(module.magnitude, target).values
+    b_key = parts[0][1].b_key
+    return Magnitude(filled(values, first.axis, weights("b", b_key), delta), first.axis, first.dtype)
+
+
+def expected_delta(
+    plan: _Planned, b_shape: tuple, change_of: Callable[[LoraModule], np.ndarray] | None = None
+) -> np.ndarray:
+    """T(ΔW_A) in B's 2-D view: what the converted module must reproduce. ``change_of`` gives
+    each A module's change of its weight (``ΔW`` unless given: DoRA's ``W' − W``)."""
     rows, cols = view_2d(b_shape)
     expected = np.zeros((rows, cols))
     for module, target in plan.sources:
-        delta = module.delta() * target.scale
+        delta = (module.delta() if change_of is None else change_of(module)) * target.scale
         if target.permutation is not None:
             delta = apply_permutation(delta, target.permutation)
         if target.a_slice is not None:
@@ -617,6 +811,8 @@ def lora_tensors(
             specs.append(
                 TensorSpec(f"{prefix}.alpha", "F32", (), lambda a=alpha: np.array(a, dtype=np.float32))
             )
+        if module.magnitude is not None:
+            specs.append(_magnitude_spec(prefix, module.magnitude, down.ndim, fmt))
     if fmt == "peft":
         ranks = {_unwrapped(_module_name(m.target), fmt): m.rank for m in modules}
         base = min(ranks.values()) if ranks else 1
@@ -662,23 +858,57 @@ def convert_lora(
                 f"{stale[0]}: changed after the report was made; run `weightidx compare --reindex` again"
             )
     a_shapes = {k: tuple(r["shape"]) for k, r in a.rows.items()}
-    b_shapes = {k: tuple(r["shape"]) for k, r in b.rows.items()}
     read = read_lora_file(lora, set(a_shapes), source_format)
-    fmt_in, modules = read.format, read.modules
-    fmt_out = output_format or fmt_in
+    fmt_out = output_format or read.format
     if fmt_out not in FORMATS:
         raise LoraError(f"--format {fmt_out}: use one of {', '.join(FORMATS)}")
-    targets = mapping_from_report(report)
+    with ShardReader() as reader:
+        return _convert(
+            read,
+            mapping_from_report(report),
+            (a, b),
+            model_weights(reader, a, b),
+            (Path(lora), Path(report_path), Path(out)),
+            fmt_out,
+            verify=verify,
+            strict=strict,
+            allow_full_delta=allow_full_delta,
+        )
+
+
+def _convert(
+    read: LoraFile,
+    targets: list[Target],
+    models: tuple[IndexedModel, IndexedModel],
+    weights: Weights,
+    paths: tuple[Path, Path, Path],
+    fmt_out: str,
+    *,
+    verify: bool,
+    strict: bool,
+    allow_full_delta: bool,
+) -> Conversion:
+    """``convert_lora`` once the inputs are read: plan, account, check and write."""
+    a, b = models
+    lora, report_path, out = paths
+    a_shapes = {k: tuple(r["shape"]) for k, r in a.rows.items()}
+    b_shapes = {k: tuple(r["shape"]) for k, r in b.rows.items()}
+    fmt_in = read.format
+    modules, dora_refused = plan_dora(
+        read.modules, targets, (a_shapes, b_shapes), fmt_out, allow_full_delta, weights
+    )
     if fmt_out in ("diffusers", "peft"):  # their loaders read LoRA factors only
         reason = f"a full delta ({{}}): the {fmt_out} format has none; use --format comfyui or kohya"
         modules = [
             m if m.kind == "lora" or m.unresolved else replace(m, unresolved=reason.format(m.kind))
             for m in modules
         ]
-    carried, full, lycoris_refused = plan_lycoris(read.lycoris, targets, a_shapes, fmt_out, allow_full_delta)
+    carried, full, lycoris_refused = plan_lycoris(
+        read.lycoris, targets, (a_shapes, b_shapes), fmt_out, allow_full_delta, weights
+    )
     modules = modules + full
-    planned, refused = convert_modules(modules, targets, a_shapes, b_shapes)
-    refused += lycoris_refused
+    planned, refused = convert_modules(modules, targets, a_shapes, b_shapes, weights)
+    refused += dora_refused + lycoris_refused
     refused += [
         {"module": other["tensor"], "tensors": [other["tensor"]], "reason": _other_reason(other["kind"])}
         for other in read.others
@@ -733,14 +963,8 @@ def convert_lora(
         )
     if verify:  # against the whole of T(ΔW_A): what landed nowhere in B counts as error too
         conversion.worst_relative_error = max(
-            [
-                relative_error(_as_written(p.module).delta(), expected_delta(p, b_shapes[p.module.target]))
-                for p in planned
-            ]
-            + [
-                relative_error(_lycoris_as_written(moved).delta(), _lycoris_expected(source, target))
-                for source, moved, target in carried
-            ]
+            [_plan_error(p, b_shapes[p.module.target], weights) for p in planned]
+            + [_carried_error(source, moved, target, weights) for source, moved, target in carried]
             + [part["lost_share"] for part in partial]
         )
     kept = {k: v for k, v in read.metadata.items() if not k.startswith("weightidx_")}
@@ -771,12 +995,15 @@ _FACTOR_PRESERVING = {"rename", "cast", "scale", "transpose", "quantise"}
 def plan_lycoris(
     found: list[LycorisModule],
     targets: list[Target],
-    a_shapes: dict[str, tuple],
+    shapes: tuple[dict[str, tuple], dict[str, tuple]],
     fmt: str,
     allow_full_delta: bool,
+    weights: Weights,
 ) -> tuple[list[tuple[LycorisModule, LycorisModule, Target]], list[LoraModule], list[dict]]:
-    """LoKr/LoHa modules: (source, moved, target) for those whose factors follow the transform
-    exactly (``lycoris.py``), full deltas for the others when allowed, refusals for the rest."""
+    """LoKr/LoHa modules: (source, moved, target) for those whose factors (and DoRA magnitude)
+    follow the transform exactly (``lycoris.py``), full deltas of their exact change for the
+    others when allowed (``weights`` reads A's weight for a DoRA module), refusals for the rest."""
+    a_shapes, b_shapes = shapes
     by_a: dict[str, list[Target]] = defaultdict(list)
     for target in targets:
         if target.verdict != "different":
@@ -786,6 +1013,7 @@ def plan_lycoris(
         tensors = [f"{module.name}.{part}" for part in module.parts] + (
             [f"{module.name}.alpha"] if module.alpha is not None else []
         )
+        tensors += [module.magnitude_key] if module.magnitude_key else []
         reason = module.problem() or module.unresolved
         mine = by_a.get(module.target or "", [])
         if reason is None and not mine:
@@ -794,6 +1022,9 @@ def plan_lycoris(
             reason = f"{module.label} on a weight that is not 2-D is not converted"
         if reason is None and module.delta().shape != view_2d(a_shapes[module.target or ""]):
             reason = f"{module.label} factors do not fit A's weight {list(a_shapes[module.target or ''])}"
+        if reason is None and module.magnitude is not None:
+            problem = shape_problem(module.magnitude, a_shapes[module.target or ""], module.delta().shape)
+            reason = None if problem is None else f"DoRA: {problem}"
         if reason is None:
             whole = len(mine) == 1 and mine[0].a_slice is None and mine[0].b_slice is None
             simple = whole and mine[0].permutation is None and mine[0].rows is None and mine[0].cols is None
@@ -801,6 +1032,11 @@ def plan_lycoris(
                 simple
                 and {t.kind for t in mine[0].transform} <= _FACTOR_PRESERVING
                 and fmt in ("comfyui", "kohya")
+                and (
+                    module.magnitude is None
+                    or _dora_problem(module.magnitude, mine, a_shapes[module.target or ""], b_shapes, fmt)
+                    is None
+                )
             ):
                 target = mine[0]
                 kept.append(
@@ -808,7 +1044,10 @@ def plan_lycoris(
                 )
                 continue
             if allow_full_delta and fmt in ("comfyui", "kohya"):
-                values = module.delta().reshape(a_shapes[module.target or ""])
+                weight = weights("a", module.target or "") if module.magnitude is not None else None
+                values = change(weight, module.delta(), module.magnitude).reshape(
+                    a_shapes[module.target or ""]
+                )
                 delta = _delta_module(
                     Resolved(module.target), module.name, "diff", module.dtype, values, set(a_shapes)
                 )
@@ -824,18 +1063,67 @@ def plan_lycoris(
     return kept, full, refused
 
 
-def _lycoris_as_written(module: LycorisModule) -> LycorisModule:
+def _stored(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` as a file of ``dtype`` will hold them."""
     from weightidx.io.safetensors import encode
 
-    parts = {
-        n: decode(encode(v, module.dtype), module.dtype).reshape(v.shape) for n, v in module.parts.items()
-    }
-    return LycorisModule(module.kind, module.name, parts, module.alpha, module.dtype, module.target)
+    return decode(encode(values, dtype), dtype).reshape(values.shape)
 
 
-def _lycoris_expected(source: LycorisModule, target: Target) -> np.ndarray:
-    expected = source.delta() * target.scale
-    return expected.T if target.has("transpose") else expected
+def _stored_magnitude(magnitude: Magnitude | None) -> Magnitude | None:
+    if magnitude is None:
+        return None
+    return replace(magnitude, values=_stored(magnitude.values, magnitude.dtype).astype(np.float64))
+
+
+def _lycoris_as_written(module: LycorisModule) -> LycorisModule:
+    parts = {n: _stored(v, module.dtype) for n, v in module.parts.items()}
+    return LycorisModule(
+        module.kind,
+        module.name,
+        parts,
+        module.alpha,
+        module.dtype,
+        module.target,
+        magnitude=_stored_magnitude(module.magnitude),
+    )
+
+
+def _carried_error(source: LycorisModule, moved: LycorisModule, target: Target, weights: Weights) -> float:
+    """The relative error of a carried LoKr/LoHa module: its change of B's weight against
+    T(its change of A's), as written (DoRA's change read from both weights)."""
+    written = _lycoris_as_written(moved)
+    if source.magnitude is None:
+        expected, actual = source.delta(), written.delta()
+    else:
+        weight_a, weight_b = weights("a", source.target or ""), weights("b", moved.target or "")
+        expected = change(weight_a, source.delta(), source.magnitude)
+        actual = change(weight_b, written.delta(), written.magnitude)
+    expected = expected * target.scale
+    return relative_error(actual, expected.T if target.has("transpose") else expected)
+
+
+def _plan_error(plan: _Planned, b_shape: tuple, weights: Weights) -> float:
+    """The relative error of a planned module as written against T(ΔW_A) (module doc); a DoRA
+    module's change of the weight is compared, read from A's and B's weights."""
+    written = _as_written(plan.module)
+    if written.magnitude is None and all(m.magnitude is None for m, _ in plan.sources):
+        return relative_error(written.delta(), expected_delta(plan, b_shape))
+    weight_b = weights("b", plan.module.target)
+    actual = change(weight_b, written.delta(), written.magnitude)
+
+    def change_of(module: LoraModule) -> np.ndarray:
+        if module.magnitude is None:
+            return module.delta()
+        return change(weights("a", module.target), module.delta(), module.magnitude)
+
+    return relative_error(actual, expected_delta(plan, b_shape, change_of))
+
+
+def _magnitude_spec(prefix: str, magnitude: Magnitude, weight_ndim: int, fmt: str) -> TensorSpec:
+    shape = stored_shape(magnitude, weight_ndim, fmt)
+    values = magnitude.values.reshape(shape)
+    return TensorSpec(f"{prefix}.{key_suffix(fmt)}", magnitude.dtype, shape, lambda v=values: v)
 
 
 def _lycoris_specs(module: LycorisModule, fmt: str) -> list[TensorSpec]:
@@ -848,13 +1136,15 @@ def _lycoris_specs(module: LycorisModule, fmt: str) -> list[TensorSpec]:
         specs.append(
             TensorSpec(f"{prefix}.alpha", "F32", (), lambda a=module.alpha: np.array(a, dtype=np.float32))
         )
+    if module.magnitude is not None:
+        specs.append(_magnitude_spec(prefix, module.magnitude, 2, fmt))
     return specs
 
 
 def _other_reason(kind: str) -> str:
     if kind == "unknown":
         return "not a LoRA factor, alpha or adapter tensor weightidx knows; not converted"
-    if kind.startswith(("LoRA factor without", "alpha of")):
+    if kind.startswith(("LoRA factor without", "alpha of", "DoRA magnitude without")):
         return f"{'an' if kind.startswith('alpha') else 'a'} {kind}: not converted"
     return f"{kind} is not converted yet (LoRA factors and full deltas are); not written"
 
@@ -923,12 +1213,14 @@ def _sha256(path: Path) -> str:
 
 def _as_written(module: LoraModule) -> LoraModule:
     """The module as the output file will hold it (rounded to its dtype)."""
-    from weightidx.io.safetensors import encode
-
-    def stored(values: np.ndarray) -> np.ndarray:
-        return decode(encode(values, module.dtype), module.dtype).reshape(values.shape)
-
-    return LoraModule(module.target, stored(module.down), stored(module.up), module.alpha, module.dtype)
+    return LoraModule(
+        module.target,
+        _stored(module.down, module.dtype),
+        _stored(module.up, module.dtype),
+        module.alpha,
+        module.dtype,
+        magnitude=_stored_magnitude(module.magnitude),
+    )
 
 
 def _delta_spec(module: LoraModule, fmt: str, shape: tuple) -> TensorSpec:

@@ -9,7 +9,8 @@ Definitions (LyCORIS ``lycoris/modules/lokr.py`` and ``loha.py``; ComfyUI
   factorised one (``w2_b``'s rows, else ``w1_b``'s), else 1;
 - LoHa: ``ΔW = s · (w1_a @ w1_b) ∘ (w2_a @ w2_b)`` (elementwise), ``s = alpha / w1_b``'s rows.
 
-A rename or a cast moves the factors as they are; a constant scale ``c`` multiplies one factor;
+A rename or a cast moves the factors as they are; a constant scale ``c`` multiplies one factor
+(and a DoRA magnitude by ``|c|``, ``dora.py``);
 a transpose is exact too, ``kron(w1, w2)ᵀ = kron(w1ᵀ, w2ᵀ)`` and ``(A ∘ B)ᵀ = Aᵀ ∘ Bᵀ``, each
 product ``(a @ b)ᵀ = bᵀ @ aᵀ``. Any other transform (a slice of a fused tensor, a reordering, a
 selection) breaks the structure: such a module is written as a full delta with
@@ -23,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from weightidx.lora.dora import Magnitude
 
 PART = re.compile(r"^(?P<module>.+)\.(?P<part>lokr_w[12](?:_[ab])?|lokr_t2|hada_w[12]_[ab]|hada_t[12])$")
 
@@ -38,6 +41,8 @@ class LycorisModule:
     dtype: str = "F32"
     target: str | None = None  # A's weight key, once resolved
     unresolved: str | None = None
+    magnitude: Magnitude | None = None  # DoRA (``dora.py``)
+    magnitude_key: str | None = None  # the file's tensor holding it
 
     @property
     def label(self) -> str:
@@ -95,4 +100,8 @@ class LycorisModule:
                     parts[name] = parts[name].T
         first = next(n for n in ("lokr_w1", "lokr_w1_a", "hada_w1_a") if n in parts)
         parts[first] = parts[first] * factor
-        return LycorisModule(self.kind, self.name, parts, self.alpha, self.dtype, target)
+        magnitude = self.magnitude
+        if magnitude is not None:
+            magnitude = magnitude.scaled(factor)
+            magnitude = magnitude.transposed() if transpose else magnitude
+        return LycorisModule(self.kind, self.name, parts, self.alpha, self.dtype, target, magnitude=magnitude)
