@@ -63,3 +63,9 @@ GATHER_UNIT_P = 0.01
 #: (30 seeds: 0 of 60 independent twins reach it).
 LINEAGE_Z = 5.0
 LINEAGE_SCORE = 0.5
+
+#: A match's least-squares scale is reported as a ``scale`` transform only when it is this far
+#: from 1 (bf16 rounding moves it by about 0.004; a real rescale, such as fp8 storage without its
+#: scale, by orders of magnitude more). For a quantised B the bound is the quantisation's own
+#: (``engine._quantisation_shrink``) when that is larger.
+SCALE_TOLERANCE = 0.02

@@ -145,7 +145,9 @@ def _check_related(text: str, summary: dict, facts: dict) -> None:
     ), (text, facts)
     (degrees,) = _number(text, r"correlation ([\d.–]+);")
     low, _, high = degrees.partition("–")
-    assert float(low) == round(facts["low"], 2) and float(high or low) == round(facts["high"], 2), (
+    # each printed to 2 decimals: within half a unit of the fact (a fact of 0.99502, stored as
+    # 0.995, prints either way)
+    assert abs(float(low) - facts["low"]) <= 0.0051 and abs(float(high or low) - facts["high"]) <= 0.0051, (
         text,
         facts,
     )

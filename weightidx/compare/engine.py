@@ -36,7 +36,7 @@ from weightidx.compare.estimate import (
     slice_values,
     transposed,
 )
-from weightidx.compare.metrics import pair_metrics
+from weightidx.compare.metrics import PairMetrics, pair_metrics
 from weightidx.compare.permutation import Permutation
 from weightidx.compare.reads import Count, exact_metrics, verify, whole_view
 from weightidx.compare.report import build_report, is_weight_matrix, model_width
@@ -861,9 +861,26 @@ def _transforms(a: IndexedModel, b: IndexedModel, match: Match) -> list[Transfor
     elif list(ra["shape"]) != list(rb["shape"]):
         steps.append(Transform("reshape"))
     scale = match.metrics.scale
-    if scale is not None and match.strength >= policy.MATCH and abs(scale - 1) > 0.02:
+    if (
+        scale is not None
+        and match.strength >= policy.MATCH
+        and abs(scale - 1) > policy.SCALE_TOLERANCE
+        and not (stored_b is not None and abs(scale - 1) <= _quantisation_shrink(match.metrics))
+    ):
         steps.append(Transform("scale", f"{scale:.4g}"))
     return steps
+
+
+def _quantisation_shrink(metrics: PairMetrics) -> float:
+    """How far from 1 quantisation alone can move the least-squares scale of B on A: with
+    ``b = a + e``, ``|s − 1| = |⟨a, e⟩| / ‖a‖² ≤ ‖e‖ / ‖a‖`` (Cauchy–Schwarz), and ``‖e‖ / ‖a‖`` is
+    about the residual left after the scale, ``√(1 − cos²) / |cos|``. Coarse grids shrink values
+    (FP4's largest steps are at the largest values), so a quantised copy shows a scale of 0.97;
+    within this bound the values cannot tell that from a real scale, and none is claimed."""
+    cosine = metrics.cosine
+    if cosine is None or cosine == 0:
+        return 0.0
+    return math.sqrt(max(0.0, 1 - cosine * cosine)) / abs(cosine)
 
 
 def compare_paths(

@@ -18,12 +18,25 @@ times too strong). Recognised, by their companion tensors:
   format: eight 4-bit values per int32, ``qweight`` packed along the input axis and ``qzeros``
   along the output axis, the stored zero one less than the real one; ``W[i, o] = scales[g, o] ·
   (q[i, o] − zeros[g, o] − 1)`` with ``g = g_idx[i]``, default ``i // (in / groups)``), written as
-  ``<module>.weight`` of shape (out, in).
+  ``<module>.weight`` of shape (out, in);
+- the same three without ``g_idx`` in AutoAWQ's GEMM layout (``qweight`` of shape (in, out / 8)
+  and ``qzeros`` packed along the output axis, eight values per word in the order
+  ``0 2 4 6 1 3 5 7``, the zero stored as it is: ``W[i, o] = scales[g, o] · (q[i, o] −
+  zeros[g, o])``, ``g = i // group size``; AutoAWQ ``awq/utils/packing_utils.py``), told apart
+  from GPTQ by the packed axis (``scales`` has ``qweight``'s columns times 8);
+- bitsandbytes 4-bit (``Linear4bit`` as transformers saves it): ``<module>.weight`` holds two
+  4-bit codes per byte (the even element in the high nibble), with ``.weight.absmax`` (one
+  value per ``blocksize`` elements), ``.weight.quant_map`` (the 16 values of NF4 or FP4) and
+  ``.weight.quant_state.bitsandbytes__nf4`` (or ``__fp4``: JSON as bytes, with the shape,
+  ``blocksize`` and, for double quantisation, ``nested_blocksize`` and ``nested_offset``); when
+  nested, ``absmax`` is itself 8-bit codes into ``.weight.nested_quant_map`` scaled by
+  ``.weight.nested_absmax`` per ``nested_blocksize``, plus the offset. ``W = quant_map[code] ·
+  absmax[i // blocksize]`` (bitsandbytes ``functional.dequantize_4bit``).
 
 The converted file holds every other tensor as it was, each dequantised weight as F32 (its exact
 value), and no companion. Its metadata records the source and each weight's scheme
 (``weightidx_quantisation``: ``fp8-scaled``, ``fp8-block128``, ``fp8-channel``, ``fp8-tensor``,
-``int8-bnb``, ``gptq-int4``)
+``int8-bnb``, ``gptq-int4``, ``awq-int4``, ``nf4-bnb``, ``fp4-bnb``)
 and the companions it consumed (``weightidx_consumed``).
 """
 
@@ -32,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,16 +157,19 @@ def _block(size: int, count: int) -> int | None:
 
 @dataclass(frozen=True)
 class Packed:
-    """A GPTQ 4-bit module: its packed tensors and the weight they stand for (out, in)."""
+    """A GPTQ or AWQ 4-bit module: its packed tensors and the weight they stand for (out, in)."""
 
     module: str
     qweight: TensorInfo
     qzeros: TensorInfo
     scales: TensorInfo
     g_idx: TensorInfo | None
+    scheme: str = "gptq-int4"  # or "awq-int4"
 
     @property
     def shape(self) -> tuple[int, int]:
+        if self.scheme == "awq-int4":
+            return self.qweight.shape[1] * 8, self.qweight.shape[0]
         return self.qweight.shape[1], self.qweight.shape[0] * 8
 
     @property
@@ -161,7 +178,7 @@ class Packed:
 
 
 def packed_modules(checkpoint: Checkpoint) -> list[Packed]:
-    """The GPTQ 4-bit modules (module doc) whose shapes are consistent."""
+    """The GPTQ and AWQ 4-bit modules (module doc) whose shapes are consistent."""
     by_key = {t.key: t for t in checkpoint.tensors}
     found = []
     for key, qweight in by_key.items():
@@ -172,14 +189,21 @@ def packed_modules(checkpoint: Checkpoint) -> list[Packed]:
         g_idx = by_key.get(f"{module}.g_idx")
         if qzeros is None or scales is None or qzeros.dtype != "I32" or len(scales.shape) != 2:
             continue
-        inputs, outputs = qweight.shape[0] * 8, qweight.shape[1]
         groups = scales.shape[0]
+        if g_idx is None and scales.shape[1] == qweight.shape[1] * 8:  # AWQ: packed along outputs
+            inputs, outputs, scheme = qweight.shape[0], scales.shape[1], "awq-int4"
+        else:
+            inputs, outputs, scheme = qweight.shape[0] * 8, qweight.shape[1], "gptq-int4"
         if scales.shape[1] != outputs or qzeros.shape != (groups, outputs // 8) or inputs % groups:
             continue
         if g_idx is not None and g_idx.shape != (inputs,):
             continue
-        found.append(Packed(module, qweight, qzeros, scales, g_idx))
+        found.append(Packed(module, qweight, qzeros, scales, g_idx, scheme))
     return found
+
+
+#: AutoAWQ's packing order: nibble ``k`` of a word holds output ``8 · word + AWQ_ORDER[k]``.
+AWQ_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])
 
 
 def _unpacked(words: np.ndarray, axis: int) -> np.ndarray:
@@ -191,19 +215,34 @@ def _unpacked(words: np.ndarray, axis: int) -> np.ndarray:
     return nibbles.reshape(words.shape[0], words.shape[1] * 8)
 
 
+def _load(reader: ShardReader, tensor: TensorInfo) -> np.ndarray:
+    return decode(reader.read(tensor.path, tensor.begin, tensor.nbytes), tensor.dtype).reshape(tensor.shape)
+
+
+def _awq_unpacked(words: np.ndarray) -> np.ndarray:
+    """AWQ words (rows, out / 8) to their values (rows, out), undoing ``AWQ_ORDER``."""
+    nibbles = _unpacked(words, axis=1).reshape(words.shape[0], -1, 8)
+    values = np.empty_like(nibbles)
+    values[:, :, AWQ_ORDER] = nibbles
+    return values.reshape(words.shape[0], -1)
+
+
 def _gptq_weight(reader: ShardReader, packed: Packed) -> Iterator[np.ndarray]:
-    """The module's weight (out, in) as float32, in blocks of output rows."""
-
-    def load(tensor: TensorInfo) -> np.ndarray:
-        raw = reader.read(tensor.path, tensor.begin, tensor.nbytes)
-        return decode(raw, tensor.dtype).reshape(tensor.shape)
-
-    quantised = _unpacked(load(packed.qweight).astype(np.int64), axis=0).astype(np.float32)  # (in, out)
-    zeros = _unpacked(load(packed.qzeros).astype(np.int64), axis=1).astype(np.float32) + 1  # (groups, out)
-    scales = load(packed.scales).astype(np.float32)
+    """The module's weight (out, in) as float32, in blocks of output rows (GPTQ or AWQ)."""
+    words, zero_words = (
+        _load(reader, packed.qweight).astype(np.int64),
+        _load(reader, packed.qzeros).astype(np.int64),
+    )
+    if packed.scheme == "awq-int4":
+        quantised = _awq_unpacked(words).astype(np.float32)  # (in, out)
+        zeros = _awq_unpacked(zero_words).astype(np.float32)  # (groups, out)
+    else:
+        quantised = _unpacked(words, axis=0).astype(np.float32)  # (in, out)
+        zeros = _unpacked(zero_words, axis=1).astype(np.float32) + 1  # (groups, out)
+    scales = _load(reader, packed.scales).astype(np.float32)
     inputs = quantised.shape[0]
     if packed.g_idx is not None:
-        group = load(packed.g_idx).astype(np.int64)
+        group = _load(reader, packed.g_idx).astype(np.int64)
     else:
         group = np.arange(inputs) // (inputs // scales.shape[0])
     step = max(1, _ROWS_VALUES // max(1, inputs))
@@ -213,13 +252,99 @@ def _gptq_weight(reader: ShardReader, packed: Packed) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(columns.T)
 
 
+_BNB4_STATE = re.compile(r"^(?P<weight>.+)\.quant_state\.bitsandbytes__(?P<type>nf4|fp4)$")
+
+
+@dataclass(frozen=True)
+class Bnb4:
+    """A bitsandbytes 4-bit weight (module doc): its tensors and its quantisation state."""
+
+    weight: TensorInfo
+    absmax: TensorInfo
+    quant_map: TensorInfo
+    state: TensorInfo
+    quant_type: str  # "nf4" or "fp4"
+    shape: tuple[int, ...]
+    blocksize: int
+    nested: tuple[TensorInfo, TensorInfo, int, float] | None  # absmax, quant_map, blocksize, offset
+
+    @property
+    def parts(self) -> list[TensorInfo]:
+        nested = [] if self.nested is None else [self.nested[0], self.nested[1]]
+        return [self.absmax, self.quant_map, self.state, *nested]
+
+
+def bnb4_weights(checkpoint: Checkpoint, reader: ShardReader) -> list[Bnb4]:
+    """The bitsandbytes 4-bit weights whose state and companions are consistent (module doc)."""
+    by_key = {t.key: t for t in checkpoint.tensors}
+    found = []
+    for key, state in by_key.items():
+        match = _BNB4_STATE.match(key)
+        if match is None or state.numel > 1 << 16:
+            continue
+        name = match["weight"]
+        weight, absmax, quant_map = (by_key.get(name + suffix) for suffix in ("", ".absmax", ".quant_map"))
+        if weight is None or absmax is None or quant_map is None or quant_map.numel != 16:
+            continue
+        try:
+            document = json.loads(reader.read(state.path, state.begin, state.nbytes).decode("utf-8"))
+            shape, blocksize = tuple(int(n) for n in document["shape"]), int(document["blocksize"])
+            nested_blocksize = int(document.get("nested_blocksize", 0))
+            offset = float(document.get("nested_offset", 0.0))
+        except (ValueError, KeyError, TypeError):
+            continue  # not a state this reader understands: the tensors stay as they are
+        numel = math.prod(shape)
+        if blocksize <= 0 or weight.nbytes != -(-numel // 2) or absmax.numel != -(-numel // blocksize):
+            continue
+        nested = None
+        nested_absmax, nested_map = (
+            by_key.get(name + ".nested_absmax"),
+            by_key.get(name + ".nested_quant_map"),
+        )
+        if nested_blocksize and nested_absmax is not None and nested_map is not None:
+            nested = (nested_absmax, nested_map, nested_blocksize, offset)
+        elif absmax.dtype == "U8":  # codes without the table to read them
+            continue
+        found.append(Bnb4(weight, absmax, quant_map, state, match["type"], shape, blocksize, nested))
+    return found
+
+
+def _bnb4_weight(reader: ShardReader, quantised: Bnb4) -> Iterator[np.ndarray]:
+    """The weight as float32, ``_ROWS_VALUES`` values (whole blocks) at a time, flat."""
+    code = _load(reader, quantised.quant_map).astype(np.float32).reshape(-1)
+    absmax = _load(reader, quantised.absmax).reshape(-1)
+    if quantised.nested is not None:
+        nested_absmax, nested_map, nested_blocksize, offset = quantised.nested
+        table = _load(reader, nested_map).astype(np.float32).reshape(-1)
+        scales = _load(reader, nested_absmax).astype(np.float32).reshape(-1)
+        per_code = scales[np.arange(absmax.size) // nested_blocksize]
+        absmax = table[absmax.astype(np.int64)] * per_code + np.float32(offset)
+    absmax = absmax.astype(np.float32)
+    numel, blocksize = math.prod(quantised.shape), quantised.blocksize
+    step = max(2, (_ROWS_VALUES // blocksize) * blocksize)
+    step += step % 2
+    weight = quantised.weight
+    for start in range(0, numel, step):
+        stop = min(start + step, numel)
+        packed = np.frombuffer(
+            reader.read(weight.path, weight.begin + start // 2, -(-(stop - start) // 2)), np.uint8
+        )
+        codes = np.empty(packed.size * 2, dtype=np.uint8)
+        codes[0::2], codes[1::2] = packed >> 4, packed & 0xF
+        scale = absmax[np.arange(start, stop) // blocksize]
+        yield code[codes[: stop - start]] * scale
+
+
 def convert_scaled(checkpoint: Checkpoint, cache: Path | None = None) -> Path | None:
     """The checkpoint with its scaled weights dequantised, as a safetensors file in the cache
     (converted once per version of the shards), or None when it has none (module doc)."""
     found, dropped = scaled_weights(checkpoint)
     packed = packed_modules(checkpoint)
+    with ShardReader() as states:
+        four_bit = {q.weight.key: q for q in bnb4_weights(checkpoint, states)}
     dropped += [part for module in packed for part in module.parts]
-    if not found and not packed:
+    dropped += [part for q in four_bit.values() for part in q.parts]
+    if not found and not packed and not four_bit:
         return None
     identity = ":".join(
         f"{s.path.resolve()}:{s.size}:{s.mtime_ns}:{s.header_sha256}" for s in checkpoint.shards
@@ -239,13 +364,20 @@ def convert_scaled(checkpoint: Checkpoint, cache: Path | None = None) -> Path | 
         if tensor.key in scaled:
             dequantise = lambda s=scaled[tensor.key]: _dequantised(reader, s)  # noqa: E731
             specs.append(TensorSpec(tensor.key, "F32", tensor.shape, dequantise))
+        elif tensor.key in four_bit:
+            unpack4 = lambda q=four_bit[tensor.key]: _bnb4_weight(reader, q)  # noqa: E731
+            specs.append(TensorSpec(tensor.key, "F32", four_bit[tensor.key].shape, unpack4))
         else:
             copy = lambda t=tensor: _raw(reader, t)  # noqa: E731
             specs.append(TensorSpec(tensor.key, tensor.dtype, tensor.shape, copy, tensor.nbytes))
     for module in packed:
         unpack = lambda m=module: _gptq_weight(reader, m)  # noqa: E731
         specs.append(TensorSpec(f"{module.module}.weight", "F32", module.shape, unpack))
-    schemes = {s.weight.key: s.scheme for s in found} | {f"{m.module}.weight": "gptq-int4" for m in packed}
+    schemes = (
+        {s.weight.key: s.scheme for s in found}
+        | {f"{m.module}.weight": m.scheme for m in packed}
+        | {key: f"{q.quant_type}-bnb" for key, q in four_bit.items()}
+    )
     metadata = {
         CONVERTED_FROM_KEY: str(checkpoint.source.resolve()),
         "weightidx_format": "safetensors with scales",
