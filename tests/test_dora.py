@@ -134,13 +134,25 @@ def test_a_magnitude_across_a_column_fusion_is_refused_or_written_as_its_exact_c
 
 
 def test_peft_output_keeps_magnitudes_per_row_and_refuses_a_transposed_one(tmp_path: Path) -> None:
+    """PEFT makes every module DoRA when ``use_dora`` is set: k (plain LoRA) gets the magnitude
+    that leaves it plain, the row norms of B's W + ΔW."""
     a = derive.toy_transformer(35)
-    lora = {k: v for k, v in _dora_lora(36).items() if ".attn.q." in k}
-    result, out = _convert(tmp_path, a, derive.rename(a, {}).tensors, lora, "--format", "peft")
+    lora = {k: v for k, v in _dora_lora(36).items() if ".attn.q." in k or ".attn.k." in k}
+    result, out = _convert(tmp_path, a, derive.rename(a, {}).tensors, lora, "--format", "peft", "--verify")
     assert result.exit_code == 0, result.output
-    magnitude = load_file(str(out))["base_model.model.layer.0.attn.q.lora_magnitude_vector"]
+    assert float(result.output.rsplit("=", 1)[1].split()[0]) < 1e-5
+    written = load_file(str(out))
+    magnitude = written["base_model.model.layer.0.attn.q.lora_magnitude_vector"]
     np.testing.assert_array_equal(magnitude, lora["diffusion_model.layer.0.attn.q.dora_scale"][:, 0])
-    transposed, _ = _convert(tmp_path, a, derive.transpose(a).tensors, lora, "--format", "peft")
+    k = "base_model.model.layer.0.attn.k"
+    delta = written[f"{k}.lora_B.weight"].astype(np.float64) @ written[f"{k}.lora_A.weight"]
+    plain = a["layer.0.attn.k.weight"][1] + delta
+    np.testing.assert_allclose(
+        written[f"{k}.lora_magnitude_vector"], np.linalg.norm(plain, axis=1), rtol=1e-6
+    )
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["use_dora"] is True
+    only_q = {key: v for key, v in lora.items() if ".attn.q." in key}
+    transposed, _ = _convert(tmp_path, a, derive.transpose(a).tensors, only_q, "--format", "peft")
     assert transposed.exit_code == 2
     assert "DoRA: on B's transposed weight it is per column; peft stores magnitudes per output row only" in (
         transposed.output

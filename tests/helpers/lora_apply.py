@@ -20,6 +20,7 @@ _PARTS = (
     "lora_B.weight",
     "lora_down.weight",
     "lora_up.weight",
+    "lora_mid.weight",
     "alpha",
     "dora_scale",
     "diff",
@@ -29,6 +30,13 @@ _PARTS = (
     "lokr_w1_b",
     "lokr_w2_a",
     "lokr_w2_b",
+    "lokr_t2",
+    "hada_w1_a",
+    "hada_w1_b",
+    "hada_w2_a",
+    "hada_w2_b",
+    "hada_t1",
+    "hada_t2",
 )
 
 
@@ -43,7 +51,7 @@ def apply_lora(model: Tensors, lora: dict[str, np.ndarray], prefix: str = "diffu
         key = module + ".weight" if module + ".weight" in out else module  # keys without ".weight"
         dtype, weight = out[key]
         matrix = weight.reshape(weight.shape[0], -1)
-        delta = _delta(parts, matrix.shape)
+        delta = _delta(parts, weight.shape).reshape(matrix.shape)
         if "dora_scale" in parts:
             merged = _weight_decompose(parts["dora_scale"], matrix, delta)
         else:
@@ -52,21 +60,47 @@ def apply_lora(model: Tensors, lora: dict[str, np.ndarray], prefix: str = "diffu
     return out
 
 
-def _delta(parts: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+def _tucker(core: np.ndarray, b: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return np.einsum("ijkl,jr,ip->prkl", core, b, a)
+
+
+def _delta(parts: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """ΔW in the weight's shape, as ComfyUI's adapters compute it."""
     if "diff" in parts:
         return parts["diff"].reshape(shape)
     if "lokr_w1" in parts or "lokr_w1_a" in parts:
         w1 = parts["lokr_w1"] if "lokr_w1" in parts else parts["lokr_w1_a"] @ parts["lokr_w1_b"]
-        w2 = parts["lokr_w2"] if "lokr_w2" in parts else parts["lokr_w2_a"] @ parts["lokr_w2_b"]
+        if "lokr_w2" in parts:
+            w2 = parts["lokr_w2"]
+        elif "lokr_t2" in parts:
+            w2 = _tucker(parts["lokr_t2"], parts["lokr_w2_b"], parts["lokr_w2_a"])
+        else:
+            w2 = parts["lokr_w2_a"] @ parts["lokr_w2_b"]
+        if w2.ndim == 4:
+            w1 = w1[:, :, None, None]
         inner = parts["lokr_w2_b"].shape[0] if "lokr_w2_b" in parts else None
         scale = 1.0 if inner is None or "alpha" not in parts else float(parts["alpha"]) / inner
-        return scale * np.kron(w1, w2)
+        return scale * np.kron(w1, w2).reshape(shape)
+    if "hada_w1_a" in parts:
+        if "hada_t1" in parts:
+            m1 = _tucker(parts["hada_t1"], parts["hada_w1_b"], parts["hada_w1_a"])
+            m2 = _tucker(parts["hada_t2"], parts["hada_w2_b"], parts["hada_w2_a"])
+        else:
+            m1, m2 = parts["hada_w1_a"] @ parts["hada_w1_b"], parts["hada_w2_a"] @ parts["hada_w2_b"]
+        scale = float(parts["alpha"]) / parts["hada_w1_b"].shape[0] if "alpha" in parts else 1.0
+        return scale * (m1 * m2).reshape(shape)
     up = parts.get("lora_B.weight", parts.get("lora_up.weight"))
     down = parts.get("lora_A.weight", parts.get("lora_down.weight"))
     assert up is not None and down is not None
     rank = down.shape[0]
     alpha = float(parts["alpha"]) if "alpha" in parts else rank
-    return alpha / rank * (up.reshape(up.shape[0], rank) @ down.reshape(rank, -1))
+    up2, down2 = up.reshape(up.shape[0], rank), down.reshape(rank, -1)
+    if "lora_mid.weight" in parts:  # ComfyUI lora.py: down through the middle factor
+        mid = parts["lora_mid.weight"]
+        final = [down2.shape[1], rank, mid.shape[2], mid.shape[3]]
+        down2 = (down2.T @ mid.transpose(1, 0, 2, 3).reshape(rank, -1)).reshape(final).transpose(1, 0, 2, 3)
+        down2 = down2.reshape(rank, -1)
+    return (alpha / rank * (up2 @ down2)).reshape(shape)
 
 
 def _weight_decompose(dora_scale: np.ndarray, weight: np.ndarray, delta: np.ndarray) -> np.ndarray:

@@ -5,8 +5,7 @@ factors fit that weight's shape (``up`` rows = the weight's rows, ``down`` colum
 its dimensions), with its DoRA magnitude (if any) one value per row or column. Everything else
 in the file is listed with the reason it would be ignored: a name that fits no weight (with the
 nearest), or several; factors or a magnitude of the wrong shape (LoRA, LoKr, LoHa, DoRA); a kind
-this check does not apply (full deltas, LoCon's middle factor: ``convert._OTHER_KINDS``); an
-unknown tensor.
+this check does not apply (full deltas); a part whose module is incomplete; an unknown tensor.
 """
 
 from __future__ import annotations

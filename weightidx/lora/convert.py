@@ -60,7 +60,9 @@ from weightidx.naming import lora_wrappers
 
 FORMATS = ("comfyui", "kohya", "diffusers", "peft")
 _DELTA = re.compile(r"^(?P<module>.+)\.(?P<kind>diff|diff_b|set_weight)$")
-_FACTOR = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight$")
+_FACTOR = re.compile(
+    r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up|lora_mid)(?:\.default)?\.weight$"
+)
 _ALPHA = re.compile(r"^(?P<module>.+)\.alpha$")
 
 
@@ -127,12 +129,6 @@ class Conversion:
         }
 
 
-#: Kinds of adapter tensors recognised, named, and refused until converted (LoCon's middle
-#: factor: LyCORIS ``lycoris/modules/locon.py``). LoRA factors, full deltas, LoKr/LoHa
-#: (``lycoris.py``) and DoRA magnitudes (``dora.py``) are converted.
-_OTHER_KINDS = ((re.compile(r"\.(lora_mid|lora_A2|lora_B2)\.weight$"), "LoCon middle factor"),)
-
-
 @dataclass
 class LoraFile:
     """A LoRA file read: its format, its LoRA modules, its LoKr/LoHa modules, the tensors that
@@ -162,7 +158,8 @@ def read_lora_file(
     path: Path | str, a_keys: set[str], forced: str | None = None, label: str = "A"
 ) -> LoraFile:
     """Every tensor of a LoRA file, accounted for: modules of LoRA factors (alpha attached),
-    and the other tensors with their kind (``_OTHER_KINDS``, or unknown).
+    LoKr/LoHa modules, DoRA magnitudes attached to their module, and the other tensors with
+    their kind (unknown, or a part whose module is incomplete).
 
     Raises:
         LoraError: an unknown ``forced`` format, an unreadable file or PEFT config.
@@ -184,7 +181,7 @@ def read_lora_file(
         if magnitude := MAGNITUDE.match(key):
             magnitudes[magnitude["module"]] = (key, dtype, values)
         elif factor:
-            kind = "down" if factor["kind"] in ("lora_A", "lora_down") else "up"
+            kind = {"lora_A": "down", "lora_down": "down", "lora_mid": "mid"}.get(factor["kind"], "up")
             parts[factor["module"]][kind] = values
             parts[factor["module"]]["dtype"] = dtype
             parts[factor["module"]].setdefault("keys", []).append(key)  # type: ignore[union-attr]
@@ -198,8 +195,7 @@ def read_lora_file(
             module = lycoris.setdefault(part["module"], LycorisModule(kind, part["module"], dtype=dtype))
             module.parts[part["part"]] = values
         else:
-            kind_name = next((name for pattern, name in _OTHER_KINDS if pattern.search(key)), None)
-            others.append({"tensor": key, "kind": kind_name or "unknown"})
+            others.append({"tensor": key, "kind": "unknown"})
     modules = []
     for name, found in parts.items():
         if "down" not in found and "up" not in found and name in lycoris:  # a LoKr/LoHa module's alpha
@@ -220,6 +216,9 @@ def read_lora_file(
             alpha = peft_alpha.get(_strip(name), peft_alpha.get("*"))
         target = resolved.key or name
         keys = tuple(found.get("keys", ()))  # type: ignore[arg-type]
+        down = found["down"]
+        if "mid" in found:  # LoCon's Tucker core folded into down: a plain LoRA of the same rank
+            down = _with_mid(found["down"], found["mid"])  # type: ignore[arg-type]
         magnitude = None
         if name in magnitudes:
             magnitude_key, magnitude_dtype, values = magnitudes.pop(name)
@@ -228,7 +227,7 @@ def read_lora_file(
         modules.append(
             LoraModule(
                 target,
-                found["down"],
+                down,
                 found["up"],
                 alpha,
                 str(found["dtype"]),
@@ -253,6 +252,22 @@ def read_lora_file(
         for key, _, _ in magnitudes.values()
     ]
     return LoraFile(fmt, modules, others, metadata, list(lycoris.values()))
+
+
+def _with_mid(down: np.ndarray, mid: np.ndarray) -> np.ndarray:
+    """LoCon's convolution in Tucker form (LyCORIS ``locon.py``; ComfyUI ``lora.py``): ``down``
+    (r, in, 1, 1) and ``lora_mid`` (r, r, k, l) act as one down ``D[a, i, k, l] = Σ_b down[b, i]
+    · mid[a, b, k, l]`` of shape (r, in, k, l); ``ΔW = up @ D`` is then a plain LoRA, exactly.
+
+    Raises:
+        LoraError: the shapes do not chain.
+    """
+    flat = down.reshape(down.shape[0], -1).astype(np.float64)
+    if mid.ndim != 4 or mid.shape[1] != flat.shape[0]:
+        raise LoraError(
+            f"a LoCon middle factor of shape {list(mid.shape)} does not fit its down {list(down.shape)}"
+        )
+    return np.einsum("bi,abkl->aikl", flat, mid.astype(np.float64))
 
 
 def _delta_module(
@@ -824,7 +839,51 @@ def lora_tensors(
             "alpha_pattern": dict(ranks),
             "target_modules": sorted(ranks),
         }
+        if any(m.magnitude is not None for m in modules):
+            config["use_dora"] = True
     return specs, config
+
+
+def _one_patch_per_weight(
+    planned: list[_Planned], b_shapes: dict[str, tuple], weights: Weights
+) -> list[_Planned]:
+    """A B weight given both LoRA factors and a full delta (parts of a fused weight, one a LoKr
+    written as ``diff``) gets one full delta, their sum: ComfyUI keeps one patch per weight
+    (``comfy/lora.py``: a ``diff`` replaces the LoRA patch of its key), so two would lose one."""
+    by_weight: dict[str, list[_Planned]] = defaultdict(list)
+    for plan in planned:
+        by_weight[plan.module.target].append(plan)
+    merged = []
+    for target, plans in by_weight.items():
+        kinds = {plan.module.kind for plan in plans}
+        if not ({"lora", "diff"} <= kinds and kinds <= {"lora", "diff"}):
+            merged += plans
+            continue
+        total = np.zeros(view_2d(b_shapes[target]))
+        for plan in plans:
+            delta = plan.module.delta()
+            if plan.module.magnitude is not None:  # what it does to B's weight, DoRA included
+                delta = change(weights("b", target), delta, plan.module.magnitude)
+            total += delta
+        first = plans[0].module
+        values = total.reshape(b_shapes[target])
+        full = _delta_module(Resolved(target), target, "diff", first.dtype, values, {target})
+        merged.append(_Planned(full, [source for plan in plans for source in plan.sources]))
+    return merged
+
+
+def _all_dora(planned: list[_Planned], fmt: str, b_shapes: dict[str, tuple], weights: Weights) -> None:
+    """PEFT and diffusers make every module of an adapter DoRA or none: when some are, the
+    others get the magnitude that leaves them plain LoRA, the row norms of ``W_B + ΔW_B``
+    (``dora.filled``; read from B's weights)."""
+    if fmt not in ("peft", "diffusers") or all(p.module.magnitude is None for p in planned):
+        return
+    for plan in planned:
+        module = plan.module
+        if module.magnitude is None and module.kind == "lora":
+            rows = view_2d(b_shapes[module.target])[0]
+            values = filled(np.full(rows, np.nan), 0, weights("b", module.target), module.delta())
+            module.magnitude = Magnitude(values, 0, "F32")
 
 
 def convert_lora(
@@ -908,6 +967,8 @@ def _convert(
     )
     modules = modules + full
     planned, refused = convert_modules(modules, targets, a_shapes, b_shapes, weights)
+    planned = _one_patch_per_weight(planned, b_shapes, weights)
+    _all_dora(planned, fmt_out, b_shapes, weights)
     refused += dora_refused + lycoris_refused
     refused += [
         {"module": other["tensor"], "tensors": [other["tensor"]], "reason": _other_reason(other["kind"])}
@@ -989,7 +1050,8 @@ def _convert(
     return conversion
 
 
-_FACTOR_PRESERVING = {"rename", "cast", "scale", "transpose", "quantise"}
+#: Transforms LoKr/LoHa factors follow as factors (``lycoris.py``); a reshape keeps the 2-D view.
+_FACTOR_PRESERVING = {"rename", "cast", "scale", "transpose", "quantise", "reshape"}
 
 
 def plan_lycoris(
@@ -1018,19 +1080,23 @@ def plan_lycoris(
         mine = by_a.get(module.target or "", [])
         if reason is None and not mine:
             reason = "the report matches this weight to nothing in B"
-        if reason is None and module.target is not None and len(a_shapes[module.target]) != 2:
-            reason = f"{module.label} on a weight that is not 2-D is not converted"
+        if reason is None and module.target is not None and len(a_shapes[module.target]) < 2:
+            reason = f"{module.label} on a 1-D weight is not converted"
         if reason is None and module.delta().shape != view_2d(a_shapes[module.target or ""]):
             reason = f"{module.label} factors do not fit A's weight {list(a_shapes[module.target or ''])}"
         if reason is None and module.magnitude is not None:
             problem = shape_problem(module.magnitude, a_shapes[module.target or ""], module.delta().shape)
             reason = None if problem is None else f"DoRA: {problem}"
+        target_key = module.target or ""
         if reason is None:
             whole = len(mine) == 1 and mine[0].a_slice is None and mine[0].b_slice is None
             simple = whole and mine[0].permutation is None and mine[0].rows is None and mine[0].cols is None
+            kinds = {t.kind for t in mine[0].transform}
+            convolution = module.convolution or len(a_shapes[target_key]) > 2
             if (
                 simple
-                and {t.kind for t in mine[0].transform} <= _FACTOR_PRESERVING
+                and kinds <= _FACTOR_PRESERVING
+                and not (convolution and "transpose" in kinds)  # kernels are not transposed
                 and fmt in ("comfyui", "kohya")
                 and (
                     module.magnitude is None
@@ -1142,11 +1208,11 @@ def _lycoris_specs(module: LycorisModule, fmt: str) -> list[TensorSpec]:
 
 
 def _other_reason(kind: str) -> str:
+    """The refusal of a tensor that belongs to no module: unknown, or a part without the rest of
+    its module (a factor without the other, an alpha or a DoRA magnitude without factors)."""
     if kind == "unknown":
         return "not a LoRA factor, alpha or adapter tensor weightidx knows; not converted"
-    if kind.startswith(("LoRA factor without", "alpha of", "DoRA magnitude without")):
-        return f"{'an' if kind.startswith('alpha') else 'a'} {kind}: not converted"
-    return f"{kind} is not converted yet (LoRA factors and full deltas are); not written"
+    return f"{'an' if kind.startswith('alpha') else 'a'} {kind}: not converted"
 
 
 def lost_parts(

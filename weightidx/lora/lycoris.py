@@ -2,20 +2,24 @@
 transforms that keep their structure.
 
 Definitions (LyCORIS ``lycoris/modules/lokr.py`` and ``loha.py``; ComfyUI
-``comfy/weight_adapter/lokr.py`` and ``loha.py``), for a 2-D weight:
+``comfy/weight_adapter/lokr.py`` and ``loha.py``), in the weight's 2-D view (out, in · kernel):
 
-- LoKr: ``ΔW = s · kron(w1, w2)``, each of ``w1``, ``w2`` stored whole (``lokr_w1``) or as a
-  product (``lokr_w1_a @ lokr_w1_b``); ``s = alpha / r`` with ``r`` the inner size of the last
-  factorised one (``w2_b``'s rows, else ``w1_b``'s), else 1;
-- LoHa: ``ΔW = s · (w1_a @ w1_b) ∘ (w2_a @ w2_b)`` (elementwise), ``s = alpha / w1_b``'s rows.
+- LoKr: ``ΔW = s · kron(w1, w2)``, each of ``w1``, ``w2`` stored whole (``lokr_w1``; a
+  convolution's ``w2`` 4-D) or as a product (``lokr_w1_a @ lokr_w1_b``), ``w2`` also in Tucker
+  form ``einsum("i j k l, j r, i p -> p r k l", lokr_t2, lokr_w2_b, lokr_w2_a)``; ``s = alpha /
+  r`` with ``r`` the inner size of the last factorised one (``w2_b``'s rows, else ``w1_b``'s),
+  else 1. A 4-D ``w2`` enters the product as its 2-D view (``kron(w1[..., None, None], w2)``
+  has the same 2-D view);
+- LoHa: ``ΔW = s · (w1_a @ w1_b) ∘ (w2_a @ w2_b)`` (elementwise), each product in Tucker form
+  with ``hada_t1`` / ``hada_t2`` as above; ``s = alpha / w1_b``'s rows.
 
 A rename or a cast moves the factors as they are; a constant scale ``c`` multiplies one factor
 (and a DoRA magnitude by ``|c|``, ``dora.py``);
 a transpose is exact too, ``kron(w1, w2)ᵀ = kron(w1ᵀ, w2ᵀ)`` and ``(A ∘ B)ᵀ = Aᵀ ∘ Bᵀ``, each
 product ``(a @ b)ᵀ = bᵀ @ aᵀ``. Any other transform (a slice of a fused tensor, a reordering, a
 selection) breaks the structure: such a module is written as a full delta with
-``--allow-full-delta``, else refused. The Tucker forms (``lokr_t2``, ``hada_t1``/``t2``, for
-convolutions) are refused.
+``--allow-full-delta``, else refused. Convolution modules (4-D factors, Tucker forms) move as
+they are through renames, casts, reshapes and scales; they are not transposed.
 """
 
 from __future__ import annotations
@@ -48,10 +52,15 @@ class LycorisModule:
     def label(self) -> str:
         return "LoKr (LyCORIS)" if self.kind == "lokr" else "LoHa (LyCORIS)"
 
+    @property
+    def convolution(self) -> bool:
+        """Whether a factor has kernel dimensions (a Tucker core or a 4-D ``w2``)."""
+        return any(np.ndim(v) > 2 for v in self.parts.values())
+
     def problem(self) -> str | None:
-        """Why the module cannot be read as a 2-D LoKr/LoHa (None when it can)."""
-        if any(p in self.parts for p in ("lokr_t2", "hada_t1", "hada_t2")):
-            return f"{self.label} in Tucker form (t1/t2, for convolutions) is not converted"
+        """Why the module cannot be read as a LoKr/LoHa (None when it can)."""
+        if ("hada_t1" in self.parts) != ("hada_t2" in self.parts):
+            return f"{self.label} module with only one of its Tucker cores (hada_t1, hada_t2)"
         if self.kind == "lokr":
             for side in ("w1", "w2"):
                 if f"lokr_{side}" not in self.parts and not {f"lokr_{side}_a", f"lokr_{side}_b"} <= set(
@@ -60,8 +69,10 @@ class LycorisModule:
                     return f"{self.label} module without its {side} (lokr_{side}, or lokr_{side}_a and _b)"
         elif not {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= set(self.parts):
             return f"{self.label} module without all four of hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b"
-        if any(np.ndim(v) != 2 for v in self.parts.values()):
-            return f"{self.label} of a convolution (factors of more than 2 dimensions) is not converted"
+        try:
+            self.delta()
+        except ValueError as exc:  # factors whose shapes do not chain
+            return f"{self.label} factors do not fit each other ({exc})"
         return None
 
     def scale(self) -> float:
@@ -75,12 +86,18 @@ class LycorisModule:
         return 1.0 if inner is None else self.alpha / inner
 
     def _side(self, side: str) -> np.ndarray:
+        """``w1`` or ``w2`` in its 2-D view (rows, the rest)."""
         prefix = "lokr" if self.kind == "lokr" else "hada"
         if f"{prefix}_{side}" in self.parts:
-            return self.parts[f"{prefix}_{side}"].astype(np.float64)
-        return self.parts[f"{prefix}_{side}_a"].astype(np.float64) @ self.parts[f"{prefix}_{side}_b"].astype(
-            np.float64
-        )
+            whole = self.parts[f"{prefix}_{side}"].astype(np.float64)
+            return whole.reshape(whole.shape[0], -1)
+        a = self.parts[f"{prefix}_{side}_a"].astype(np.float64)
+        b = self.parts[f"{prefix}_{side}_b"].astype(np.float64)
+        core = self.parts.get(f"lokr_t{side[1]}" if prefix == "lokr" else f"hada_t{side[1]}")
+        if core is not None:  # Tucker: (p, r, k, l) from t (i, j, k, l), b (j, r), a (i, p)
+            rebuilt = np.einsum("ijkl,jr,ip->prkl", core.astype(np.float64), b, a)
+            return rebuilt.reshape(rebuilt.shape[0], -1)
+        return a @ b.reshape(b.shape[0], -1)
 
     def delta(self) -> np.ndarray:
         """ΔW (2-D, float64)."""
