@@ -19,6 +19,7 @@ from tests.helpers import real_models
 from tests.helpers.kquants import quantize_q6_k
 from tests.helpers.tensors import trained_like, write_tensors
 from tests.helpers.verdicts import check_verdict
+from weightidx import policy
 from weightidx.cli import app
 from weightidx.compare.engine import compare_paths
 from weightidx.errors import InputError
@@ -372,3 +373,10 @@ def test_a_corrupt_onnx_file_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     expected = f"Error: {path}: not an ONNX model onnx can read (DecodeError); the file is corrupt\n"
     assert result.output == expected
+
+
+def test_the_bits_per_weight_table_is_ggmls() -> None:
+    """``policy.GGUF_BITS_PER_WEIGHT`` (the error bound of each GGUF type) from ggml's block sizes."""
+    for name, bits in policy.GGUF_BITS_PER_WEIGHT.items():
+        values, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
+        assert bits == size * 8 / values, name

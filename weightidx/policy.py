@@ -69,3 +69,53 @@ LINEAGE_SCORE = 0.5
 #: scale, by orders of magnitude more). For a quantised B the bound is the quantisation's own
 #: (``engine._quantisation_shrink``) when that is larger.
 SCALE_TOLERANCE = 0.02
+
+#: Bits per weight of each GGUF type (ggml's block sizes, ``gguf.GGML_QUANT_SIZES``: bytes per
+#: block · 8 / values per block; ``tests/test_formats.py`` checks the table against the package).
+GGUF_BITS_PER_WEIGHT = {
+    "Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5, "Q8_1": 10.0,
+    "Q2_K": 2.625, "Q3_K": 3.4375, "Q4_K": 4.5, "Q5_K": 5.5, "Q6_K": 6.5625, "Q8_K": 9.125,
+    "IQ1_S": 1.5625, "IQ1_M": 1.75, "IQ2_XXS": 2.0625, "IQ2_XS": 2.3125, "IQ2_S": 2.5625,
+    "IQ3_XXS": 3.0625, "IQ3_S": 3.4375, "IQ4_NL": 4.5, "IQ4_XS": 4.25,
+    "TQ1_0": 1.6875, "TQ2_0": 2.0625, "MXFP4": 4.25,
+}  # fmt: skip
+
+#: The largest relative L2 error ``‖dequant(quant(W)) − W‖ / ‖W‖`` each scheme leaves on real
+#: weights, times ``QUANTISATION_MARGIN``: a quantised match that differs from A by more was
+#: changed before it was quantised. Measured by ``python benchmarks/quantisation_error.py``
+#: (2-D weights of all-MiniLM-L6-v2, its fine-tune and DINOv2-small; 2026-11-30).
+QUANTISATION_ERROR = {
+    # fp8 e4m3 with a scale per tensor, row or 128x128 block: measured 0.0264-0.0267
+    "fp8-scaled": 0.040,
+    "fp8-tensor": 0.040,
+    "fp8-channel": 0.040,
+    "fp8-block128": 0.040,
+    # int8 with a scale per row (bitsandbytes SCB; ONNX per axis): 0.0344; one scale per tensor:
+    # 0.3953 (a tensor with outliers keeps few levels for the rest: hardly anything is told)
+    "int8-bnb": 0.052,
+    "int8-channel": 0.052,
+    "uint8-channel": 0.052,
+    "int8-tensor": 0.593,
+    "uint8-tensor": 0.593,
+    # 4-bit with a scale and zero per 128 inputs: 0.1246; NF4 per 64 values: 0.1023; FP4: 0.2137
+    "gptq-int4": 0.187,
+    "awq-int4": 0.187,
+    "nf4-bnb": 0.154,
+    "fp4-bnb": 0.321,
+}
+QUANTISATION_MARGIN = 1.5
+
+#: GGUF types follow ``error ≈ GGUF_ERROR_CONSTANT · 2^-bits``: the largest ``error · 2^bits``
+#: measured over Q4_0 … Q8_0 and Q6_K (same benchmark) times the margin; K- and IQ-quants
+#: spend their bits better than the legacy types the constant comes from, so it bounds them.
+GGUF_ERROR_CONSTANT = 6.0  # measured largest error · 2^bits: 4.00 (Q8_0), 3.47 (Q4_0), 2.09 (Q6_K)
+
+
+def quantisation_error(scheme: str) -> float | None:
+    """The largest relative L2 error quantisation by ``scheme`` leaves (module constants), or
+    None for a scheme not measured (no claim is made about it)."""
+    if scheme in QUANTISATION_ERROR:
+        return QUANTISATION_ERROR[scheme]
+    if scheme in GGUF_BITS_PER_WEIGHT:
+        return GGUF_ERROR_CONSTANT * 2.0 ** -GGUF_BITS_PER_WEIGHT[scheme]
+    return None

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 
 import jsonschema
 
+from weightidx import policy
 from weightidx.compare.report import report_schema
 from weightidx.index.reader import load_index
 
@@ -52,6 +54,12 @@ def recount(report: dict) -> dict:
             for m in on_matrices
             for t in m["transform"]
             if t.startswith("quantise:")
+        },
+        "quantised_beyond": {
+            m["b"]["key"]
+            for m in on_matrices
+            for t in m["transform"]
+            if t.startswith("quantise:") and _beyond(t.split(":")[1], m)
         },
         "whole_expert_matches": [
             (m["a"]["key"], m["b"]["key"])
@@ -123,14 +131,28 @@ def _check_upcycled(text: str, report_matches: list[tuple[str, str]]) -> None:
     assert (experts, sources) == (sum(shared), len(shared)), (text, shared)
 
 
-def _check_quantised(text: str, quantised: dict[str, str]) -> None:
-    """The quantisation sentence: how many related matrices are stored quantised, in which types."""
+def _beyond(scheme: str, match: dict) -> bool:
+    """A quantised match further from A, after any scale, than its type leaves on real weights."""
+    bound, cosine = policy.quantisation_error(scheme), match["cosine"]
+    if bound is None or not cosine or match["max_abs_diff"] is None:
+        return False
+    return math.sqrt(max(0.0, 1 - cosine * cosine)) / abs(cosine) > bound
+
+
+def _check_quantised(text: str, quantised: dict[str, str], beyond: set[str]) -> None:
+    """The quantisation sentences: how many related matrices are stored quantised, in which
+    types, and how many differ by more than their quantisation leaves (else: within it)."""
     if not quantised:
         assert "stored quantised" not in text, text
         return
     count, types = _number(text, r"(\d+) of them are stored quantised \(([^)]+)\)")
     assert int(count) == len(quantised) and types.split(", ") == sorted(set(quantised.values())), text
-    assert "trained after the copy" not in text, "quantisation called training"
+    if beyond:
+        (more,) = _number(text, r"(\d+) of them differ by more than their quantisation leaves")
+        assert int(more) == len(beyond), (text, beyond)
+    else:
+        assert "differ by more than their quantisation leaves" not in text, text
+        assert "trained after the copy" not in text, "quantisation called training"
 
 
 def _check_related(text: str, summary: dict, facts: dict) -> None:
@@ -170,7 +192,7 @@ def _check_related(text: str, summary: dict, facts: dict) -> None:
     else:
         assert "changed by training" not in text
     _check_upcycled(text, report_matches=facts["whole_expert_matches"])
-    _check_quantised(text, facts["quantised"])
+    _check_quantised(text, facts["quantised"], facts["quantised_beyond"])
     if summary["scenario"] == "partially_related":
         (rest,) = _number(text, r"The other (\d+) weight matrices show no significant relation")
         assert int(rest) == total - related

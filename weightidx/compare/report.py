@@ -107,11 +107,13 @@ def _facts(
     degrees = [m.strength for m in on_matrices]
     # Estimated pairs whose samples do not line up say nothing about their values: not counted.
     quantised = [m for m in on_matrices if any(t.kind == "quantise" for t in m.transform)]
-    # A quantised tensor differs from A's by the quantisation: not counted as changed by training.
+    # A quantised tensor differs from A's by the quantisation: not counted as changed by training,
+    # unless it differs by more than that quantisation leaves.
+    beyond = [m for m in quantised if _beyond_quantisation(m)]
     moved = [
         m
         for m in on_matrices
-        if not _equal_values(m) and m.metrics.max_abs_diff is not None and m not in quantised
+        if not _equal_values(m) and m.metrics.max_abs_diff is not None and (m not in quantised or m in beyond)
     ]
     strongest = shortlist.strongest_z
     threshold = p_threshold
@@ -133,7 +135,7 @@ def _facts(
             "matrices": len({m.candidate.b.key for m in moved}),
             "largest_relative_l2": _round(max((m.metrics.relative_l2 or 0.0 for m in moved), default=0.0)),
         },
-        "quantised": _quantised(quantised),
+        "quantised": _quantised(quantised, beyond),
         "weakest_z": _round(min(m.proof.z for m in on_matrices), 1) if on_matrices else None,
         "upcycled": _upcycled(related),
         "transforms": kinds,
@@ -225,13 +227,38 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def _quantised(quantised: list[Match]) -> dict:
-    """How many related matrices of B are stored quantised, in which types, how far from A."""
-    types = {t.parameter or "" for m in quantised for t in m.transform if t.kind == "quantise"}
+def _scheme(m: Match) -> str:
+    return next(t.parameter or "" for t in m.transform if t.kind == "quantise")
+
+
+def _residual(m: Match) -> float | None:
+    """B's distance from A once a scale is taken out, ``√(1 − cos²) / |cos|`` (the relative L2
+    error for a plain quantised copy; the error alone when B is also scaled)."""
+    cosine = m.metrics.cosine
+    if cosine is None or cosine == 0 or m.metrics.max_abs_diff is None:  # estimated: no claim
+        return None
+    return math.sqrt(max(0.0, 1 - cosine * cosine)) / abs(cosine)
+
+
+def _beyond_quantisation(m: Match) -> bool:
+    """Whether B differs from A by more than its quantisation leaves on real weights
+    (``policy.quantisation_error``): then it was changed before it was quantised."""
+    bound, residual = policy.quantisation_error(_scheme(m)), _residual(m)
+    return bound is not None and residual is not None and residual > bound
+
+
+def _quantised(quantised: list[Match], beyond: list[Match]) -> dict:
+    """How many related matrices of B are stored quantised, in which types, how far from A, and
+    how many of them further than their quantisation leaves (``beyond``)."""
+    types = {_scheme(m) for m in quantised}
+    bounds = [policy.quantisation_error(t) for t in types]
     return {
         "matrices": len({m.candidate.b.key for m in quantised}),
         "types": sorted(types),
         "largest_relative_l2": _round(max((m.metrics.relative_l2 or 0.0 for m in quantised), default=0.0)),
+        "expected_relative_l2": _round(max(bounds)) if bounds and None not in bounds else None,
+        "beyond_expected": len({m.candidate.b.key for m in beyond}),
+        "largest_residual_beyond": _round(max((_residual(m) or 0.0 for m in beyond), default=0.0)),
     }
 
 
@@ -319,13 +346,7 @@ def _related_text(summary: dict, a_name: str, b_name: str) -> str:
             f"{changed['matrices']} of them differ from A's in value beyond the cast (relative L2 up to "
             f"{changed['largest_relative_l2']:.2g}): lightly trained after the copy."
         )
-    quantised = summary.get("quantised") or {"matrices": 0}
-    if quantised["matrices"]:
-        sentences.append(
-            f"{quantised['matrices']} of them are stored quantised ({', '.join(quantised['types'])}) and "
-            f"differ from A's by up to relative L2 {quantised['largest_relative_l2']:.2g}, as quantisation "
-            "does; whether they were also trained the values do not tell."
-        )
+    sentences += _quantised_text(summary.get("quantised") or {"matrices": 0})
     upcycled = summary.get("upcycled")
     if upcycled:
         low, high = upcycled["per_source"]
@@ -340,6 +361,32 @@ def _related_text(summary: dict, a_name: str, b_name: str) -> str:
     sentences += [f"{line}." for line in summary.get("layouts", [])]
     sentences.append(_lora_text(summary))
     return " ".join(sentences)
+
+
+def _quantised_text(quantised: dict) -> list[str]:
+    """The quantisation sentences: how many matrices, in which types, how far from A against
+    what the types leave on real weights (``policy.QUANTISATION_ERROR``)."""
+    if not quantised["matrices"]:
+        return []
+    stored = (
+        f"{quantised['matrices']} of them are stored quantised ({', '.join(quantised['types'])}) and "
+        f"differ from A's by up to relative L2 {quantised['largest_relative_l2']:.2g}"
+    )
+    expected = quantised.get("expected_relative_l2")
+    beyond = quantised.get("beyond_expected", 0)
+    if expected is None:
+        return [f"{stored}; how much of that is quantisation the values do not tell."]
+    if not beyond:
+        leave = "these types leave" if len(quantised["types"]) > 1 else "this type leaves"
+        return [
+            f"{stored}, within what {leave} on real weights (up to {expected:.2g}); a change smaller "
+            "than that the values cannot rule out."
+        ]
+    return [
+        f"{stored}. {beyond} of them differ by more than their quantisation leaves (relative L2 up to "
+        f"{quantised['largest_residual_beyond']:.2g} after any scale, against at most {expected:.2g}): "
+        "changed before they were quantised."
+    ]
 
 
 def _layout_lines(layouts: Sequence[Layout]) -> list[str]:
