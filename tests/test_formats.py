@@ -209,10 +209,37 @@ def test_a_diffusers_pipeline_root_lists_its_components(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.output == (
         f"Error: {root}: a diffusers pipeline of 3 models (text_encoder, transformer, vae); "
-        "index each on its own: "
-        f"weightidx index {root / 'text_encoder'}; weightidx index {root / 'transformer'}; "
-        f"weightidx index {root / 'vae'}\n"
+        f"index one with --component text_encoder (or pass its folder: {root / 'text_encoder'})\n"
     )
+    out = tmp_path / "transformer.parquet"
+    taken = runner.invoke(app, ["index", str(root), "--component", "transformer", "-o", str(out), "-q"])
+    assert taken.exit_code == 0, taken.output
+    assert load_index(out).name == "pipeline/transformer"
+    wrong = runner.invoke(app, ["index", str(root), "--component", "unet"])
+    assert wrong.exit_code == 2
+    assert wrong.output == (
+        f"Error: {root}: no component 'unet' (its components: text_encoder, transformer, vae); "
+        "check --component\n"
+    )
+
+
+def test_a_component_of_a_cached_pipeline_repo_is_named_after_the_repo(tmp_path: Path) -> None:
+    repo = _hub_repo(tmp_path / "hub", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    snapshot = repo / "snapshots" / "a1b2c3d4e5f6"
+    for name in list(snapshot.iterdir()):
+        name.unlink()
+    (snapshot / "model_index.json").write_text("{}")
+    (snapshot / "transformer").mkdir()
+    write_tensors(
+        snapshot / "transformer" / "diffusion_pytorch_model.safetensors",
+        {"w": ("F32", trained_like(np.random.default_rng(2), 16, 16))},
+    )
+    refused = runner.invoke(app, ["index", str(repo)])
+    assert refused.exit_code == 2 and "--component transformer" in refused.output
+    out = tmp_path / "t.parquet"
+    result = runner.invoke(app, ["index", str(repo), "--component", "transformer", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert load_index(out).name == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers/transformer"
 
 
 def test_a_pipelines_model_index_json_names_the_pipeline(tmp_path: Path) -> None:

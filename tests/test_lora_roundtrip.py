@@ -79,3 +79,74 @@ def test_every_kind_goes_to_b_and_back_unchanged(tmp_path: Path, derivation: str
     for key, (_, values) in expected.items():
         error = np.linalg.norm(returned[key][1] - values) / np.linalg.norm(values)
         assert error < 1e-6, (key, error)
+
+
+def _lycoris_on_mlp_up(seed: int) -> dict[str, np.ndarray]:
+    """A LoKr (w1 4x4, w2 128x32: ΔW 512x128) on layer 1's MLP input, a LoHa on layer 2's."""
+    rng = np.random.default_rng(seed)
+
+    def f(*shape: int) -> np.ndarray:
+        return (0.3 * rng.standard_normal(shape)).astype(np.float32)
+
+    return {
+        "diffusion_model.layer.1.mlp.up.lokr_w1": f(4, 4),
+        "diffusion_model.layer.1.mlp.up.lokr_w2_a": f(128, 2),
+        "diffusion_model.layer.1.mlp.up.lokr_w2_b": f(2, 32),
+        "diffusion_model.layer.2.mlp.up.hada_w1_a": f(512, 2),
+        "diffusion_model.layer.2.mlp.up.hada_w1_b": f(2, 128),
+        "diffusion_model.layer.2.mlp.up.hada_w2_a": f(512, 2),
+        "diffusion_model.layer.2.mlp.up.hada_w2_b": f(2, 128),
+    }
+
+
+UP = ["layer.1.mlp.up.weight", "layer.2.mlp.up.weight"]
+BLOCKS = np.concatenate([np.arange(128) + 128 * b for b in (2, 0, 3, 1)])  # whole blocks of w2's rows
+
+
+@pytest.mark.parametrize(
+    ("derivation", "lokr_as_factors"),
+    [
+        ("split in 4", True),  # each part takes whole blocks: rows of w1
+        ("blocks reordered", True),
+        ("rows reordered", False),  # not a Kronecker product: a full delta, with the flag
+    ],
+)
+def test_lokr_and_loha_follow_splits_and_reorderings_as_factors(
+    tmp_path: Path, derivation: str, lokr_as_factors: bool
+) -> None:
+    a = derive.toy_transformer(73)
+    order = np.random.default_rng(74).permutation(512)
+    derived = {
+        "split in 4": lambda t: derive.split(t, UP, parts=4),
+        "blocks reordered": lambda t: derive.reorder_rows(t, UP, BLOCKS),
+        "rows reordered": lambda t: derive.reorder_rows(t, UP, order),
+    }[derivation]
+    pa = write_tensors(tmp_path / "a.safetensors", a)
+    pb = write_tensors(tmp_path / "b.safetensors", derived(a).tensors)
+    report = write_report(compare_paths(pa, pb, cache=tmp_path / "cache"), tmp_path / "report.json")
+    lora = _lycoris_on_mlp_up(75)
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    out = tmp_path / "out.safetensors"
+    arguments = [
+        "lora",
+        "convert",
+        str(tmp_path / "lora.safetensors"),
+        "--report",
+        str(report),
+        "-o",
+        str(out),
+    ]
+    strict = runner.invoke(app, [*arguments, "--strict"])
+    assert (strict.exit_code == 0) == lokr_as_factors, strict.output
+    result = runner.invoke(app, [*arguments, "--allow-full-delta", "--verify", "--strict"])
+    assert result.exit_code == 0, result.output
+    assert float(result.output.rsplit("=", 1)[1].split()[0]) < 1e-5
+    written = load_file(str(out))
+    kinds = {key.rsplit(".", 1)[1] for key in written}
+    assert "hada_w1_a" in kinds  # LoHa's rows follow any reordering or slice
+    assert ("lokr_w1" in kinds) == lokr_as_factors and ("diff" in kinds) != lokr_as_factors
+    expected = derived(apply_lora(a, lora)).tensors
+    after = apply_lora(derived(a).tensors, written)
+    for key, (_, values) in expected.items():
+        error = np.linalg.norm(after[key][1] - values) / np.linalg.norm(values)
+        assert error < 1e-6, (key, error)

@@ -51,6 +51,15 @@ def index_command(
             callback=not_a_flag,
         ),
     ] = None,
+    component: Annotated[
+        str | None,
+        typer.Option(
+            "--component",
+            help="For a diffusers pipeline (folder, cache repo or repo id): the model folder to index, "
+            "e.g. transformer.",
+            callback=not_a_flag,
+        ),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Fingerprint every tensor of a checkpoint into one Parquet file (stage 1)."""
@@ -69,6 +78,7 @@ def index_command(
                 progress=(lambda p: update(p.bytes_done, p.bytes_total)) if update else None,
                 allow_pickle=allow_pickle,
                 revision=revision,
+                component=component,
             )
     for line in summary.warnings:
         typer.echo(f"Warning: {line}", err=True)

@@ -100,6 +100,7 @@ def index_checkpoint(
     progress: Callable[[IndexProgress], None] | None = None,
     allow_pickle: bool = False,
     revision: str | None = None,
+    component: str | None = None,
 ) -> IndexSummary:
     """Fingerprint every tensor of a checkpoint into one Parquet file.
 
@@ -114,6 +115,8 @@ def index_checkpoint(
             ``torch.load(weights_only=True)`` (needs the torch extra); refused otherwise.
         revision: for a Hugging Face cache repo (``models--org--name`` or ``org/name``), the
             branch, tag or commit to read (default ``main``).
+        component: for a diffusers pipeline (a folder, cache repo or repo id holding a
+            ``model_index.json``), the model folder to index (``transformer``, ``vae``, ...).
 
     ``path`` may also be a GGUF file (converted once into the cache: ``io/gguf.py``), a
     Hugging Face cache repo, snapshot or repo id (``io/locate.py``).
@@ -127,7 +130,7 @@ def index_checkpoint(
         101
     """
     started = time.perf_counter()
-    located = prepare(path, allow_pickle=allow_pickle, revision=revision)
+    located = prepare(path, allow_pickle=allow_pickle, revision=revision, component=component)
     checkpoint = open_checkpoint(located.path)
     model = name or located.name or checkpoint.default_name()
     output = Path(out) if out is not None else default_output(checkpoint, model)

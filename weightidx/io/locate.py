@@ -9,8 +9,9 @@ one shard of a sharded model, or a file of another format to convert first.
   through ``huggingface_hub`` (the ``hub`` extra) with ``local_files_only=True``. A file or folder
   inside ``snapshots/<commit>/`` is named ``org/name``, not after the commit hash or the
   ``blobs/`` file its symbolic link leads to.
-- **diffusers pipeline roots** (a ``model_index.json`` beside component folders) are refused with
-  the component list and the command for each: a pipeline is several models.
+- **diffusers pipeline roots** (a ``model_index.json`` beside component folders), given as a path,
+  a cache repo or a repo id, are refused with the component list: a pipeline is several models;
+  ``component`` (``--component transformer``) takes one, named ``<pipeline>/<component>``.
 - **A lone shard** (``model-00001-of-00003.safetensors`` with its ``*.safetensors.index.json``
   beside it) is indexed as asked, with a note that it is one of N and how to take the whole model.
 
@@ -45,29 +46,41 @@ class Located:
     notes: tuple[str, ...] = ()
 
 
-def locate(path: Path | str, revision: str | None = None) -> Located:
-    """Resolve a user's path (module doc).
+def locate(path: Path | str, revision: str | None = None, component: str | None = None) -> Located:
+    """Resolve a user's path (module doc); ``component`` takes one model of a diffusers pipeline.
 
     Raises:
         InputError: a repo id or revision not in the local cache, ``huggingface_hub`` missing for a
-            repo id, or a diffusers pipeline root.
+            repo id, a diffusers pipeline root without ``component``, or a ``component`` that is
+            not one of the pipeline's.
     """
     given = Path(path)
     if not given.exists() and not given.is_symlink() and _REPO_ID.match(str(path)):
-        return _from_repo_id(str(path), revision)
-    if given.is_dir() and _REPO_FOLDER.match(given.name) and (given / "snapshots").is_dir():
-        return _from_repo_folder(given, revision)
-    if revision is not None:
+        found = _from_repo_id(str(path), revision)
+    elif given.is_dir() and _REPO_FOLDER.match(given.name) and (given / "snapshots").is_dir():
+        found = _from_repo_folder(given, revision)
+    elif revision is not None:
         raise InputError(
             f"{given}: --revision applies to a Hugging Face cache repo; pass its models--org--name folder"
         )
-    name = _repo_name(given)
-    if given.is_dir():
-        _refuse_pipeline_root(given)
-    elif given.name == "model_index.json":
-        _refuse_pipeline_root(given.parent)
-    notes = _lone_shard_notes(given)
-    return Located(given, name, notes)
+    else:
+        root = given.parent if given.name == "model_index.json" else given  # a pipeline's file
+        found = Located(root, _repo_name(given))
+    if component is not None:
+        return _component(found, component)
+    if found.path.is_dir():
+        _refuse_pipeline_root(found.path)
+    return Located(found.path, found.name, _lone_shard_notes(found.path))
+
+
+def _component(pipeline: Located, component: str) -> Located:
+    """One model folder of a diffusers pipeline, named ``<pipeline>/<component>``."""
+    root = pipeline.path
+    components = _components(root) if root.is_dir() else []
+    if component not in components:
+        have = f"its components: {', '.join(components)}" if components else "it is not a diffusers pipeline"
+        raise InputError(f"{root}: no component '{component}' ({have}); check --component")
+    return Located(root / component, f"{pipeline.name or root.name}/{component}")
 
 
 def _repo_name(path: Path) -> str | None:
@@ -122,22 +135,26 @@ def _from_repo_id(repo_id: str, revision: str | None) -> Located:
     return Located(Path(folder), repo_id)
 
 
-def _refuse_pipeline_root(folder: Path) -> None:
-    """A diffusers pipeline root holds several models, each in a folder of its own."""
+def _components(folder: Path) -> list[str]:
+    """The model folders of a diffusers pipeline root (a ``model_index.json`` beside them)."""
     if not (folder / "model_index.json").is_file() or any(folder.glob("*.safetensors")):
-        return
-    components = sorted(
+        return []
+    return sorted(
         child.name
         for child in folder.iterdir()
         if child.is_dir() and (any(child.glob("*.safetensors")) or any(child.glob("*" + _INDEX_JSON_SUFFIX)))
     )
+
+
+def _refuse_pipeline_root(folder: Path) -> None:
+    """A diffusers pipeline root holds several models, each in a folder of its own."""
+    components = _components(folder)
     if not components:
         return
-    commands = "; ".join(f"weightidx index {folder / name}" for name in components)
     raise InputError(
         f"{folder}: a diffusers pipeline of {len(components)} model{'s' if len(components) != 1 else ''} "
-        f"({', '.join(components)}); "
-        f"index each on its own: {commands}"
+        f"({', '.join(components)}); index one with --component {components[0]} "
+        f"(or pass its folder: {folder / components[0]})"
     )
 
 
@@ -161,7 +178,12 @@ def _lone_shard_notes(path: Path) -> tuple[str, ...]:
 
 
 def prepare(
-    path: Path | str, *, allow_pickle: bool = False, revision: str | None = None, cache: Path | None = None
+    path: Path | str,
+    *,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    component: str | None = None,
+    cache: Path | None = None,
 ) -> Located:
     """``locate``, then a GGUF or ONNX file (or, with ``allow_pickle``, a pickle) converted to a
     safetensors file in the cache (``cache``, default ``config.cache_folder()``), named after the
@@ -175,7 +197,7 @@ def prepare(
     from weightidx.io.onnx import convert_onnx, is_onnx
     from weightidx.io.safetensors import is_pickle
 
-    located = locate(path, revision)
+    located = locate(path, revision, component)
     if located.path.suffix.lower() == ".gguf" and located.path.is_file() and not is_gguf(located.path):
         raise InputError(
             f"{located.path}: not a GGUF file (it does not start with GGUF's magic bytes); check the file"

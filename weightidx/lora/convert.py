@@ -734,6 +734,22 @@ def _fused_magnitude(
     return Magnitude(filled(values, first.axis, weights("b", b_key), delta), first.axis, first.dtype)
 
 
+def through(delta: np.ndarray, target: Target) -> np.ndarray:
+    """T applied to a change of A's weight (2-D view): the scale, the reordering, A's slice, the
+    selection and the transpose, in that order (B's slice is the caller's)."""
+    delta = delta * target.scale
+    if target.permutation is not None:
+        delta = apply_permutation(delta, target.permutation)
+    if target.a_slice is not None:
+        axis, start, stop = target.a_slice
+        delta = delta[start:stop] if axis == 0 else delta[:, start:stop]
+    if target.rows is not None:
+        delta = delta[target.rows]
+    if target.cols is not None:
+        delta = delta[:, target.cols]
+    return delta.T if target.has("transpose") else delta
+
+
 def expected_delta(
     plan: _Planned, b_shape: tuple, change_of: Callable[[LoraModule], np.ndarray] | None = None
 ) -> np.ndarray:
@@ -742,18 +758,7 @@ def expected_delta(
     rows, cols = view_2d(b_shape)
     expected = np.zeros((rows, cols))
     for module, target in plan.sources:
-        delta = (module.delta() if change_of is None else change_of(module)) * target.scale
-        if target.permutation is not None:
-            delta = apply_permutation(delta, target.permutation)
-        if target.a_slice is not None:
-            axis, start, stop = target.a_slice
-            delta = delta[start:stop] if axis == 0 else delta[:, start:stop]
-        if target.rows is not None:
-            delta = delta[target.rows]
-        if target.cols is not None:
-            delta = delta[:, target.cols]
-        if target.has("transpose"):
-            delta = delta.T
+        delta = through(module.delta() if change_of is None else change_of(module), target)
         if target.b_slice is None:
             expected += delta.reshape(rows, cols)
         elif target.b_slice[0] == 0:
@@ -1050,8 +1055,41 @@ def _convert(
     return conversion
 
 
-#: Transforms LoKr/LoHa factors follow as factors (``lycoris.py``); a reshape keeps the 2-D view.
-_FACTOR_PRESERVING = {"rename", "cast", "scale", "transpose", "quantise", "reshape"}
+#: Transforms LoKr/LoHa factors follow as factors (``lycoris.py``): a reshape keeps the 2-D
+#: view; reorderings, selections and slices of A go through ``LycorisModule.taken`` where it can.
+_FACTOR_PRESERVING = {
+    "rename", "cast", "scale", "transpose", "quantise", "reshape", "permute", "select", "gather", "split",
+}  # fmt: skip
+
+
+def _lycoris_moved(module: LycorisModule, target: Target, a_shape: tuple) -> LycorisModule | None:
+    """The LoKr/LoHa module on ``target``'s B weight as factors, exactly, or None when its
+    factors cannot follow (a slice of a fused B weight, a kernel transposed, a reordering or
+    selection that is not a Kronecker product's: ``LycorisModule.taken``)."""
+    kinds = {step.kind for step in target.transform}
+    convolution = module.convolution or len(a_shape) > 2
+    if (
+        target.b_slice is not None
+        or not kinds <= _FACTOR_PRESERVING
+        or (convolution and "transpose" in kinds)
+    ):
+        return None
+    current: LycorisModule | None = module
+    takes: list[tuple[int, np.ndarray]] = []
+    if target.permutation is not None:
+        takes.append((target.permutation.axis, target.permutation.order))
+    if target.a_slice is not None:
+        axis, start, stop = target.a_slice
+        takes.append((axis, np.arange(start, stop)))
+    if target.rows is not None:
+        takes.append((0, target.rows))
+    if target.cols is not None:
+        takes.append((1, target.cols))
+    for axis, index in takes:
+        current = current.taken(axis, index) if current is not None else None
+    if current is None:
+        return None
+    return current.moved(target.b_key, target.scale, target.has("transpose"))
 
 
 def plan_lycoris(
@@ -1089,33 +1127,22 @@ def plan_lycoris(
             reason = None if problem is None else f"DoRA: {problem}"
         target_key = module.target or ""
         if reason is None:
-            whole = len(mine) == 1 and mine[0].a_slice is None and mine[0].b_slice is None
-            simple = whole and mine[0].permutation is None and mine[0].rows is None and mine[0].cols is None
-            kinds = {t.kind for t in mine[0].transform}
-            convolution = module.convolution or len(a_shapes[target_key]) > 2
-            if (
-                simple
-                and kinds <= _FACTOR_PRESERVING
-                and not (convolution and "transpose" in kinds)  # kernels are not transposed
-                and fmt in ("comfyui", "kohya")
-                and (
-                    module.magnitude is None
-                    or _dora_problem(module.magnitude, mine, a_shapes[module.target or ""], b_shapes, fmt)
-                    is None
+            moves = [_lycoris_moved(module, target, a_shapes[target_key]) for target in mine]
+            carried_ok = fmt in ("comfyui", "kohya") and all(moved is not None for moved in moves)
+            if carried_ok and module.magnitude is not None:
+                carried_ok = (
+                    _dora_problem(module.magnitude, mine, a_shapes[target_key], b_shapes, fmt) is None
                 )
-            ):
-                target = mine[0]
-                kept.append(
-                    (module, module.moved(target.b_key, target.scale, target.has("transpose")), target)
-                )
+            if carried_ok:
+                kept += [(module, moved, target) for moved, target in zip(moves, mine, strict=True) if moved]
                 continue
             if allow_full_delta and fmt in ("comfyui", "kohya"):
-                weight = weights("a", module.target or "") if module.magnitude is not None else None
-                values = change(weight, module.delta(), module.magnitude).reshape(
-                    a_shapes[module.target or ""]
-                )
+                values = module.delta()
+                if module.magnitude is not None:  # the change DoRA makes depends on A's weight
+                    values = change(weights("a", target_key), values, module.magnitude)
+                values = values.reshape(a_shapes[target_key])
                 delta = _delta_module(
-                    Resolved(module.target), module.name, "diff", module.dtype, values, set(a_shapes)
+                    Resolved(target_key), module.name, "diff", module.dtype, values, set(a_shapes)
                 )
                 full.append(replace(delta, keys=tuple(tensors)))
                 continue
@@ -1165,8 +1192,7 @@ def _carried_error(source: LycorisModule, moved: LycorisModule, target: Target, 
         weight_a, weight_b = weights("a", source.target or ""), weights("b", moved.target or "")
         expected = change(weight_a, source.delta(), source.magnitude)
         actual = change(weight_b, written.delta(), written.magnitude)
-    expected = expected * target.scale
-    return relative_error(actual, expected.T if target.has("transpose") else expected)
+    return relative_error(actual, through(expected, target))
 
 
 def _plan_error(plan: _Planned, b_shape: tuple, weights: Weights) -> float:

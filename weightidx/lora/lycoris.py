@@ -16,8 +16,10 @@ Definitions (LyCORIS ``lycoris/modules/lokr.py`` and ``loha.py``; ComfyUI
 A rename or a cast moves the factors as they are; a constant scale ``c`` multiplies one factor
 (and a DoRA magnitude by ``|c|``, ``dora.py``);
 a transpose is exact too, ``kron(w1, w2)ᵀ = kron(w1ᵀ, w2ᵀ)`` and ``(A ∘ B)ᵀ = Aᵀ ∘ Bᵀ``, each
-product ``(a @ b)ᵀ = bᵀ @ aᵀ``. Any other transform (a slice of a fused tensor, a reordering, a
-selection) breaks the structure: such a module is written as a full delta with
+product ``(a @ b)ᵀ = bᵀ @ aᵀ``. Reorderings, selections and slices of A's rows or columns
+(a split, a pruned or permuted B) are exact for LoHa, and for LoKr when they take whole blocks
+of the Kronecker product (``LycorisModule.taken``). Anything else (a slice of a fused B weight,
+any other reordering) breaks the structure: such a module is written as a full delta with
 ``--allow-full-delta``, else refused. Convolution modules (4-D factors, Tucker forms) move as
 they are through renames, casts, reshapes and scales; they are not transposed.
 """
@@ -122,3 +124,62 @@ class LycorisModule:
             magnitude = magnitude.scaled(factor)
             magnitude = magnitude.transposed() if transpose else magnitude
         return LycorisModule(self.kind, self.name, parts, self.alpha, self.dtype, target, magnitude=magnitude)
+
+    def taken(self, axis: int, index: np.ndarray) -> LycorisModule | None:
+        """The module whose ΔW is this one's rows (``axis`` 0) or columns (1) at ``index`` (a
+        reordering, a selection or a slice), when its factors can say so exactly, else None:
+
+        - LoHa: ``(A ∘ B)[index] = A[index] ∘ B[index]``, and each product's rows are its ``_a``
+          factor's rows (columns: its ``_b`` factor's);
+        - LoKr: row ``i`` of ``kron(w1, w2)`` is ``w1[i // n2] ⊗ w2[i % n2]``; an index that takes
+          whole blocks of ``n2`` in order (``[n2 · p + 0 … n2 · p + n2 − 1]`` for each ``p``) takes
+          rows ``p`` of ``w1``, one that takes the same rows ``q`` of ``w2`` within every block in
+          block order takes rows ``q`` of ``w2``; any other index is not a Kronecker product.
+
+        A DoRA magnitude follows along its axis; a selection across it changes the norms (None).
+        Convolution modules (kernel dimensions) are not taken apart (None).
+        """
+        if self.convolution:
+            return None
+        index = np.asarray(index, dtype=np.int64)
+        size = self.delta().shape[axis]
+        magnitude = self.magnitude
+        if magnitude is not None:
+            if axis == magnitude.axis:
+                magnitude = magnitude.taken(axis, index)
+            elif sorted(index.tolist()) != list(range(size)):
+                return None
+        parts = dict(self.parts)
+        if self.kind == "loha":
+            for side in ("w1", "w2"):
+                name = f"hada_{side}_a" if axis == 0 else f"hada_{side}_b"
+                parts[name] = parts[name][index] if axis == 0 else parts[name][:, index]
+        else:
+            found = self._kron_index(axis, index)
+            if found is None:
+                return None
+            side, inner = found
+            whole = f"lokr_{side}"
+            name = whole if whole in parts else f"lokr_{side}_a" if axis == 0 else f"lokr_{side}_b"
+            parts[name] = parts[name][inner] if axis == 0 else parts[name][:, inner]
+        return LycorisModule(
+            self.kind, self.name, parts, self.alpha, self.dtype, self.target, magnitude=magnitude
+        )
+
+    def _kron_index(self, axis: int, index: np.ndarray) -> tuple[str, np.ndarray] | None:
+        """Which factor (``w1`` or ``w2``) and which of its rows/columns ``index`` takes of
+        ``kron(w1, w2)`` along ``axis`` (``taken``), or None."""
+        n1, n2 = self._side("w1").shape[axis], self._side("w2").shape[axis]
+        if index.size and index.size % n2 == 0:
+            blocks = index.reshape(-1, n2)
+            if (
+                np.array_equal(blocks - blocks[:, :1], np.broadcast_to(np.arange(n2), blocks.shape))
+                and not (blocks[:, 0] % n2).any()
+            ):
+                return "w1", blocks[:, 0] // n2
+        if index.size and index.size % n1 == 0:
+            within = index.reshape(n1, -1)
+            offsets = within - (np.arange(n1) * n2)[:, None]
+            if (offsets >= 0).all() and (offsets < n2).all() and (offsets == offsets[0]).all():
+                return "w2", offsets[0]
+        return None
