@@ -96,6 +96,44 @@ def test_a_gguf_quantisation_of_minilm_is_a_copy_with_its_types_named(
     assert "applies to B as it is" in summary["verdict"]
 
 
+def llama_cpp_permute(weights: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's ``convert_hf_to_gguf.py`` (``LlamaModel.permute``): q and k rows of each head
+    from the Hugging Face rotary layout (halves) to GGML's (interleaved pairs)."""
+    rows = weights.shape[0]
+    return (
+        weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+@pytest.mark.real_model
+def test_llama_cpps_rotary_permutation_is_found_by_the_values(
+    minilm: Path, minilm_tensors: dict, tmp_path: Path
+) -> None:
+    """A GGUF written as llama.cpp writes llama models: q and k rows permuted per head (MiniLM's 12
+    heads of 32), then quantised. compare finds the reordering from the values, no name table."""
+    permuted = dict(minilm_tensors)
+    heads = 12
+    moved = [k for k in minilm_tensors if k.endswith(("self.query.weight", "self.key.weight"))]
+    for key in moved:
+        dtype, values = minilm_tensors[key]
+        permuted[key] = (dtype, np.ascontiguousarray(llama_cpp_permute(values, heads)))
+        bias = key.removesuffix("weight") + "bias"
+        permuted[bias] = (dtype, np.ascontiguousarray(llama_cpp_permute(minilm_tensors[bias][1], heads)))
+    write_gguf(tmp_path / "rotary.gguf", permuted, ("Q8_0",))
+    report = compare_paths(minilm, tmp_path / "rotary.gguf", cache=tmp_path / "cache")
+    check_verdict(report)
+    by_b = {m["b"]["key"]: m for m in report["matches"] if m["verdict"] != "different"}
+    for key in moved:
+        match = by_b[key]
+        assert match["a"]["key"] == key and "permute:rows" in match["transform"], match["transform"]
+        assert "quantise:Q8_0" in match["transform"]
+        order = np.asarray(match["permutation"]["order"])
+        np.testing.assert_array_equal(order, llama_cpp_permute(np.arange(384), heads))
+        assert "rotary" in (match["permutation"]["pattern"] or "")
+
+
 @pytest.mark.real_model
 def test_a_gguf_type_gguf_cannot_dequantise_is_an_unsupported_tensor(
     minilm_tensors: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
