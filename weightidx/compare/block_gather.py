@@ -44,6 +44,7 @@ from weightidx.compare.structure import Layout, Structures, describe_interleave,
 from weightidx.compare.types import Candidate, Match, Region, strength_of
 from weightidx.fingerprint.sketch import BLOCK, K
 from weightidx.index.reader import IndexedModel
+from weightidx.index.schema import IndexRow
 from weightidx.naming import block_of
 
 
@@ -107,7 +108,7 @@ def find_block_gathers(
     return found + biases
 
 
-def _pool(a: IndexedModel, row_b: dict, axis: int, candidates: list[str]) -> list[str]:
+def _pool(a: IndexedModel, row_b: IndexRow, axis: int, candidates: list[str]) -> list[str]:
     """Of A's ``candidates``, those whose other axis equals B's and whose gathered axis is whole
     blocks; empty when B's axis is not whole blocks, or less than two, or longer than theirs."""
     length_b, other_b = _axes(row_b, axis)
@@ -122,13 +123,13 @@ def _pool(a: IndexedModel, row_b: dict, axis: int, candidates: list[str]) -> lis
     return pool if lengths >= length_b else []
 
 
-def _axes(row: dict, axis: int) -> tuple[int, int]:
+def _axes(row: IndexRow, axis: int) -> tuple[int, int]:
     """(the gathered axis, the other axis) of a tensor's 2-D view."""
     rows, cols = int(row["rows"]), int(row["cols"])
     return (rows, cols) if axis == 0 else (cols, rows)
 
 
-def _blocks(row: dict, axis: int) -> np.ndarray:
+def _blocks(row: IndexRow, axis: int) -> np.ndarray:
     sketches = Sketches.from_row(row)
     return sketches.row_sketch if axis == 0 else sketches.col_sketch
 

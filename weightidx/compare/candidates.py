@@ -31,6 +31,7 @@ import numpy as np
 
 from weightidx.fingerprint.sketch import BLOCK, K
 from weightidx.index.reader import IndexedModel
+from weightidx.index.schema import IndexRow
 from weightidx.naming import block_of, role_of
 from weightidx.sql.runner import run_query
 
@@ -69,11 +70,11 @@ def candidate_pairs(a: IndexedModel, b: IndexedModel, exhaustive: bool = False) 
     return CandidatePairs(pairs, skipped)
 
 
-def _same_bytes(row_a: dict, row_b: dict) -> bool:
+def _same_bytes(row_a: IndexRow, row_b: IndexRow) -> bool:
     return content_key(row_a) == content_key(row_b)
 
 
-def content_key(row: dict) -> tuple:
+def content_key(row: IndexRow) -> tuple:
     """Tensors with equal keys here hold the same bytes in all likelihood (tied weights, copies)."""
     return (row["dtype"], tuple(row["shape"]), row["crc32"], row["sum_x2"], row["sum_x4"])
 

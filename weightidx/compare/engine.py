@@ -26,6 +26,7 @@ from weightidx import policy
 from weightidx.compare import lineage
 from weightidx.compare.block_gather import gathered_matches
 from weightidx.compare.candidates import candidate_pairs, content_key
+from weightidx.compare.document import Report
 from weightidx.compare.estimate import (
     Sketches,
     aligned_samples,
@@ -60,6 +61,7 @@ from weightidx.compare.types import Candidate, Match, Region, Transform, judge, 
 from weightidx.fingerprint.sketch import BLOCK
 from weightidx.index.cache import cached_index
 from weightidx.index.reader import IndexedModel, is_index_file, load_index
+from weightidx.index.schema import IndexRow
 from weightidx.io.safetensors import ShardReader
 from weightidx.naming import block_of, expert_role, in_block, role_of
 
@@ -103,8 +105,8 @@ def compare_indexes(
     second_looks: bool = True,
     exhaustive: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
-) -> dict:
-    """Compare two indexed models and return the report (``schema_version`` 1) as a dict.
+) -> Report:
+    """Compare two indexed models and return the report (``schema_version`` 1, ``document.Report``).
 
     Args:
         a: model A, the possible source (``load_index``).
@@ -539,7 +541,7 @@ class _Tally:
         return None if self.fewest is None or self.most is None else (self.fewest, self.most)
 
 
-def _same_constant(row_a: dict, row_b: dict, relation: str) -> bool:
+def _same_constant(row_a: IndexRow, row_b: IndexRow, relation: str) -> bool:
     """Both tensors hold one value, the same one (zeros in F32 and in BF16, say)."""
     return (
         relation == "same"
@@ -552,7 +554,7 @@ def _same_constant(row_a: dict, row_b: dict, relation: str) -> bool:
 
 
 def pair_candidates(
-    row_a: dict, row_b: dict, relation: str, sa: Sketches | None = None, sb: Sketches | None = None
+    row_a: IndexRow, row_b: IndexRow, relation: str, sa: Sketches | None = None, sb: Sketches | None = None
 ) -> Iterator[Candidate]:
     """The pair of index rows under ``relation`` (see ``queries/candidate_groups.sql``) judged
     from their fingerprints, in full (no pair is passed over as clearly null, as a comparison
@@ -592,7 +594,7 @@ class _RankCache:
         return self.found[side, key, transposed]
 
     def _rank_pair(
-        self, row_a: dict, row_b: dict, transposed: bool
+        self, row_a: IndexRow, row_b: IndexRow, transposed: bool
     ) -> tuple[np.ndarray, np.ndarray] | bool | None:
         """Both tensors' sample ranks; False when their sample lattices differ (B's transposed
         with ``transposed``), None when a grid is constant."""
@@ -605,7 +607,9 @@ class _RankCache:
         ra, rb = self.ranks("a", row_a["key"]), self.ranks("b", row_b["key"], transposed)
         return None if ra is None or rb is None else (ra, rb)
 
-    def correlation(self, row_a: dict, row_b: dict, transposed: bool = False) -> tuple[float, int] | None:
+    def correlation(
+        self, row_a: IndexRow, row_b: IndexRow, transposed: bool = False
+    ) -> tuple[float, int] | None:
         """The samples' rank correlation and free values, or None when the lattices differ or a
         grid is constant."""
         pair = self._rank_pair(row_a, row_b, transposed)
@@ -613,7 +617,7 @@ class _RankCache:
             return None
         return _dot64(*pair), grid_values((int(row_a["sample_rows"]), int(row_a["sample_cols"])))
 
-    def same_view(self, row_a: dict, row_b: dict, transposed: bool = False) -> Evidence | bool | None:
+    def same_view(self, row_a: IndexRow, row_b: IndexRow, transposed: bool = False) -> Evidence | bool | None:
         """The samples' evidence of two tensors of one view (or B transposed); False when the
         lattices differ or the pair may be claimed (the grids are then judged in full, shuffles
         included)."""
@@ -625,7 +629,7 @@ class _RankCache:
         return False if found is not None and found.p_value <= SHUFFLE_BELOW_P else found
 
 
-def _vector_candidates(row_a: dict, row_b: dict, ranks: _RankCache | None) -> Iterator[Candidate]:
+def _vector_candidates(row_a: IndexRow, row_b: IndexRow, ranks: _RankCache | None) -> Iterator[Candidate]:
     """A vector's sketch sees only variation inside blocks of 16 values, which misses smooth
     vectors (position ids); its sample holds up to 1,024 of its values: judged by their ranks.
     With ``ranks`` (a comparison), clearly null pairs are passed over."""
@@ -651,8 +655,8 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
 def _candidates(
     a_key: str,
     b_key: str,
-    row_a: dict,
-    row_b: dict,
+    row_a: IndexRow,
+    row_b: IndexRow,
     sa: Sketches,
     sb: Sketches,
     relation: str,
@@ -736,8 +740,8 @@ _CHEAP_MARGIN = 0.05  # Fisher's z against the exact test's, below z = 3: under 
 def _cheap_z(
     sizes: list[tuple[float | None, int]],
     ranks: _RankCache | None,
-    row_a: dict,
-    row_b: dict,
+    row_a: IndexRow,
+    row_b: IndexRow,
     transposed: bool,
 ) -> tuple[float, int] | None:
     """The pair's combined z by Fisher's approximation, in floats (no evidence objects), and the
@@ -892,7 +896,7 @@ def compare_paths(
     cache: Path | None = None,
     reindex: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
-) -> dict:
+) -> Report:
     """Compare two models given as index files or checkpoints (indexed on first use, then cached).
 
     With ``reindex``, an index whose checkpoint changed since it was built is rebuilt in place.

@@ -18,6 +18,7 @@ from weightidx.compare.metrics import PairAccumulator, PairMetrics
 from weightidx.compare.types import Candidate, Region
 from weightidx.dtypes import lower_precision
 from weightidx.fingerprint.sketch import BLOCK, K
+from weightidx.index.schema import IndexRow
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Sketches:
         return cached
 
     @classmethod
-    def from_row(cls, row: dict) -> Sketches:
+    def from_row(cls, row: IndexRow) -> Sketches:
         """From a dict with ``rows``, ``cols``, ``row_sketch`` and ``col_sketch`` (an index row)."""
         return cls(
             rows=int(row["rows"]),
@@ -189,7 +190,7 @@ def slice_scan(part: Sketches, whole: Sketches, axis: int, step: int) -> tuple[n
     return starts[keep], estimates[keep]
 
 
-def region_shape(row: dict, region: Region) -> tuple[int, int]:
+def region_shape(row: IndexRow, region: Region) -> tuple[int, int]:
     rows, cols = int(row["rows"]), int(row["cols"])
     if region.axis == 0:
         rows = region.stop - region.start
@@ -202,7 +203,7 @@ def region_origin(region: Region) -> tuple[int, int]:
     return (region.start, 0) if region.axis == 0 else (0, region.start) if region.axis == 1 else (0, 0)
 
 
-def estimated_metrics(row_a: dict, row_b: dict, c: Candidate) -> PairMetrics:
+def estimated_metrics(row_a: IndexRow, row_b: IndexRow, c: Candidate) -> PairMetrics:
     """Correlation from the sketches; cosine, scale, differences and the share of values equal
     after the cast from the aligned samples (the stored samples hold each dtype's values exactly)."""
     va, vb = aligned_samples(row_a, row_b, c.a, c.b, c.relation)
@@ -226,7 +227,7 @@ def sample_metrics(dtype_a: str, dtype_b: str, va: np.ndarray, vb: np.ndarray) -
 
 
 def aligned_samples(
-    row_a: dict, row_b: dict, region_a: Region, region_b: Region, relation: str
+    row_a: IndexRow, row_b: IndexRow, region_a: Region, region_b: Region, relation: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample values of A and B at the same elements under a mapping, as two grids of one
     shape in A's orientation (empty when the two lattices share no element at that offset)."""
@@ -255,7 +256,7 @@ def aligned_samples(
 
 
 def reordered_samples(
-    row_a: dict, row_b: dict, axis: int, local: np.ndarray
+    row_a: IndexRow, row_b: IndexRow, axis: int, local: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample values of A and B at the same elements when B's row ``i`` (column, ``axis`` 1) is
     A's ``local[i]``: the elements both samples hold (empty when they share none)."""

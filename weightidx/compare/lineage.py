@@ -33,6 +33,7 @@ from weightidx import policy
 from weightidx.compare.report import is_matrix
 from weightidx.fingerprint.sketch import GRAM_DIM, OUTPUT_BUCKETS
 from weightidx.index.reader import IndexedModel, load_grams
+from weightidx.index.schema import IndexRow
 from weightidx.naming import is_attention
 
 MAX_AXIS = 4096  # Gram matrices up to 4096 x 4096 (64 MB in float32)
@@ -400,7 +401,7 @@ def _sketch_pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 _SKETCH_PAIRS = _sketch_pairs()
 
 
-def sketch_matrix(row: dict, side: str) -> np.ndarray:
+def sketch_matrix(row: IndexRow, side: str) -> np.ndarray:
     """A tensor's Gram sketch for one side as a full symmetric matrix, centred: the input side
     with ``input_lanes`` (the index stores it raw), the output side as stored."""
     column = _SKETCH_COLUMNS[side]

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 
 from weightidx import policy
 from weightidx._version import __version__
+from weightidx.compare.document import Lineage, MatchEntry, ModelEntry, Quantised, Report
 from weightidx.compare.gather import compact
 from weightidx.compare.significance import critical_correlation, z_from_p
 from weightidx.errors import InputError
+from weightidx.index.schema import IndexRow
 from weightidx.io.atomic import atomic_path
 from weightidx.naming import block_of, expert_role, natural_key
 from weightidx.sql.runner import run_query
@@ -26,12 +28,12 @@ if TYPE_CHECKING:
     from weightidx.index.reader import IndexedModel
 
 
-def is_matrix(row: dict) -> bool:
+def is_matrix(row: IndexRow) -> bool:
     """A weight matrix large enough for the Gram statistics of lineage (``policy.WEAK_NUMEL``)."""
     return is_weight_matrix(row) and int(row["numel"]) >= policy.WEAK_NUMEL
 
 
-def is_weight_matrix(row: dict) -> bool:
+def is_weight_matrix(row: IndexRow) -> bool:
     """A tensor whose 2-D view has at least two rows and two columns, with decoded values: what
     the model-level shares count (1-D tensors, norms and biases, are counted apart)."""
     return (
@@ -45,14 +47,15 @@ def build_report(
     matches: list[Match],
     shortlist: Shortlist,
     p_threshold: float,
-    lineage: dict | None,
+    lineage: Lineage | None,
     structures: Structures | None = None,
     warnings: list[str] | None = None,
-) -> dict:
-    """The JSON report (schema_version 1) from the kept matches; ``lineage`` is the section
-    across a width change (None when there is none to make); ``structures`` what the structured
-    search found (layouts of tensors from several of A's, pruned axes); ``warnings`` lines for
-    the user (metrics estimated because a checkpoint is missing)."""
+) -> Report:
+    """The JSON report (schema_version 1, ``document.Report``) from the kept matches;
+    ``lineage`` is the section across a width change (None when there is none to make);
+    ``structures`` what the structured search found (layouts of tensors from several of A's,
+    pruned axes); ``warnings`` lines for the user (metrics estimated because a checkpoint is
+    missing)."""
     layouts = structures.layouts if structures is not None else []
     matched_a = {m.candidate.a.key for m in matches if m.verdict != "different"}
     matched_b = {m.candidate.b.key for m in matches if m.verdict != "different"}
@@ -247,7 +250,7 @@ def _beyond_quantisation(m: Match) -> bool:
     return bound is not None and residual is not None and residual > bound
 
 
-def _quantised(quantised: list[Match], beyond: list[Match]) -> dict:
+def _quantised(quantised: list[Match], beyond: list[Match]) -> Quantised:
     """How many related matrices of B are stored quantised, in which types, how far from A, and
     how many of them further than their quantisation leaves (``beyond``)."""
     types = {_scheme(m) for m in quantised}
@@ -485,7 +488,7 @@ def _unrelated_text(summary: dict, a_name: str, b_name: str) -> str:
     )
 
 
-def _model_json(model: IndexedModel) -> dict:
+def _model_json(model: IndexedModel) -> ModelEntry:
     return {
         "name": model.name,
         "index": str(model.index),
@@ -501,7 +504,7 @@ def _clean(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _match_json(a: IndexedModel, b: IndexedModel, m: Match) -> dict:
+def _match_json(a: IndexedModel, b: IndexedModel, m: Match) -> MatchEntry:
     metrics = m.metrics
     identical = bool(
         m.candidate.identical
@@ -591,7 +594,7 @@ def report_schema() -> dict:
     return json.loads(resources.files("weightidx.data").joinpath("report.schema.json").read_text("utf-8"))
 
 
-def write_report(report: dict, out: Path | str) -> Path:
+def write_report(report: Report, out: Path | str) -> Path:
     """Write the report as strict JSON, atomically."""
     out = Path(out)
     with atomic_path(out) as temporary:
@@ -599,7 +602,7 @@ def write_report(report: dict, out: Path | str) -> Path:
     return out
 
 
-def read_report(path: Path | str) -> dict:
+def read_report(path: Path | str) -> Report:
     """A report written by ``write_report``; raises ``InputError`` for anything else."""
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))

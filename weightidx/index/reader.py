@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from weightidx.errors import IndexFileError
-from weightidx.index.schema import METADATA_KEY, SCHEMA_VERSION
+from weightidx.index.schema import METADATA_KEY, SCHEMA_VERSION, IndexRow
 from weightidx.io.gguf import QUANTISATION_KEY
 from weightidx.io.safetensors import header_sha256
 
@@ -25,7 +25,7 @@ class IndexedModel:
     index: Path
     root: Path
     source: str
-    rows: dict[str, dict]
+    rows: dict[str, IndexRow]
     shards: tuple[dict, ...] = ()
 
     @cached_property
@@ -152,7 +152,7 @@ GRAM_COLUMNS = ("input_gram", "input_lanes", "output_gram")
 _ARRAY_COLUMNS = ("row_sketch", "col_sketch", "sample", *GRAM_COLUMNS)
 
 
-def _rows_with_arrays(table: pa.Table) -> dict[str, dict]:
+def _rows_with_arrays(table: pa.Table) -> dict[str, IndexRow]:
     """Index rows as dicts, the sketch and sample columns as numpy views (no Python floats);
     a null array (no Gram sketch, say) stays ``None``."""
     present = [name for name in _ARRAY_COLUMNS if name in table.column_names]

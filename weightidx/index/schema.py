@@ -3,9 +3,10 @@ schema version every reader checks."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
 SCHEMA_VERSION = 1
@@ -61,6 +62,55 @@ def index_schema() -> pa.Schema:
             ("output_gram", pa.list_(pa.float32())),
         ]
     )
+
+
+class IndexRow(TypedDict):
+    """One row of an index as ``index.reader`` gives it: a tensor's place, shape and moments, its
+    sketches and sample as numpy views (None where a tensor has none). The keys are the columns of
+    ``index_schema`` (``tests/test_types.py`` checks it); the Gram columns are present only once
+    ``reader.load_grams`` has read them."""
+
+    model: str
+    key: str
+    shard: str
+    dtype: str  # a safetensors dtype name (``dtypes.py``), or GGUF_<TYPE> when undecoded
+    shape: list[int]
+    ndim: int
+    numel: int
+    nbytes: int
+    data_begin: int  # byte offsets in the shard
+    data_end: int
+    supported: bool
+    unsupported_reason: str | None
+    rows: int | None  # the 2-D view (rows, cols); None for a tensor without one
+    cols: int | None
+    finite: int
+    sum_x: float
+    sum_x2: float
+    sum_x3: float
+    sum_x4: float
+    mean: float | None
+    std: float | None
+    kurtosis: float | None
+    l2_norm: float
+    min: float | None
+    max: float | None
+    absmax: float | None
+    zeros: int
+    nans: int
+    posinf: int
+    neginf: int
+    crc32: str
+    row_sketch: np.ndarray | None
+    col_sketch: np.ndarray | None
+    sample: np.ndarray | None
+    sample_stride_rows: int | None
+    sample_stride_cols: int | None
+    sample_rows: int | None
+    sample_cols: int | None
+    input_gram: np.ndarray | None
+    input_lanes: np.ndarray | None
+    output_gram: np.ndarray | None
 
 
 def __getattr__(name: str) -> object:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from weightidx.compare.document import Report
 from weightidx.compare.gather import compact, expand
 from weightidx.compare.permutation import Permutation
 from weightidx.compare.permutation import apply as apply_permutation
@@ -345,7 +346,7 @@ def _peft_alphas(path: Path) -> dict[str, float]:
     return alphas
 
 
-def report_index(report: dict, side: str, report_path: Path | str) -> Path:
+def report_index(report: Report, side: str, report_path: Path | str) -> Path:
     """The index a report names for ``side``: where it was when the report was made, else a
     file of that name beside the report (the two moved together). Raises ``LoraError``."""
     recorded = Path(report["models"][side]["index"])
@@ -402,7 +403,7 @@ class Target:
         return any(step.kind == kind for step in self.transform)
 
 
-def mapping_from_report(report: dict) -> list[Target]:
+def mapping_from_report(report: Report) -> list[Target]:
     """The A -> B targets of every match in a compare report (any verdict)."""
 
     def slice_of(region: dict) -> tuple[int, int, int] | None:
@@ -441,7 +442,7 @@ def mapping_from_report(report: dict) -> list[Target]:
     return targets
 
 
-def export_mapping(report: dict) -> list[dict]:
+def export_mapping(report: Report) -> list[dict]:
     """A key -> B key (+ slices, transform and reordering) for other tools, from a compare report."""
     return [
         {

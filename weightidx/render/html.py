@@ -11,6 +11,7 @@ import html
 import json
 from collections import Counter, defaultdict
 
+from weightidx.compare.document import Report
 from weightidx.compare.report import UNMATCHED_REASONS
 from weightidx.naming import block_of, natural_key, tensor_type, tensor_types
 from weightidx.render.text import region_text
@@ -32,7 +33,7 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def heatmap_svg(report: dict) -> str:
+def heatmap_svg(report: Report) -> str:
     """Block × block mean |correlation|: A blocks across, B blocks down; a title per cell."""
     blocks = report["blocks"]
     if not blocks:
@@ -77,7 +78,7 @@ def heatmap_svg(report: dict) -> str:
     return "".join(parts)
 
 
-def histogram_svg(report: dict) -> str:
+def histogram_svg(report: Report) -> str:
     """How many matches fall in each 0.05-wide bin of |correlation|."""
     counts = Counter(
         min(_BINS - 1, int(abs(m["correlation"]) * _BINS))
@@ -101,7 +102,7 @@ def histogram_svg(report: dict) -> str:
     return "".join(parts)
 
 
-def _type_table(report: dict) -> str:
+def _type_table(report: Report) -> str:
     rows: dict[str, Counter] = defaultdict(Counter)
     best: dict[str, str] = {}
     rank = {"match": 2, "partial": 1, "different": 0}
@@ -127,7 +128,7 @@ def _type_table(report: dict) -> str:
     )
 
 
-def _match_table(report: dict) -> str:
+def _match_table(report: Report) -> str:
     rows = []
     for m in report["matches"]:
         rows.append(
@@ -146,7 +147,7 @@ def _match_table(report: dict) -> str:
     )
 
 
-def _lineage(report: dict) -> str:
+def _lineage(report: Report) -> str:
     """The cross-width section (present only when compare looked across a width change)."""
     lineage = report.get("lineage")
     if not lineage:
@@ -173,7 +174,7 @@ def _lineage(report: dict) -> str:
     )
 
 
-def _permutations(report: dict) -> str:
+def _permutations(report: Report) -> str:
     permuted = [m for m in report["matches"] if m.get("permutation")]
     if not permuted:
         return ""
@@ -186,7 +187,7 @@ def _permutations(report: dict) -> str:
     return f'<h2>Permuted neurons or heads</h2><ul id="permutations">{items}</ul>'
 
 
-def _unmatched(report: dict) -> str:
+def _unmatched(report: Report) -> str:
     """Each side's unmatched tensors in natural key order, each with its reason."""
     columns = []
     for side in ("a", "b"):
@@ -252,7 +253,7 @@ window.onerror = function (message) { document.getElementById('errors').textCont
 """
 
 
-def render_html(report: dict) -> str:
+def render_html(report: Report) -> str:
     """The whole page for one compare report."""
     summary, models = report["summary"], report["models"]
     a, b = models["a"]["name"], models["b"]["name"]
@@ -293,12 +294,12 @@ def render_html(report: dict) -> str:
 """
 
 
-def _embed(report: dict) -> str:
+def _embed(report: Report) -> str:
     """The report itself, for anyone who saves the page; '</' is escaped so it cannot end the script."""
     return json.dumps(report, allow_nan=False).replace("</", "<\\/")
 
 
-def write_html(report: dict, out) -> None:
+def write_html(report: Report, out) -> None:
     """Write the page atomically."""
     from weightidx.io.atomic import atomic_path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from weightidx.compare.document import Report
 from weightidx.compare.report import UNMATCHED_REASONS
 from weightidx.naming import block_of, natural_key
 
@@ -21,7 +22,7 @@ def region_text(region: dict) -> str:
     )
 
 
-def render_report(report: dict) -> str:
+def render_report(report: Report) -> str:
     """Heading and verdict; then, unless B is A unchanged, the shape table, the block table, a
     line per match and the unmatched tensors with their reasons, in natural key order."""
     summary, models = report["summary"], report["models"]
