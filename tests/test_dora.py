@@ -15,10 +15,9 @@ from typer.testing import CliRunner
 
 from tests import derive
 from tests.helpers.lora_apply import apply_lora
+from tests.helpers.lora_runs import compare_report, convert
 from tests.helpers.tensors import write_tensors
 from weightidx.cli import app
-from weightidx.compare.engine import compare_paths
-from weightidx.compare.report import write_report
 from weightidx.lora.dora import Magnitude, merged, read_magnitude
 
 runner = CliRunner()
@@ -56,21 +55,7 @@ def _dora_lora(seed: int) -> dict[str, np.ndarray]:
 
 
 def _convert(tmp_path: Path, a: derive.Tensors, b: derive.Tensors, lora: dict, *options: str):
-    pa = write_tensors(tmp_path / "a.safetensors", a)
-    pb = write_tensors(tmp_path / "b.safetensors", b)
-    report = write_report(compare_paths(pa, pb, cache=tmp_path / "cache"), tmp_path / "report.json")
-    save_file(lora, str(tmp_path / "lora.safetensors"))
-    out = tmp_path / "out.safetensors"
-    arguments = [
-        "lora",
-        "convert",
-        str(tmp_path / "lora.safetensors"),
-        "--report",
-        str(report),
-        "-o",
-        str(out),
-    ]
-    return runner.invoke(app, [*arguments, *options]), out
+    return convert(tmp_path, lora, compare_report(tmp_path, a, b), *options)
 
 
 def _assert_same_models(actual: derive.Tensors, expected: derive.Tensors) -> None:

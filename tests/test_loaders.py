@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from tests import derive
 from tests.helpers.lora_apply import apply_lora
+from tests.helpers.lora_runs import compare_report, convert
 from tests.helpers.tensors import write_tensors
 from weightidx.cli import app
 from weightidx.compare.engine import compare_paths
@@ -73,26 +74,17 @@ def test_peft_loads_the_converted_lora_and_merges_to_t_of_a_after_the_lora(
         "fuse qkv": lambda t: derive.fuse(t, [QKV]),
     }[derivation]
     b = derived(a).tensors
-    pa, pb = write_tensors(tmp_path / "a.safetensors", a), write_tensors(tmp_path / "b.safetensors", b)
-    report = write_report(compare_paths(pa, pb, cache=tmp_path / "cache"), tmp_path / "report.json")
     lora = _lora(52, dora)
-    save_file(lora, str(tmp_path / "lora.safetensors"))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    result = runner.invoke(
-        app,
-        [
-            "lora",
-            "convert",
-            str(tmp_path / "lora.safetensors"),
-            "--report",
-            str(report),
-            "-o",
-            str(adapter / "adapter_model.safetensors"),
-            "--format",
-            "peft",
-            "--strict",
-        ],
+    result, _ = convert(
+        tmp_path,
+        lora,
+        compare_report(tmp_path, a, b),
+        "--format",
+        "peft",
+        "--strict",
+        out=adapter / "adapter_model.safetensors",
     )
     assert result.exit_code == 0, result.output
     model = peft.PeftModel.from_pretrained(_torch_model(b), str(adapter)).merge_and_unload()

@@ -14,41 +14,19 @@ from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
 from tests import derive
+from tests.helpers.lora_runs import compare_report, convert
 from tests.helpers.tensors import trained_like, write_tensors
 from weightidx.cli import app
-from weightidx.compare.engine import compare_paths
-from weightidx.compare.report import write_report
 from weightidx.lora.names import Resolver, normalised
 
 runner = CliRunner()
 RANK = 4
 
 
-def _report(tmp_path: Path, a: dict, b: dict) -> Path:
-    pa = write_tensors(tmp_path / "a.safetensors", a)
-    pb = write_tensors(tmp_path / "b.safetensors", b)
-    return write_report(compare_paths(pa, pb, cache=tmp_path / "cache"), tmp_path / "report.json")
-
-
 def _factors(rng: np.random.Generator, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     down = (0.1 * rng.standard_normal((RANK, cols))).astype(np.float32)
     up = (0.1 * rng.standard_normal((rows, RANK))).astype(np.float32)
     return down, up
-
-
-def _convert(tmp_path: Path, lora: dict, report: Path, *options: str, metadata: dict | None = None):
-    save_file(lora, str(tmp_path / "lora.safetensors"), metadata=metadata)
-    out = tmp_path / "out.safetensors"
-    arguments = [
-        "lora",
-        "convert",
-        str(tmp_path / "lora.safetensors"),
-        "--report",
-        str(report),
-        "-o",
-        str(out),
-    ]
-    return runner.invoke(app, [*arguments, *options]), out
 
 
 @pytest.mark.parametrize(
@@ -82,7 +60,7 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     """8 LoKr modules, 2 LoRA modules, 2 bias deltas and a DoRA magnitude: the LoRA modules and
     bias deltas are converted, every other tensor is listed with its kind; --strict refuses."""
     a = derive.toy_transformer(2)
-    report = _report(tmp_path, a, a)
+    report = compare_report(tmp_path, a, a)
     rng = np.random.default_rng(0)
     lora: dict[str, np.ndarray] = {}
     for name in ("layer.0.attn.q", "layer.1.attn.k"):
@@ -101,7 +79,7 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     lora["diffusion_model.layer.0.mlp.up.diff_b"] = rng.standard_normal(512).astype(
         np.float32
     )  # no such bias
-    result, out = _convert(tmp_path, lora, report)
+    result, out = convert(tmp_path, lora, report)
     assert result.exit_code == 0, result.output
     conversion = json.loads(out.with_name(out.name + ".conversion.json").read_text())
     written = load_file(str(out))
@@ -125,7 +103,7 @@ def test_every_tensor_is_converted_or_refused_by_name(tmp_path: Path) -> None:
     kinds = {r["tensors"][0]: r["reason"] for r in conversion["refused"]}
     assert kinds["diffusion_model.layer.0.mlp.up.diff_b"] == "A's weight layer.0.mlp.up.weight has no bias"
     assert kinds["lycoris_layer_0_mlp_up.lokr_w1"].startswith("LoKr (LyCORIS) module without its w2")
-    strict, _ = _convert(tmp_path, lora, report, "--strict")
+    strict, _ = convert(tmp_path, lora, report, "--strict")
     assert strict.exit_code == 2 and "cannot be converted whole (--strict)" in strict.output
 
 
@@ -154,7 +132,7 @@ def test_lokr_and_loha_follow_renames_transposes_and_scales_as_factors(
         "transpose": lambda: derive.transpose(a),
         "scale": lambda: derive.scale(a, 3.0),
     }[derivation]()
-    report = _report(tmp_path, a, derived.tensors)
+    report = compare_report(tmp_path, a, derived.tensors)
     rng = np.random.default_rng(14)
     lokr = {
         "lokr_w1": rng.standard_normal((4, 4)).astype(np.float32),
@@ -174,7 +152,7 @@ def test_lokr_and_loha_follow_renames_transposes_and_scales_as_factors(
     lora |= {f"lycoris_layer_1_attn_v.{k}": v for k, v in loha.items()}
     lora["lycoris_layer_0_attn_q.alpha"] = np.array(2.0, np.float32)
     lora["lycoris_layer_1_attn_v.alpha"] = np.array(4.0, np.float32)
-    result, out = _convert(tmp_path, lora, report, "--verify", "--strict")
+    result, out = convert(tmp_path, lora, report, "--verify", "--strict")
     assert result.exit_code == 0, result.output
     assert float(result.output.rsplit("=", 1)[1].split()[0]) < 1e-6
     written = load_file(str(out))
@@ -203,19 +181,19 @@ def test_lokr_on_a_fused_target_is_a_full_delta_only_when_allowed(tmp_path: Path
     a = derive.toy_transformer(15)
     qkv = ["layer.0.attn.q.weight", "layer.0.attn.k.weight", "layer.0.attn.v.weight"]
     derived = derive.fuse(a, [qkv])
-    report = _report(tmp_path, a, derived.tensors)
+    report = compare_report(tmp_path, a, derived.tensors)
     rng = np.random.default_rng(16)
     lora = {
         "lycoris_layer_0_attn_k.lokr_w1": rng.standard_normal((4, 4)).astype(np.float32),
         "lycoris_layer_0_attn_k.lokr_w2": rng.standard_normal((32, 32)).astype(np.float32),
     }
-    refused, _ = _convert(tmp_path, lora, report)
+    refused, _ = convert(tmp_path, lora, report)
     assert refused.exit_code == 2
     assert (
         "LoKr (LyCORIS) cannot follow concat:0 as factors; --allow-full-delta writes it as a full delta"
         in refused.output
     )
-    allowed, out = _convert(tmp_path, lora, report, "--allow-full-delta", "--verify", "--strict")
+    allowed, out = convert(tmp_path, lora, report, "--allow-full-delta", "--verify", "--strict")
     assert allowed.exit_code == 0, allowed.output
     diff = load_file(str(out))["diffusion_model.fused.0.diff"]
     expected = np.zeros((384, 128))
@@ -230,13 +208,13 @@ def test_delta_that_lands_nowhere_in_b_is_reported_verified_and_strict(tmp_path:
     fused = trained_like(rng, 256, 64)
     a = {"single_blocks.0.linear1.weight": ("F32", fused), "other.weight": ("F32", trained_like(rng, 64, 64))}
     b = {"proj_mlp.weight": ("F32", fused[192:]), "other.weight": a["other.weight"]}
-    report = _report(tmp_path, a, b)
+    report = compare_report(tmp_path, a, b)
     down, up = _factors(rng, 256, 64)
     lora = {
         "diffusion_model.single_blocks.0.linear1.lora_A.weight": down,
         "diffusion_model.single_blocks.0.linear1.lora_B.weight": up,
     }
-    result, out = _convert(tmp_path, lora, report, "--verify")
+    result, out = convert(tmp_path, lora, report, "--verify")
     assert result.exit_code == 0, result.output
     conversion = json.loads(out.with_name(out.name + ".conversion.json").read_text())
     (part,) = conversion["partial"]
@@ -246,18 +224,16 @@ def test_delta_that_lands_nowhere_in_b_is_reported_verified_and_strict(tmp_path:
     assert abs(part["lost_share"] - expected) < 1e-9
     assert "1 only in part" in result.output.splitlines()[0]
     assert conversion["worst_relative_error"] >= expected  # --verify checks the whole T(ΔW_A)
-    strict, _ = _convert(tmp_path, lora, report, "--strict")
+    strict, _ = convert(tmp_path, lora, report, "--strict")
     assert strict.exit_code == 2 and "lands nowhere in B" in strict.output
 
 
 def test_user_metadata_is_kept_and_paths_are_not_recorded(tmp_path: Path) -> None:
     a = derive.toy_transformer(4)
-    report = _report(tmp_path, a, a)
+    report = compare_report(tmp_path, a, a)
     down, up = _factors(np.random.default_rng(6), 128, 128)
     lora = {"lora_unet_layer_0_attn_q.lora_down.weight": down, "lora_unet_layer_0_attn_q.lora_up.weight": up}
-    result, out = _convert(
-        tmp_path, lora, report, metadata={"ss_network_dim": "4", "modelspec.title": "mine"}
-    )
+    result, out = convert(tmp_path, lora, report, metadata={"ss_network_dim": "4", "modelspec.title": "mine"})
     assert result.exit_code == 0, result.output
     with safe_open(str(out), "np") as handle:
         metadata = handle.metadata()
@@ -280,13 +256,13 @@ def test_a_b_whose_keys_carry_the_loader_wrapper_gets_it_once(
 ) -> None:
     a = derive.toy_transformer(7)
     b = {f"model.diffusion_model.{key}": value for key, value in a.items()}
-    report = _report(tmp_path, a, b)
+    report = compare_report(tmp_path, a, b)
     down, up = _factors(np.random.default_rng(8), 128, 128)
     lora = {
         "diffusion_model.layer.0.attn.q.lora_A.weight": down,
         "diffusion_model.layer.0.attn.q.lora_B.weight": up,
     }
-    result, out = _convert(tmp_path, lora, report, "--format", fmt)
+    result, out = convert(tmp_path, lora, report, "--format", fmt)
     assert result.exit_code == 0, result.output
     assert expected in load_file(str(out))
 
@@ -345,7 +321,7 @@ def test_full_deltas_follow_the_transform_exactly(tmp_path: Path, derivation: st
         "split": lambda: derive.split(a, ["layer.1.mlp.up.weight"], parts=4),
         "scale": lambda: derive.scale(a, 2.0),
     }[derivation]()
-    report = _report(tmp_path, a, derived.tensors)
+    report = compare_report(tmp_path, a, derived.tensors)
     rng = np.random.default_rng(12)
     lora = {
         "diffusion_model.layer.0.attn.k.diff": rng.standard_normal((128, 128)).astype(np.float32),
@@ -353,7 +329,7 @@ def test_full_deltas_follow_the_transform_exactly(tmp_path: Path, derivation: st
         "diffusion_model.layer.2.attn.o.set_weight": rng.standard_normal((128, 128)).astype(np.float32),
         "diffusion_model.layer.2.attn.q.diff_b": rng.standard_normal(128).astype(np.float32),
     }
-    result, out = _convert(tmp_path, lora, report, "--verify", "--strict")
+    result, out = convert(tmp_path, lora, report, "--verify", "--strict")
     assert result.exit_code == 0, result.output
     assert float(result.output.rsplit("=", 1)[1].split()[0]) < 1e-6
     written = load_file(str(out))

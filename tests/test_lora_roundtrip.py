@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from tests import derive
 from tests.helpers.lora_apply import apply_lora
+from tests.helpers.lora_runs import compare_report, convert
 from tests.helpers.tensors import write_tensors
 from weightidx.cli import app
 from weightidx.compare.engine import compare_paths
@@ -121,24 +122,11 @@ def test_lokr_and_loha_follow_splits_and_reorderings_as_factors(
         "blocks reordered": lambda t: derive.reorder_rows(t, UP, BLOCKS),
         "rows reordered": lambda t: derive.reorder_rows(t, UP, order),
     }[derivation]
-    pa = write_tensors(tmp_path / "a.safetensors", a)
-    pb = write_tensors(tmp_path / "b.safetensors", derived(a).tensors)
-    report = write_report(compare_paths(pa, pb, cache=tmp_path / "cache"), tmp_path / "report.json")
+    report = compare_report(tmp_path, a, derived(a).tensors)
     lora = _lycoris_on_mlp_up(75)
-    save_file(lora, str(tmp_path / "lora.safetensors"))
-    out = tmp_path / "out.safetensors"
-    arguments = [
-        "lora",
-        "convert",
-        str(tmp_path / "lora.safetensors"),
-        "--report",
-        str(report),
-        "-o",
-        str(out),
-    ]
-    strict = runner.invoke(app, [*arguments, "--strict"])
+    strict, _ = convert(tmp_path, lora, report, "--strict")
     assert (strict.exit_code == 0) == lokr_as_factors, strict.output
-    result = runner.invoke(app, [*arguments, "--allow-full-delta", "--verify", "--strict"])
+    result, out = convert(tmp_path, lora, report, "--allow-full-delta", "--verify", "--strict")
     assert result.exit_code == 0, result.output
     assert float(result.output.rsplit("=", 1)[1].split()[0]) < 1e-5
     written = load_file(str(out))

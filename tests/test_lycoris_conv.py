@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from tests import derive
 from tests.helpers.lora_apply import apply_lora
-from tests.helpers.tensors import write_tensors
-from weightidx.cli import app
-from weightidx.compare.engine import compare_paths
-from weightidx.compare.report import write_report
+from tests.helpers.lora_runs import compare_report, convert
 from weightidx.lora.lycoris import LycorisModule
 
 runner = CliRunner()
@@ -68,20 +65,7 @@ def _conv_lora(seed: int) -> dict[str, np.ndarray]:
 
 
 def _convert(tmp_path: Path, a: derive.Tensors, b: derive.Tensors, lora: dict, *options: str):
-    pa, pb = write_tensors(tmp_path / "a.safetensors", a), write_tensors(tmp_path / "b.safetensors", b)
-    report = write_report(compare_paths(pa, pb, cache=tmp_path / "cache"), tmp_path / "report.json")
-    save_file(lora, str(tmp_path / "lora.safetensors"))
-    out = tmp_path / "out.safetensors"
-    arguments = [
-        "lora",
-        "convert",
-        str(tmp_path / "lora.safetensors"),
-        "--report",
-        str(report),
-        "-o",
-        str(out),
-    ]
-    return runner.invoke(app, [*arguments, *options]), out
+    return convert(tmp_path, lora, compare_report(tmp_path, a, b), *options)
 
 
 def test_tucker_forms_rebuild_as_the_loaders_do() -> None:
