@@ -7,9 +7,24 @@ from pathlib import Path
 
 import pytest
 
+import weightidx.compare.report
 from tests.helpers import real_models
 from tests.helpers.tensors import Tensors, trained_like, write_tensors  # noqa: F401  (fixtures use them)
+from tests.helpers.verdicts import check_schema
 from weightidx.demo import DemoConfig, write_demo_pair
+
+_write_report = weightidx.compare.report.write_report
+
+
+def _write_checked_report(report, out):  # type: ignore[no-untyped-def]
+    """``write_report`` that first checks the report against the shipped JSON Schema: set here,
+    before any test module imports it, so every report a test (or the CLI under test) writes is
+    checked."""
+    check_schema(report)
+    return _write_report(report, out)
+
+
+weightidx.compare.report.write_report = _write_checked_report
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import html
 import json
 from collections import Counter, defaultdict
 
+from weightidx import policy
 from weightidx.compare.document import Report
 from weightidx.compare.report import UNMATCHED_REASONS
 from weightidx.naming import block_of, natural_key, tensor_type, tensor_types
@@ -96,7 +97,7 @@ def histogram_svg(report: Report) -> str:
             f'<rect class="bar" x="{30 + i * bar}" y="{height - h}" width="{bar - 2}" height="{h}" '
             f'fill="{_color(low + 0.025)}"><title>|corr| {low:.2f}–{low + 0.05:.2f}: {counts.get(i, 0)}</title></rect>'
         )
-    for tick in (0, 0.5, 0.8, 0.95, 1.0):
+    for tick in (0, 0.5, policy.COSINE_MEDIUM, policy.COSINE_HIGH, 1.0):
         parts.append(f'<text x="{30 + tick * _BINS * bar}" y="{height + 14}" class="tick">{tick}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -257,12 +258,13 @@ def render_html(report: Report) -> str:
     """The whole page for one compare report."""
     summary, models = report["summary"], report["models"]
     a, b = models["a"]["name"], models["b"]["name"]
+    high, medium = policy.COSINE_HIGH, policy.COSINE_MEDIUM  # the summary's bins (report.py)
     counts = [
         ("scenario", summary["scenario"]),
         ("matched B tensors", f"{summary['matched_b_tensors']} / {models['b']['tensors']}"),
-        ("high (> 0.95)", summary["high_similarity_count"]),
-        ("medium (0.80–0.95)", summary["medium_similarity_count"]),
-        ("low (< 0.80)", summary["low_similarity_count"]),
+        (f"high (> {high:.2f})", summary["high_similarity_count"]),
+        (f"medium ({medium:.2f}–{high:.2f})", summary["medium_similarity_count"]),
+        (f"low (< {medium:.2f})", summary["low_similarity_count"]),
         ("unmatched A / B", f"{summary['unmatched_a']} / {summary['unmatched_b']}"),
         ("mean cosine", _number(summary["mean_cosine_similarity"])),
     ]
