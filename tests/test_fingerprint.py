@@ -11,9 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers.sketch_slices import col_slice, row_slice
 from tests.helpers.tensors import trained_like
 from weightidx import index_checkpoint
-from weightidx.compare.estimate import Sketches, col_slice, row_slice, same_layout, transposed
+from weightidx.compare.estimate import Sketches, same_layout, transposed
 from weightidx.fingerprint.sketch import (
     BLOCK,
     GRAM_DIM,

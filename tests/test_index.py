@@ -14,9 +14,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers.sketch_slices import row_slice
 from tests.helpers.tensors import trained_like
 from weightidx import index_checkpoint, open_checkpoint
-from weightidx.compare.estimate import Sketches, row_slice, same_layout, transposed
+from weightidx.compare.estimate import Sketches, same_layout, transposed
 from weightidx.index import writer as index_module
 from weightidx.index.schema import INDEX_SCHEMA, METADATA_KEY
 from weightidx.io.safetensors import decode

@@ -138,30 +138,12 @@ def aligned(start: int) -> bool:
     return start % BLOCK == 0
 
 
-def row_slice(part: Sketches, whole: Sketches, start: int) -> float | None:
-    """Correlation of ``part`` with rows ``[start, start + part.rows)`` of ``whole`` (dim-0 concat).
-
-    Needs ``start`` on a block boundary and the same number of columns.
-    """
-    if part.cols != whole.cols or not aligned(start) or start + part.rows > whole.rows:
-        raise ValueError("row slice does not line up with the sketch blocks")
-    first = start // BLOCK
-    return sketch_correlation(part.row_sketch, whole.row_sketch[first : first + len(part.row_sketch)])
-
-
-def col_slice(part: Sketches, whole: Sketches, start: int) -> float | None:
-    """Correlation of ``part`` with columns ``[start, start + part.cols)`` of ``whole`` (dim-1 concat)."""
-    if part.rows != whole.rows or not aligned(start) or start + part.cols > whole.cols:
-        raise ValueError("column slice does not line up with the sketch blocks")
-    first = start // BLOCK
-    return sketch_correlation(part.col_sketch, whole.col_sketch[first : first + len(part.col_sketch)])
-
-
 def slice_scan(part: Sketches, whole: Sketches, axis: int, step: int) -> tuple[np.ndarray, np.ndarray]:
     """Correlation of ``part`` with every slice of ``whole`` along ``axis`` starting at a multiple
     of ``step`` (itself a multiple of ``BLOCK``): the starts and their estimates, in one pass.
 
-    Same result as calling ``row_slice`` / ``col_slice`` at each start, without the loop.
+    Same result as correlating ``part``'s sketch with each slice's sketch blocks in turn, without
+    the loop (``tests/helpers/sketch_slices.py`` keeps that loop as the reference).
     """
     if axis == 0:
         small, large, fits = part.row_sketch, whole.row_sketch, part.cols == whole.cols

@@ -10,12 +10,13 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter, defaultdict
+from functools import partial
 
 from weightidx import policy
 from weightidx.compare.document import Report
 from weightidx.compare.report import UNMATCHED_REASONS
 from weightidx.naming import block_of, natural_key, tensor_type, tensor_types
-from weightidx.render.text import region_text
+from weightidx.render.text import number, region_text
 
 _BINS = 20
 
@@ -26,12 +27,11 @@ def _color(correlation: float) -> str:
     return f"hsl(215, 80%, {round(97 - 67 * level)}%)"
 
 
+_number = partial(number, missing="–")  # the text report's format, with a typographic dash
+
+
 def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _number(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def heatmap_svg(report: Report) -> str:

@@ -37,7 +37,7 @@ def render_report(report: Report) -> str:
         "",
         f"matched B tensors: {summary['matched_b_tensors']} of {models['b']['tensors']}   "
         f"unmatched A: {summary['unmatched_a']}   unmatched B: {summary['unmatched_b']}   "
-        f"mean cosine: {_number(summary['mean_cosine_similarity'])}",
+        f"mean cosine: {number(summary['mean_cosine_similarity'])}",
         "",
         f"{'shape':<24} {a:>12} {b:>12}",
     ]
@@ -48,7 +48,7 @@ def render_report(report: Report) -> str:
     if report["blocks"]:
         lines += ["", f"{'A block':>8} -> {'B block':<8} {'tensors':>8} {'mean corr':>10}"]
         for row in report["blocks"]:
-            correlation = _number(row["mean_correlation"])
+            correlation = number(row["mean_correlation"])
             lines.append(f"{row['a_block']:>8} -> {row['b_block']:<8} {row['tensors']:>8} {correlation:>10}")
     lines.append("")
     matches = sorted(report["matches"], key=lambda m: (natural_key(m["b"]["key"]), _start(m["b"])))
@@ -56,8 +56,8 @@ def render_report(report: Report) -> str:
         lines.append(f"{_SYMBOL[match['verdict']]}: {region_text(match['a'])} -> {region_text(match['b'])}")
         transform = ", ".join(match["transform"]) or "none"
         lines.append(
-            f"    corr {_number(match['correlation'])}  cosine {_number(match['cosine'])}  "
-            f"rel L2 {_number(match['relative_l2'])}  z {_number(match['z_score'], 1)}  "
+            f"    corr {number(match['correlation'])}  cosine {number(match['cosine'])}  "
+            f"rel L2 {number(match['relative_l2'])}  z {number(match['z_score'], 1)}  "
             f"[{transform}] ({match['evidence']})"
         )
     if len(matches) > _MAX_MATCHES:
@@ -92,5 +92,6 @@ def _unmatched_lines(reasons: dict[str, str], name: str) -> list[str]:
     return lines
 
 
-def _number(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def number(value: float | None, digits: int = 4, missing: str = "-") -> str:
+    """``value`` with ``digits`` decimals, or ``missing`` for None (the text and HTML reports')."""
+    return missing if value is None else f"{value:.{digits}f}"
