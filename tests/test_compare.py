@@ -108,6 +108,9 @@ def test_constant_scale_and_sign_flip(tmp_path: Path, factor: float) -> None:
     for m in report["matches"]:
         assert m["scale"] == pytest.approx(factor, rel=1e-5)
         assert f"scale:{factor:.4g}" in m["transform"]
+    check_verdict(report)
+    summary = report["summary"]  # a scaled copy holds A's values: not "trained after the copy"
+    assert summary["changed_values"]["matrices"] == 0 and "trained" not in summary["verdict"]
 
 
 @pytest.mark.parametrize(

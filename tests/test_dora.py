@@ -202,4 +202,6 @@ def test_lora_check_loads_dora_modules_and_names_a_magnitude_that_does_not_fit(t
     assert [m["weight"] for m in checked["loads"]] == ["layer.0.attn.q.weight"]
     (ignored,) = checked["ignored"]
     assert "diffusion_model.layer.2.attn.o.dora_scale" in ignored["item"]
-    assert ignored["reason"] == "DoRA: its DoRA magnitude has 64 values for the weight's 128 columns"
+    assert ignored["reason"] == (
+        "DoRA: its DoRA magnitude of shape [1, 64] fits neither the weight's 128 rows nor its 128 columns"
+    )

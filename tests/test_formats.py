@@ -445,3 +445,21 @@ def test_the_bits_per_weight_table_is_ggmls() -> None:
     for name, bits in policy.GGUF_BITS_PER_WEIGHT.items():
         values, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
         assert bits == size * 8 / values, name
+
+
+def test_a_folder_with_a_precision_variant_indexes_the_main_file(tmp_path: Path) -> None:
+    """diffusers and transformers keep ``<name>.fp16.safetensors`` beside ``<name>.safetensors``:
+    the same weights again, left out with a note (not refused as a duplicate shard)."""
+    folder = tmp_path / "pipe" / "transformer"
+    folder.mkdir(parents=True)
+    (folder.parent / "model_index.json").write_text("{}")
+    weights = {"w": ("F32", trained_like(np.random.default_rng(3), 32, 32))}
+    write_tensors(folder / "diffusion_pytorch_model.safetensors", weights)
+    write_tensors(folder / "diffusion_pytorch_model.fp16.safetensors", {"w": ("F16", weights["w"][1])})
+    out = tmp_path / "t.parquet"
+    result = runner.invoke(app, ["index", str(folder.parent), "--component", "transformer", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "left out diffusion_pytorch_model.fp16.safetensors (the same weights in another precision)" in (
+        result.output
+    )
+    assert [row["dtype"] for row in load_index(out).rows.values()] == ["F32"]

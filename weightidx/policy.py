@@ -64,6 +64,10 @@ GATHER_UNIT_P = 0.01
 LINEAGE_Z = 5.0
 LINEAGE_SCORE = 0.5
 
+#: A scaled match whose values differ from A's times the scale by no more than this (relative L2,
+#: after the scale) holds A's values: bf16's rounding is at most 2^-8 = 0.0039 of a value.
+SCALE_RESIDUAL = 0.004
+
 #: A match's least-squares scale is reported as a ``scale`` transform only when it is this far
 #: from 1 (bf16 rounding moves it by about 0.004; a real rescale, such as fp8 storage without its
 #: scale, by orders of magnitude more). For a quantised B the bound is the quantisation's own

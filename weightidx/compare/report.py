@@ -136,7 +136,7 @@ def _facts(
         "correlation_range": [_round(min(degrees)), _round(max(degrees))] if degrees else None,
         "changed_values": {
             "matrices": len({m.candidate.b.key for m in moved}),
-            "largest_relative_l2": _round(max((m.metrics.relative_l2 or 0.0 for m in moved), default=0.0)),
+            "largest_relative_l2": _round(max((_distance(m) for m in moved), default=0.0)),
         },
         "quantised": _quantised(quantised, beyond),
         "weakest_z": _round(min(m.proof.z for m in on_matrices), 1) if on_matrices else None,
@@ -243,6 +243,14 @@ def _residual(m: Match) -> float | None:
     return math.sqrt(max(0.0, 1 - cosine * cosine)) / abs(cosine)
 
 
+def _distance(m: Match) -> float:
+    """How far B's values are from A's: the relative L2 distance, after the scale when the
+    match has one (a scaled copy is not a change of values)."""
+    if any(t.kind == "scale" for t in m.transform):
+        return _residual(m) or 0.0
+    return m.metrics.relative_l2 or 0.0
+
+
 def _beyond_quantisation(m: Match) -> bool:
     """Whether B differs from A by more than its quantisation leaves on real weights
     (``policy.quantisation_error``): then it was changed before it was quantised."""
@@ -266,9 +274,14 @@ def _quantised(quantised: list[Match], beyond: list[Match]) -> Quantised:
 
 
 def _equal_values(m: Match) -> bool:
-    """B's values are A's, bytes or values after the cast (or a reordering, or equal constants)."""
+    """B's values are A's, bytes or values after the cast (or a reordering, or equal constants),
+    or A's times the match's scale up to rounding (``policy.SCALE_RESIDUAL``)."""
     metrics = m.metrics
-    return bool(m.candidate.identical or metrics.max_abs_diff == 0 or metrics.equal_after_cast == 1.0)
+    if m.candidate.identical or metrics.max_abs_diff == 0 or metrics.equal_after_cast == 1.0:
+        return True
+    scaled = any(t.kind == "scale" for t in m.transform)
+    residual = _residual(m)
+    return scaled and residual is not None and residual <= policy.SCALE_RESIDUAL
 
 
 def _identical(a: IndexedModel, b: IndexedModel, matches: list[Match]) -> bool:

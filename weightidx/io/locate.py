@@ -70,7 +70,18 @@ def locate(path: Path | str, revision: str | None = None, component: str | None 
         return _component(found, component)
     if found.path.is_dir():
         _refuse_pipeline_root(found.path)
-    return Located(found.path, found.name, _lone_shard_notes(found.path))
+    return Located(found.path, found.name, _lone_shard_notes(found.path) + _variant_notes(found.path))
+
+
+def _variant_notes(folder: Path) -> tuple[str, ...]:
+    """A note when a folder's other-precision copies (``*.fp16.safetensors``) are left out."""
+    from weightidx.io.safetensors import variant_files
+
+    variants = variant_files(folder) if folder.is_dir() else []
+    if not variants:
+        return ()
+    names = ", ".join(path.name for path in variants)
+    return (f"{folder}: left out {names} (the same weights in another precision); pass it to index it",)
 
 
 def _component(pipeline: Located, component: str) -> Located:
@@ -80,7 +91,8 @@ def _component(pipeline: Located, component: str) -> Located:
     if component not in components:
         have = f"its components: {', '.join(components)}" if components else "it is not a diffusers pipeline"
         raise InputError(f"{root}: no component '{component}' ({have}); check --component")
-    return Located(root / component, f"{pipeline.name or root.name}/{component}")
+    folder = root / component
+    return Located(folder, f"{pipeline.name or root.name}/{component}", _variant_notes(folder))
 
 
 def _repo_name(path: Path) -> str | None:

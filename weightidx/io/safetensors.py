@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import re
 import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -146,7 +147,8 @@ def _resolve_shards(source: Path) -> tuple[list[Path], dict[str, str] | None]:
             raise InputError(f"{source}: several shard indexes ({names}); pass the one to use")
         if indexes:
             return _shards_from_index(indexes[0])
-        files = sorted(p for p in source.glob("*.safetensors") if p.is_file())
+        variants = set(variant_files(source))
+        files = sorted(p for p in source.glob("*.safetensors") if p.is_file() and p not in variants)
         if not files:
             raise InputError(
                 f"{source}: no *.safetensors files in this folder; "
@@ -166,6 +168,21 @@ def _resolve_shards(source: Path) -> tuple[list[Path], dict[str, str] | None]:
             "weights_only loader"
         )
     return [source], None
+
+
+_VARIANT = re.compile(r"^(?P<stem>[^.]+)\.(?P<variant>[A-Za-z0-9_]+)\.safetensors$")
+
+
+def variant_files(folder: Path) -> list[Path]:
+    """Files of a folder that are another precision of one beside them, as diffusers and
+    transformers name them (``<stem>.fp16.safetensors`` beside ``<stem>.safetensors``,
+    ``_add_variant`` in their ``utils``): the same weights again, not more of them."""
+    found = []
+    for path in sorted(folder.glob("*.safetensors")):
+        match = _VARIANT.match(path.name)
+        if match and (folder / f"{match['stem']}.safetensors").is_file():
+            found.append(path)
+    return found
 
 
 def header_sha256(path: Path) -> str:
@@ -455,8 +472,15 @@ def write_safetensors(
     """Write a safetensors file one tensor at a time, atomically (temp file + rename).
 
     Memory holds one tensor at a time, so generated checkpoints can exceed RAM.
+
+    Raises:
+        ValueError: two specs share a key (the header could name only one of them).
     """
     path = Path(path)
+    keys = [spec.key for spec in specs]
+    if len(set(keys)) != len(keys):
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        raise ValueError(f"{path}: tensor key(s) written twice: {', '.join(twice[:3])}")
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = metadata

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weightidx.errors import LoraError
 from weightidx.fingerprint.sketch import view_2d
 from weightidx.index.cache import cached_index
 from weightidx.index.reader import is_index_file, load_index
@@ -45,6 +46,8 @@ def check_lora(lora: Path | str, model: Path | str, cache: Path | None = None) -
     indexed = load_index(path if is_index_file(path) else cached_index(path, cache))
     shapes = {key: tuple(row["shape"]) for key, row in indexed.rows.items()}
     read = read_lora_file(lora, set(shapes), label="the model")
+    if not read.modules and not read.lycoris and not read.others:
+        raise LoraError(f"{lora}: holds no tensors; is it a LoRA?")
     result = LoraCheck(Path(lora).name, indexed.name)
     for module in read.modules:
         if module.unresolved is not None or module.target not in shapes:

@@ -172,103 +172,195 @@ def read_lora_file(
         raise LoraError(f"--from-format {fmt}: use one of {', '.join(FORMATS)}")
     peft_alpha = _peft_alphas(path) if fmt == "peft" else {}
     resolver = Resolver(a_keys, label)
-    parts: dict[str, dict[str, object]] = defaultdict(dict)
-    others: list[dict] = []
-    deltas: list[tuple[str, str, str, np.ndarray]] = []
-    lycoris: dict[str, LycorisModule] = {}
-    magnitudes: dict[str, tuple[str, str, np.ndarray]] = {}
-    for key, (dtype, values) in tensors.items():
-        factor, alpha = _FACTOR.match(key), _ALPHA.match(key)
-        if magnitude := MAGNITUDE.match(key):
-            magnitudes[magnitude["module"]] = (key, dtype, values)
-        elif factor:
-            kind = {"lora_A": "down", "lora_down": "down", "lora_mid": "mid"}.get(factor["kind"], "up")
-            parts[factor["module"]][kind] = values
-            parts[factor["module"]]["dtype"] = dtype
-            parts[factor["module"]].setdefault("keys", []).append(key)  # type: ignore[union-attr]
-        elif alpha:
-            parts[alpha["module"]]["alpha"] = float(np.asarray(values).reshape(-1)[0])
-            parts[alpha["module"]].setdefault("keys", []).append(key)  # type: ignore[union-attr]
-        elif delta := _DELTA.match(key):
-            deltas.append((delta["module"], delta["kind"], dtype, values))
-        elif part := LYCORIS_PART.match(key):
-            kind = "lokr" if part["part"].startswith("lokr") else "loha"
-            module = lycoris.setdefault(part["module"], LycorisModule(kind, part["module"], dtype=dtype))
-            module.parts[part["part"]] = values
-        else:
-            others.append({"tensor": key, "kind": "unknown"})
+    found = _sorted_tensors(tensors)
+    others = found.others
     modules = []
-    for name, found in parts.items():
-        if "down" not in found and "up" not in found and name in lycoris:  # a LoKr/LoHa module's alpha
-            lycoris[name].alpha = found.get("alpha")  # type: ignore[assignment]
+    for name, parts in found.lora.items():
+        if "down" not in parts and "up" not in parts and name in found.lycoris:  # a LoKr/LoHa's alpha
+            found.lycoris[name].alpha = _alpha_value(parts)
+            found.lycoris[name].alpha_problem = _alpha_problem(parts)
             continue
-        if "down" not in found or "up" not in found:
-            if "down" not in found and "up" not in found:  # LoKr and LoHa modules carry an alpha too
+        if "down" not in parts or "up" not in parts:
+            if "down" not in parts and "up" not in parts:  # LoKr and LoHa modules carry an alpha too
                 kind = "alpha of a module with no LoRA factors"
             else:
                 kind = "LoRA factor without its " + (
-                    "down (lora_A/lora_down)" if "down" not in found else "up (lora_B/lora_up)"
+                    "down (lora_A/lora_down)" if "down" not in parts else "up (lora_B/lora_up)"
                 )
-            others += [{"tensor": key, "kind": kind} for key in found.get("keys", [])]
+            others += [{"tensor": key, "kind": kind} for key in parts.get("keys", [])]
             continue
-        resolved = resolver.resolve(name)
-        alpha = found.get("alpha")
-        if fmt == "peft":
-            alpha = peft_alpha.get(_strip(name), peft_alpha.get("*"))
-        target = resolved.key or name
-        keys = tuple(found.get("keys", ()))  # type: ignore[arg-type]
-        down = found["down"]
-        if "mid" in found:  # LoCon's Tucker core folded into down: a plain LoRA of the same rank
-            down = _with_mid(found["down"], found["mid"])  # type: ignore[arg-type]
-        magnitude = None
-        if name in magnitudes:
-            magnitude_key, magnitude_dtype, values = magnitudes.pop(name)
-            magnitude = read_magnitude(values, magnitude_dtype, int(found["up"].shape[0]))  # type: ignore[union-attr]
-            keys += (magnitude_key,)
-        modules.append(
-            LoraModule(
-                target,
-                down,
-                found["up"],
-                alpha,
-                str(found["dtype"]),
-                resolved.reason,
-                name,
-                keys,
-                magnitude=magnitude,
-            )
-        )
-    for name, kind, dtype, values in deltas:
+        alpha = peft_alpha.get(_strip(name), peft_alpha.get("*")) if fmt == "peft" else _alpha_value(parts)
+        modules.append(_lora_module(name, parts, alpha, found.magnitudes.pop(name, None), resolver))  # type: ignore[arg-type]
+    for name, kind, dtype, values in found.deltas:
         delta_module = _delta_module(resolver.resolve(name), name, kind, dtype, values, a_keys, label)
+        if not np.isfinite(values).all():
+            delta_module = replace(delta_module, unresolved="it holds NaN or infinite values")
         modules.append(replace(delta_module, keys=(f"{name}.{kind}",)))
-    for module in lycoris.values():
+    for module in found.lycoris.values():
         resolved = resolver.resolve(module.name)
         module.target, module.unresolved = resolved.key, resolved.reason
-        if module.name in magnitudes:
-            module.magnitude_key, magnitude_dtype, values = magnitudes.pop(module.name)
+        if module.name in found.magnitudes:
+            module.magnitude_key, magnitude_dtype, values = found.magnitudes.pop(module.name)
             if module.problem() is None:
-                module.magnitude = read_magnitude(values, magnitude_dtype, module.delta().shape[0])
+                module.magnitude = read_magnitude(
+                    values, magnitude_dtype, module.delta().shape[0], module.magnitude_key
+                )
     others += [
         {"tensor": key, "kind": "DoRA magnitude without its module's factors"}
-        for key, _, _ in magnitudes.values()
+        for key, _, _ in found.magnitudes.values()
     ]
-    return LoraFile(fmt, modules, others, metadata, list(lycoris.values()))
+    _refuse_second_modules(modules, list(found.lycoris.values()), label)
+    return LoraFile(fmt, modules, others, metadata, list(found.lycoris.values()))
 
 
-def _with_mid(down: np.ndarray, mid: np.ndarray) -> np.ndarray:
+@dataclass
+class _Sorted:
+    """A LoRA file's tensors by what they are (``read_lora_file``)."""
+
+    lora: dict[str, dict[str, object]]  # module -> down / up / mid / alpha / dtype / keys
+    deltas: list[tuple[str, str, str, np.ndarray]]  # module, kind, dtype, values
+    lycoris: dict[str, LycorisModule]
+    magnitudes: dict[str, tuple[str, str, np.ndarray]]  # module -> key, dtype, values
+    others: list[dict]
+
+
+def _sorted_tensors(tensors: dict[str, tuple[str, np.ndarray]]) -> _Sorted:
+    """Each tensor to its module and kind; a second tensor of a kind a module already has (both
+    ``lora_A`` and ``lora_down``, say) is named as such, not written over the first."""
+    found = _Sorted(defaultdict(dict), [], {}, {}, [])
+    for key, (dtype, values) in tensors.items():
+        factor, alpha = _FACTOR.match(key), _ALPHA.match(key)
+        if magnitude := MAGNITUDE.match(key):
+            found.magnitudes[magnitude["module"]] = (key, dtype, values)
+        elif factor or alpha:
+            module = (factor or alpha)["module"]  # type: ignore[index]
+            kind = (
+                {"lora_A": "down", "lora_down": "down", "lora_mid": "mid"}.get(factor["kind"], "up")
+                if factor
+                else "alpha"
+            )
+            parts = found.lora[module]
+            if kind in parts:
+                found.others.append({"tensor": key, "kind": f"second LoRA {kind} factor of one module"})
+                continue
+            parts[kind] = values
+            if factor:
+                parts["dtype"] = dtype
+            parts.setdefault("keys", []).append(key)  # type: ignore[union-attr]
+        elif delta := _DELTA.match(key):
+            found.deltas.append((delta["module"], delta["kind"], dtype, values))
+        elif part := LYCORIS_PART.match(key):
+            kind = "lokr" if part["part"].startswith("lokr") else "loha"
+            lycoris = found.lycoris.setdefault(
+                part["module"], LycorisModule(kind, part["module"], dtype=dtype)
+            )
+            lycoris.parts[part["part"]] = values
+        else:
+            found.others.append({"tensor": key, "kind": "unknown"})
+    return found
+
+
+def _alpha_value(parts: dict[str, object]) -> float | None:
+    """The module's alpha as a number (None when absent or malformed: ``_alpha_problem``)."""
+    alpha = parts.get("alpha")
+    if alpha is None or _alpha_problem(parts) is not None:
+        return None
+    return float(np.asarray(alpha).reshape(-1)[0])
+
+
+def _alpha_problem(parts: dict[str, object]) -> str | None:
+    alpha = parts.get("alpha")
+    if alpha is None:
+        return None
+    values = np.asarray(alpha)
+    if values.size != 1:
+        return f"its alpha holds {values.size} values, not one"
+    return None if np.isfinite(values).all() else "its alpha is NaN or infinite"
+
+
+def _factor_problem(parts: dict[str, object]) -> str | None:
+    """Why a module's LoRA factors do not make a ΔW (None when they do)."""
+    down, up = np.asarray(parts["down"]), np.asarray(parts["up"])
+    if down.ndim < 2 or up.ndim < 2:
+        return f"factor shapes up {list(up.shape)} / down {list(down.shape)}: each needs 2 dimensions or more"
+    if down.shape[0] == 0 or up.shape[1] != down.shape[0]:
+        return (
+            f"factor shapes up {list(up.shape)} / down {list(down.shape)} do not chain (rank {down.shape[0]})"
+        )
+    tensors = [down, up] + ([np.asarray(parts["mid"])] if "mid" in parts else [])
+    if not all(np.isfinite(t).all() for t in tensors):
+        return "its factors hold NaN or infinite values"
+    return _alpha_problem(parts)
+
+
+def _lora_module(
+    name: str,
+    parts: dict[str, object],
+    alpha: float | None,
+    magnitude_found: tuple[str, str, np.ndarray] | None,
+    resolver: Resolver,
+) -> LoraModule:
+    """One LoRA module, with the reason it cannot be converted (``unresolved``) when its name
+    fits no weight, its factors or alpha are malformed, or its DoRA magnitude is not finite."""
+    resolved = resolver.resolve(name)
+    keys = tuple(parts.get("keys", ()))  # type: ignore[arg-type]
+    problem = _factor_problem(parts)
+    down = np.asarray(parts["down"])
+    if problem is None and "mid" in parts:  # LoCon's Tucker core folded into down: a plain LoRA
+        down, problem = _with_mid(down, np.asarray(parts["mid"]))
+    magnitude = None
+    if magnitude_found is not None:
+        magnitude_key, magnitude_dtype, values = magnitude_found
+        keys += (magnitude_key,)
+        if not np.isfinite(values).all():
+            problem = problem or "its DoRA magnitude holds NaN or infinite values"
+        elif problem is None:
+            magnitude = read_magnitude(
+                values, magnitude_dtype, int(np.asarray(parts["up"]).shape[0]), magnitude_key
+            )
+    return LoraModule(
+        resolved.key or name,
+        down,
+        np.asarray(parts["up"]),
+        alpha if problem is None else None,
+        str(parts["dtype"]),
+        resolved.reason or problem,
+        name,
+        keys,
+        magnitude=magnitude,
+    )
+
+
+def _refuse_second_modules(modules: list[LoraModule], lycoris: list[LycorisModule], label: str) -> None:
+    """Two modules of one file on one weight (two spellings of one module, say): a loader applies
+    one of them, which one depends on the loader; the second is refused naming the first."""
+    claimed: dict[tuple[str, str], str] = {}
+    entries: list[LoraModule | LycorisModule] = [*modules, *lycoris]
+    for module in entries:
+        if module.unresolved is not None or module.target is None:
+            continue
+        slot = (module.target, "bias" if getattr(module, "kind", "") == "diff_b" else "weight")
+        if slot in claimed:
+            module.unresolved = (
+                f"{label}'s weight {module.target} is adapted by {claimed[slot]} too, and a loader "
+                "applies only one of them"
+            )
+        else:
+            claimed[slot] = module.name
+
+
+def _with_mid(down: np.ndarray, mid: np.ndarray) -> tuple[np.ndarray, str | None]:
     """LoCon's convolution in Tucker form (LyCORIS ``locon.py``; ComfyUI ``lora.py``): ``down``
     (r, in, 1, 1) and ``lora_mid`` (r, r, k, l) act as one down ``D[a, i, k, l] = Σ_b down[b, i]
     · mid[a, b, k, l]`` of shape (r, in, k, l); ``ΔW = up @ D`` is then a plain LoRA, exactly.
-
-    Raises:
-        LoraError: the shapes do not chain.
-    """
+    Returns ``D``, or ``down`` and the reason the shapes do not chain."""
     flat = down.reshape(down.shape[0], -1).astype(np.float64)
-    if mid.ndim != 4 or mid.shape[1] != flat.shape[0]:
-        raise LoraError(
-            f"a LoCon middle factor of shape {list(mid.shape)} does not fit its down {list(down.shape)}"
+    if mid.ndim != 4 or mid.shape[1] != flat.shape[0] or mid.shape[0] != flat.shape[0]:
+        return (
+            down,
+            f"its LoCon middle factor of shape {list(mid.shape)} does not fit its down {list(down.shape)}",
         )
-    return np.einsum("bi,abkl->aikl", flat, mid.astype(np.float64))
+    return np.einsum("bi,abkl->aikl", flat, mid.astype(np.float64)), None
 
 
 def _delta_module(
@@ -331,9 +423,19 @@ def _strip(name: str) -> str:
 
 
 def _peft_alphas(path: Path) -> dict[str, float]:
+    """Each module's alpha from the PEFT ``adapter_config.json`` beside the file (``*``: all).
+
+    Raises:
+        LoraError: no config beside the file (the scale ``lora_alpha / r`` is only there), or
+            one that cannot be read.
+    """
     config = path.with_name("adapter_config.json")
     if not config.is_file():
-        return {}
+        raise LoraError(
+            f"{path}: a PEFT adapter without its adapter_config.json beside it, which holds its scale "
+            "(lora_alpha / r); put the config beside it, or pass --from-format diffusers to read the "
+            "factors at scale 1"
+        )
     try:
         document = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -562,6 +664,16 @@ def plan_dora(
         if magnitude is None or module.unresolved or module.target not in a_shapes or not mine:
             kept.append(module)
             continue
+        view = view_2d(a_shapes[module.target])
+        if module.up.shape[0] != view[0] or math.prod(module.down.shape[1:]) != view[1]:
+            kept.append(module)  # refused by ``_refusal``, naming the shapes
+            continue
+        wrong = shape_problem(magnitude, a_shapes[module.target], view)
+        if wrong is not None:  # no change can be computed from it: refused, no full delta offered
+            refused.append(
+                {"module": module.target, "tensors": list(module.keys), "reason": f"DoRA: {wrong}"}
+            )
+            continue
         problem = _dora_problem(magnitude, mine, a_shapes[module.target], b_shapes, fmt)
         if problem is None:
             kept.append(module)
@@ -732,7 +844,10 @@ def _fused_magnitude(
         _, start, stop = target.b_slice
         values[start:stop] = _followed(module.magnitude, target).values
     b_key = parts[0][1].b_key
-    return Magnitude(filled(values, first.axis, weights("b", b_key), delta), first.axis, first.dtype)
+    # The norms that leave the other rows unchanged hold only in full precision (bf16 would move
+    # those rows by 0.3 %): a completed magnitude is written as F32.
+    dtype = first.dtype if not np.isnan(values).any() else "F32"
+    return Magnitude(filled(values, first.axis, weights("b", b_key), delta), first.axis, dtype)
 
 
 def through(delta: np.ndarray, target: Target) -> np.ndarray:
@@ -913,6 +1028,8 @@ def convert_lora(
     """
     from weightidx.index.reader import load_index
 
+    if Path(out).resolve() == Path(lora).resolve():
+        raise LoraError(f"{out}: this is the LoRA being converted; write the output to another file")
     report = read_report(report_path)
     a = load_index(report_index(report, "a", report_path))
     b = load_index(report_index(report, "b", report_path))
@@ -1127,17 +1244,19 @@ def plan_lycoris(
             problem = shape_problem(module.magnitude, a_shapes[module.target or ""], module.delta().shape)
             reason = None if problem is None else f"DoRA: {problem}"
         target_key = module.target or ""
+        if reason is None and fmt not in ("comfyui", "kohya"):
+            reason = f"{module.label}: the {fmt} format has no LoKr/LoHa modules or full deltas"
         if reason is None:
             moves = [_lycoris_moved(module, target, a_shapes[target_key]) for target in mine]
-            carried_ok = fmt in ("comfyui", "kohya") and all(moved is not None for moved in moves)
+            carried_ok = all(moved is not None for moved in moves)
+            dora = None
             if carried_ok and module.magnitude is not None:
-                carried_ok = (
-                    _dora_problem(module.magnitude, mine, a_shapes[target_key], b_shapes, fmt) is None
-                )
+                dora = _dora_problem(module.magnitude, mine, a_shapes[target_key], b_shapes, fmt)
+                carried_ok = dora is None
             if carried_ok:
                 kept += [(module, moved, target) for moved, target in zip(moves, mine, strict=True) if moved]
                 continue
-            if allow_full_delta and fmt in ("comfyui", "kohya"):
+            if allow_full_delta:
                 values = module.delta()
                 if module.magnitude is not None:  # the change DoRA makes depends on A's weight
                     values = change(weights("a", target_key), values, module.magnitude)
@@ -1147,12 +1266,12 @@ def plan_lycoris(
                 )
                 full.append(replace(delta, keys=tuple(tensors)))
                 continue
-            steps = sorted({str(t) for target in mine for t in target.transform} - {"rename"})
-            reason = f"{module.label} cannot follow {', '.join(steps) or 'a slice'} as factors" + (
-                "; --allow-full-delta writes it as a full delta"
-                if fmt in ("comfyui", "kohya")
-                else f" and the {fmt} format has no LoKr/LoHa or full deltas"
+            steps = ", ".join(sorted({str(t) for target in mine for t in target.transform} - {"rename"}))
+            followed = steps or "a slice of a fused weight"
+            cannot = (
+                f"DoRA: {dora}" if dora is not None else f"{module.label} cannot follow {followed} as factors"
             )
+            reason = f"{cannot}; --allow-full-delta writes it as a full delta"
         refused.append({"module": module.target or module.name, "tensors": tensors, "reason": reason})
     return kept, full, refused
 

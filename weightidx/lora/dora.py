@@ -46,6 +46,7 @@ class Magnitude:
     values: np.ndarray  # (rows,) or (cols,), float64
     axis: int
     dtype: str  # the safetensors dtype it is stored in
+    stored: tuple[int, ...] = ()  # the shape it was read with (messages)
 
     def scaled(self, factor: float) -> Magnitude:
         return replace(self, values=self.values * abs(factor))
@@ -60,12 +61,16 @@ class Magnitude:
         return replace(self, values=self.values[index]) if axis == self.axis else self
 
 
-def read_magnitude(values: np.ndarray, dtype: str, rows: int) -> Magnitude:
-    """The magnitude as stored for a weight of ``rows`` output rows: per row when it is 1-D or
-    its first dimension is the weight's (ComfyUI's rule, module doc), else per column."""
+def read_magnitude(values: np.ndarray, dtype: str, rows: int, key: str = "") -> Magnitude:
+    """The magnitude as stored under ``key`` for a weight of ``rows`` output rows. PEFT's
+    ``lora_magnitude_vector`` is always per output row, (out,) for a linear layer and
+    (1, out, 1, 1) for a convolution (PEFT ``tuners/lora/dora.py``); a ``dora_scale`` is per row
+    when it is 1-D or its first dimension is the weight's (ComfyUI's rule, module doc), else per
+    column."""
     flat = np.asarray(values, dtype=np.float64).reshape(-1)
-    axis = 0 if values.ndim <= 1 or values.shape[0] == rows else 1
-    return Magnitude(flat, axis, dtype)
+    peft = "lora_magnitude_vector" in key
+    axis = 0 if peft or values.ndim <= 1 or values.shape[0] == rows else 1
+    return Magnitude(flat, axis, dtype, tuple(values.shape))
 
 
 def shape_problem(magnitude: Magnitude, weight_shape: tuple[int, ...], view: tuple[int, int]) -> str | None:
@@ -73,8 +78,11 @@ def shape_problem(magnitude: Magnitude, weight_shape: tuple[int, ...], view: tup
     if magnitude.axis == 1 and len(weight_shape) > 2:
         return "a DoRA magnitude per input channel of a convolution is not converted"
     if magnitude.values.size != view[magnitude.axis]:
-        side = f"{view[magnitude.axis]} {'rows' if magnitude.axis == 0 else 'columns'}"
-        return f"its DoRA magnitude has {magnitude.values.size} values for the weight's {side}"
+        shape = list(magnitude.stored or (magnitude.values.size,))
+        return (
+            f"its DoRA magnitude of shape {shape} fits neither the weight's {view[0]} rows nor its "
+            f"{view[1]} columns"
+        )
     return None
 
 
@@ -103,8 +111,8 @@ def stored_shape(magnitude: Magnitude, weight_ndim: int, fmt: str) -> tuple[int,
     """The tensor shape a format's loader expects: PEFT and diffusers (out,); LyCORIS/ComfyUI
     (out, 1, ...) per row or (1, in, ...) per column, as many dimensions as the weight."""
     n = magnitude.values.size
-    if fmt in ("peft", "diffusers"):
-        return (n,)
+    if fmt in ("peft", "diffusers"):  # PEFT's layout: (out,), a convolution's (1, out, 1, 1)
+        return (n,) if weight_ndim <= 2 else (1, n, *(1,) * (weight_ndim - 2))
     ones = (1,) * max(weight_ndim - 2, 0)
     return (n, 1, *ones) if magnitude.axis == 0 else (1, n, *ones)
 

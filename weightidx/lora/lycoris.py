@@ -49,6 +49,7 @@ class LycorisModule:
     unresolved: str | None = None
     magnitude: Magnitude | None = None  # DoRA (``dora.py``)
     magnitude_key: str | None = None  # the file's tensor holding it
+    alpha_problem: str | None = None  # a malformed alpha tensor (``convert._alpha_problem``)
 
     @property
     def label(self) -> str:
@@ -61,6 +62,12 @@ class LycorisModule:
 
     def problem(self) -> str | None:
         """Why the module cannot be read as a LoKr/LoHa (None when it can)."""
+        if self.alpha_problem is not None:
+            return self.alpha_problem
+        if any(np.size(v) == 0 for v in self.parts.values()):
+            return f"{self.label} module with an empty factor (rank 0)"
+        if not all(np.isfinite(v).all() for v in self.parts.values()):
+            return f"{self.label} module whose factors hold NaN or infinite values"
         if ("hada_t1" in self.parts) != ("hada_t2" in self.parts):
             return f"{self.label} module with only one of its Tucker cores (hada_t1, hada_t2)"
         if self.kind == "lokr":
@@ -73,7 +80,7 @@ class LycorisModule:
             return f"{self.label} module without all four of hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b"
         try:
             self.delta()
-        except ValueError as exc:  # factors whose shapes do not chain
+        except (ValueError, IndexError, ZeroDivisionError) as exc:  # factors whose shapes do not chain
             return f"{self.label} factors do not fit each other ({exc})"
         return None
 
