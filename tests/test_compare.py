@@ -113,6 +113,23 @@ def test_constant_scale_and_sign_flip(tmp_path: Path, factor: float) -> None:
     assert summary["changed_values"]["matrices"] == 0 and "trained" not in summary["verdict"]
 
 
+def test_permuted_units_are_not_called_identical(tmp_path: Path) -> None:
+    """The MLP's hidden units reordered (up's rows and down's columns alike): every value is A's,
+    found once the order is undone, but B is not A byte for byte."""
+    a = derive.toy_transformer(5)
+    order = np.random.default_rng(1).permutation(512)
+    b = dict(a)
+    for layer in range(3):
+        up, down = f"layer.{layer}.mlp.up.weight", f"layer.{layer}.mlp.down.weight"
+        b[up] = ("F32", np.ascontiguousarray(a[up][1][order]))
+        b[down] = ("F32", np.ascontiguousarray(a[down][1][:, order]))
+    report = compare(tmp_path, a, b)
+    check_verdict(report)
+    assert report["summary"]["scenario"] == "transformed" and report["summary"]["transforms"] == ["permute"]
+    kinds = {m["b"]["key"]: m["transform"] for m in report["matches"] if "mlp" in m["b"]["key"]}
+    assert set(map(tuple, kinds.values())) == {("permute:rows",), ("permute:cols",)}
+
+
 @pytest.mark.parametrize(
     ("level", "verdict"),
     [(0.1, "match"), (0.25, "match"), (0.5, "partial"), (1.2, "partial"), (2.5, "partial")],

@@ -105,7 +105,10 @@ def check_verdict(report: dict) -> None:
     elif scenario == "incompatible":
         wa, wb, da, db = _number(text, r"hidden width (\w+) vs (\w+), (\d+) vs (\d+) blocks")
         assert [wa, wb] == [str(w) for w in summary["widths"]] and [int(da), int(db)] == summary["blocks"]
-    elif scenario != "identical":
+    elif scenario == "identical":  # "byte for byte": every tensor matched as it is
+        assert "byte for byte" in text
+        assert all(m["transform"] == [] and m["max_abs_diff"] == 0 for m in report["matches"]), text
+    else:
         _check_related(text, summary, facts)
 
 

@@ -285,8 +285,11 @@ def _equal_values(m: Match) -> bool:
 
 
 def _identical(a: IndexedModel, b: IndexedModel, matches: list[Match]) -> bool:
+    """Every tensor of B is A's under the same name, byte for byte: no transform at all (a
+    reordering or a cast can leave ``max_abs_diff`` 0 once undone, but the bytes differ)."""
     return len(a.rows) == len(b.rows) == len(matches) and all(
-        m.candidate.a.key == m.candidate.b.key and m.metrics.max_abs_diff == 0 for m in matches
+        m.candidate.a.key == m.candidate.b.key and m.metrics.max_abs_diff == 0 and not m.transform
+        for m in matches
     )
 
 
