@@ -206,3 +206,49 @@ def test_seed_pair_pruned_by_heads_maps_attention_head_by_head(tmp_path: Path) -
     assert q["a"]["key"] == "blocks.0.cross_attn.q.weight"
     independent = compare_paths(paths["a"], paths["independent"], cache=tmp_path / "cache")
     assert independent["summary"]["scenario"] == "incompatible" and predicted(independent) == set()
+
+
+def test_blocks_named_by_no_rule_are_found_through_their_matched_siblings(tmp_path: Path) -> None:
+    """B's keys in a layout the naming rules do not number (``trunk.N.<name>``): the blocks are
+    inferred from the tensors already matched (``structure.sibling_blocks``), so a tensor with
+    its columns reordered and a pruned FFN (rows of up and columns of down kept alike) are traced
+    in the block they belong to."""
+    a = derive.toy_transformer(41)
+    rng = np.random.default_rng(42)
+    columns, kept = rng.permutation(128), np.sort(rng.choice(512, 384, replace=False))
+    short = {
+        "attn.q": "wq",
+        "attn.k": "wk",
+        "attn.v": "wv",
+        "attn.o": "wo",
+        "mlp.up": "up",
+        "mlp.down": "down",
+    }
+    b, truth = {}, {}
+    for key, (dtype, values) in a.items():
+        if not key.startswith("layer."):
+            b[key], truth[key] = (dtype, values), key
+            continue
+        layer, rest = key.split(".", 2)[1:]
+        module, kind = rest.rsplit(".", 1)
+        name = f"trunk.{layer}.{short.get(module, module.replace('.', '_'))}.{kind}"
+        if module == "attn.k" and kind == "weight":
+            values = values[:, columns]
+        elif module == "mlp.up":
+            values = values[kept]
+        elif module == "mlp.down" and kind == "weight":
+            values = values[:, kept]
+        b[name] = (dtype, np.ascontiguousarray(values))
+        truth[name] = key
+    report = compare(tmp_path, a, b)
+    check_verdict(report)
+    traced = {
+        m["b"]["key"]: (m["a"]["key"], m["transform"])
+        for m in report["matches"]
+        if m["verdict"] != "different"
+    }
+    assert not report["unmatched"]["b"], report["unmatched"]["b"]
+    assert {k: source for k, (source, _) in traced.items()} == truth
+    assert traced["trunk.0.wk.weight"][1] == ["rename", "permute:cols"]
+    assert traced["trunk.1.up.weight"][1] == ["rename", "select:rows"]
+    assert traced["trunk.2.down.weight"][1] == ["rename", "select:cols"]

@@ -225,7 +225,10 @@ def _structured_matches(
     rounds = None
     if progress is not None:
         rounds = lambda number, done, total: progress(f"tracing structures, round {number}", done, total)  # noqa: E731
-    structures = find_structures(a, b, taken_a, settled, block_map(related), read, p_threshold, rounds)
+    pairs = [(m.candidate.b.key, m.candidate.a.key) for m in related]
+    structures = find_structures(
+        a, b, taken_a, settled, block_map(related), read, p_threshold, rounds, pairs=pairs
+    )
     found = structures.found
     redone = {item.b.key for item in found}
     matches[:] = [m for m in matches if m.candidate.b.key not in redone]

@@ -171,17 +171,21 @@ def find_structures(
     read: Reader,
     p_threshold: float,
     progress: Callable[[int, int, int], None] | None = None,
+    pairs: list[tuple[str, str]] | None = None,
 ) -> Structures:
     """Structured matches of B's weight matrices not yet taken (``taken_b``), and of the 1-D
-    tensors that follow them. ``blocks``: B's block -> A's block, from the related tensors.
-    ``progress``: called with (round, tensors tried, tensors to try in that round).
+    tensors that follow them. ``blocks``: B's block -> A's block, from the related tensors;
+    ``pairs`` (B key, A key) of the related tensors number B's blocks the naming rules do not
+    (``sibling_blocks``). ``progress``: called with (round, tensors tried, tensors to try in
+    that round).
 
     Runs only where something can be found: the models are related (``blocks``) or their hidden
     widths differ (a pruned model has no tensor of its source's shapes).
     """
-    if not blocks and model_width(a) == model_width(b):
+    inferred = sibling_blocks(pairs or [])
+    if not blocks and not inferred and model_width(a) == model_width(b):
         return Structures([], [], [])
-    search = _Search(a, b, taken_a, set(taken_b), blocks, read, p_threshold)
+    search = _Search(a, b, taken_a, set(taken_b), blocks, read, p_threshold, inferred)
     for number in range(1, _MAX_ROUNDS + 1):
         tried = None if progress is None else lambda done, total, n=number: progress(n, done, total)
         if not search.round(tried):
@@ -196,6 +200,27 @@ def find_structures(
     return Structures(search.found, search.layouts, axes)
 
 
+def numbered_prefix(key: str) -> str | None:
+    """``key`` up to its last numeric component (``net.3`` of ``net.3.wk.weight``), or None."""
+    parts = key.split(".")
+    last = max((i for i, part in enumerate(parts[:-1]) if part.isdigit()), default=None)
+    return None if last is None else ".".join(parts[: last + 1])
+
+
+def sibling_blocks(pairs: list[tuple[str, str]]) -> dict[str, int]:
+    """For B's keys the naming rules number no block of (``net.3.wk.weight`` in a layout of its
+    own), the A block each numbered prefix stands for: the one most of its matched tensors come
+    from. Then B's open tensors under ``net.3`` are searched in that A block, as B's numbered
+    blocks are (``_Search._targets``)."""
+    votes: dict[str, dict[int, int]] = {}
+    for b_key, a_key in pairs:
+        a_block, prefix = block_of(a_key), numbered_prefix(b_key)
+        if block_of(b_key) is None and a_block is not None and prefix is not None:
+            counts = votes.setdefault(prefix, {})
+            counts[a_block] = counts.get(a_block, 0) + 1
+    return {prefix: max(sorted(counts), key=counts.__getitem__) for prefix, counts in votes.items()}
+
+
 class _Search:
     def __init__(
         self,
@@ -206,15 +231,30 @@ class _Search:
         blocks: dict[int, int],
         read: Reader,
         p_threshold: float,
+        inferred: dict[str, int] | None = None,
     ) -> None:
         self.a, self.b, self.read, self.p_threshold = a, b, read, p_threshold
         self.taken_a, self.taken_b, self.blocks = set(taken_a), taken_b, dict(blocks)
+        # B prefixes numbered by no naming rule, each as a block of its own (negative ids, apart
+        # from B's numbered blocks) mapped to the A block its matched tensors come from
+        self.inferred = {prefix: -1 - i for i, prefix in enumerate(sorted(inferred or {}))}
+        for prefix, a_block in (inferred or {}).items():
+            self.blocks[self.inferred[prefix]] = a_block
         self.axes = _AxisMaps({})
         self.found: list[Found] = []
         self.layouts: list[Layout] = []
         self.row_maps: dict[str, tuple[str, np.ndarray | None, list]] = {}  # B key -> its rows' source
         self.piece_members: dict[str, list[str]] = {}  # B key -> the A tensors its runs come from
         self._cache: dict[tuple[int, str], np.ndarray] = {}
+
+    def _block_b(self, key: str) -> int | None:
+        """B's block of ``key``: its number by the naming rules, else the block its numbered
+        prefix stands for (``sibling_blocks``)."""
+        block = block_of(key)
+        if block is not None:
+            return block
+        prefix = numbered_prefix(key)
+        return None if prefix is None else self.inferred.get(prefix)
 
     # --- one pass over B's untaken matrices
     def round(self, tried: Callable[[int, int], None] | None = None) -> bool:
@@ -227,7 +267,7 @@ class _Search:
             if k not in self.taken_b and is_weight_matrix(r) and int(r["numel"]) <= MAX_POOL_VALUES
         ]
         for done, key in enumerate(
-            sorted(keys, key=lambda k: (block_of(k) is not None, block_of(k) or 0, k))
+            sorted(keys, key=lambda k: (self._block_b(k) is not None, self._block_b(k) or 0, k))
         ):
             if tried is not None:
                 tried(done, len(keys))
@@ -245,7 +285,7 @@ class _Search:
         by the number of pairs and maps tried)."""
         row_b = self.b.rows[key]
         rows_b, cols_b = int(row_b["rows"]), int(row_b["cols"])
-        block = block_of(key)
+        block = self._block_b(key)
         tries = []
         for a_key in dict.fromkeys([key, *self._pool(key, 0, self._target_block(key))]):
             row_a = self.a.rows.get(a_key)
@@ -273,7 +313,7 @@ class _Search:
         return False
 
     def _target_block(self, key: str) -> int | None:
-        block = block_of(key)
+        block = self._block_b(key)
         if block is None:
             return None
         return self.blocks.get(block, block)
@@ -282,7 +322,7 @@ class _Search:
         """A's blocks where B's tensor may come from: the block its block maps to, or, while
         that is unknown (depth pruning renumbers blocks), A's blocks nearest to where it would
         be if the order was kept, at most ``_BLOCK_TRIES`` of them."""
-        block = block_of(key)
+        block = self._block_b(key)
         if block is None:
             return [None]
         if block in self.blocks:
@@ -303,7 +343,7 @@ class _Search:
             if a_key in self.taken_a or not is_weight_matrix(row_a) or block_of(a_key) != target:
                 continue
             other_a = int(row_a["cols" if axis == 0 else "rows"])
-            if self.axes.known(block_of(key), other_b, other_a):
+            if self.axes.known(self._block_b(key), other_b, other_a):
                 pool.append(a_key)
         return pool
 
@@ -324,15 +364,15 @@ class _Search:
             tries += [
                 (target, members, other_map)
                 for other_a, members in sorted(groups.items())
-                for other_map in self.axes.candidates(block_of(key), other_b, other_a)
+                for other_map in self.axes.candidates(self._block_b(key), other_b, other_a)
             ]
         for target, members, other_map in tries:
             lengths = [int(self.a.rows[k]["rows" if axis == 0 else "cols"]) for k in members]
             if sum(lengths) < length_b or sum(lengths) * other_b > MAX_POOL_VALUES:
                 continue
             if self._match(key, axis, members, lengths, other_map, len(tries)):
-                if block_of(key) is not None:
-                    self.blocks.setdefault(block_of(key), target)
+                if self._block_b(key) is not None:
+                    self.blocks.setdefault(self._block_b(key), target)
                 return True
         return False
 
@@ -453,7 +493,7 @@ class _Search:
     def _register(self, b_key: str, a_key: str, size_b: int, size_a: int, local: np.ndarray) -> None:
         """A subset of an axis found on one tensor, for the others that share it: model-wide when
         the tensor belongs to no block (embeddings: the hidden axis), else within its block."""
-        scope = None if block_of(a_key) is None else block_of(b_key)
+        scope = None if block_of(a_key) is None else self._block_b(b_key)
         self.axes.maps.setdefault((scope, size_b, size_a), local)
 
     def _metrics(self, a_key: str, b_key: str, mapped: np.ndarray, values_b: np.ndarray) -> PairMetrics:
@@ -535,7 +575,9 @@ class _Search:
                 continue
             size_a = int(row_a["rows"])
             if size_a != size_b:
-                tries += [(a_key, local) for local in self.axes.candidates(block_of(key), size_b, size_a)]
+                tries += [
+                    (a_key, local) for local in self.axes.candidates(self._block_b(key), size_b, size_a)
+                ]
         for a_key, local in tries:
             found = self._vector(key, a_key, local, looks=len(tries))
             if found is not None:
