@@ -884,10 +884,7 @@ def _quantisation_shrink(metrics: PairMetrics) -> float:
     about the residual left after the scale, ``√(1 − cos²) / |cos|``. Coarse grids shrink values
     (FP4's largest steps are at the largest values), so a quantised copy shows a scale of 0.97;
     within this bound the values cannot tell that from a real scale, and none is claimed."""
-    cosine = metrics.cosine
-    if cosine is None or cosine == 0:
-        return 0.0
-    return math.sqrt(max(0.0, 1 - cosine * cosine)) / abs(cosine)
+    return metrics.residual or 0.0
 
 
 def compare_paths(

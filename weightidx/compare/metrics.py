@@ -203,6 +203,14 @@ class PairMetrics:
     row_sums: np.ndarray | None = None  # UnitSums.totals(), exact metrics only
     col_sums: np.ndarray | None = None
 
+    @property
+    def residual(self) -> float | None:
+        """B's relative L2 distance from A once the least-squares scale is taken out,
+        ``‖b − s·a‖ / ‖s·a‖ = √(1 − cos²) / |cos|`` (None without a cosine, or a zero one)."""
+        if self.cosine is None or self.cosine == 0:
+            return None
+        return math.sqrt(max(0.0, 1 - self.cosine * self.cosine)) / abs(self.cosine)
+
 
 def pair_metrics(
     n: int,

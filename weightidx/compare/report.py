@@ -235,12 +235,10 @@ def _scheme(m: Match) -> str:
 
 
 def _residual(m: Match) -> float | None:
-    """B's distance from A once a scale is taken out, ``√(1 − cos²) / |cos|`` (the relative L2
-    error for a plain quantised copy; the error alone when B is also scaled)."""
-    cosine = m.metrics.cosine
-    if cosine is None or cosine == 0 or m.metrics.max_abs_diff is None:  # estimated: no claim
-        return None
-    return math.sqrt(max(0.0, 1 - cosine * cosine)) / abs(cosine)
+    """B's distance from A once a scale is taken out (``PairMetrics.residual``: the relative L2
+    error for a plain quantised copy, the error alone when B is also scaled); None for metrics
+    estimated from samples, which make no claim."""
+    return None if m.metrics.max_abs_diff is None else m.metrics.residual
 
 
 def _distance(m: Match) -> float:

@@ -10,7 +10,6 @@ this check does not apply (full deltas); a part whose module is incomplete; an u
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def check_lora(lora: Path | str, model: Path | str, cache: Path | None = None) -
         if magnitude is not None:
             result.ignored.append({"item": ", ".join(module.keys), "reason": f"DoRA: {magnitude}"})
             continue
-        if len(shape) < 2 or module.up.shape[0] != rows or math.prod(module.down.shape[1:]) != cols:
+        if len(shape) < 2 or not module.fits(shape):
             result.ignored.append(
                 {
                     "item": ", ".join(module.keys) or module.target,
@@ -72,11 +71,7 @@ def check_lora(lora: Path | str, model: Path | str, cache: Path | None = None) -
         result.loads.append({"module": module.name, "weight": module.target, "rank": module.rank})
     for module in read.lycoris:
         reason = module.problem() or module.unresolved
-        if (
-            reason is None
-            and module.target is not None
-            and module.delta().shape != view_2d(shapes[module.target])
-        ):
+        if reason is None and module.target is not None and module.shape != view_2d(shapes[module.target]):
             reason = f"{module.label} factors do not fit the weight {list(shapes[module.target])}"
         if reason is None and module.magnitude is not None and module.target is not None:
             shape = shapes[module.target]

@@ -35,7 +35,6 @@ import numpy as np
 from weightidx.compare.document import Report
 from weightidx.compare.gather import compact, expand
 from weightidx.compare.permutation import Permutation
-from weightidx.compare.permutation import apply as apply_permutation
 from weightidx.compare.reads import whole_view
 from weightidx.compare.report import read_report
 from weightidx.compare.types import Transform
@@ -93,6 +92,12 @@ class LoraModule:
     @property
     def scale(self) -> float:
         return 1.0 if self.alpha is None else self.alpha / self.rank
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether the factors make a ΔW of a weight of ``shape`` (its 2-D view: up's rows, down's
+        other dimensions)."""
+        rows, cols = view_2d(shape)
+        return self.up.shape[0] == rows and math.prod(self.down.shape[1:]) == cols
 
     def delta(self) -> np.ndarray:
         """ΔW in the 2-D view (out × rest), float64."""
@@ -203,7 +208,7 @@ def read_lora_file(
             module.magnitude_key, magnitude_dtype, values = found.magnitudes.pop(module.name)
             if module.problem() is None:
                 module.magnitude = read_magnitude(
-                    values, magnitude_dtype, module.delta().shape[0], module.magnitude_key
+                    values, magnitude_dtype, module.shape[0], module.magnitude_key
                 )
     others += [
         {"tensor": key, "kind": "DoRA magnitude without its module's factors"}
@@ -504,6 +509,37 @@ class Target:
         """Whether one of the steps is of ``kind`` (``Transform.KINDS``)."""
         return any(step.kind == kind for step in self.transform)
 
+    @property
+    def takes(self) -> list[tuple[int, np.ndarray | slice]]:
+        """The rows (axis 0) or columns (1) of A's 2-D view B's weight holds, step by step, in A's
+        axes: the reordering, A's slice (A fused, B one part of it), the selected rows, the
+        selected columns (B pruned). Every follower of the transform (factors, ΔW, a DoRA
+        magnitude, LoKr/LoHa factors) takes them in this order."""
+        steps: list[tuple[int, np.ndarray | slice]] = []
+        if self.permutation is not None:
+            steps.append((self.permutation.axis, self.permutation.order))
+        if self.a_slice is not None:
+            axis, start, stop = self.a_slice
+            steps.append((axis, slice(start, stop)))
+        if self.rows is not None:
+            steps.append((0, self.rows))
+        if self.cols is not None:
+            steps.append((1, self.cols))
+        return steps
+
+
+def _taken(values: np.ndarray, axis: int, index: np.ndarray | slice) -> np.ndarray:
+    return values[index] if axis == 0 else values[:, index]
+
+
+def _by_a(targets: list[Target], related_only: bool = False) -> dict[str, list[Target]]:
+    """The targets of each A weight (``related_only``: leaving out those judged ``different``)."""
+    found: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        if not related_only or target.verdict != "different":
+            found[target.a_key].append(target)
+    return found
+
 
 def mapping_from_report(report: Report) -> list[Target]:
     """The A -> B targets of every match in a compare report (any verdict)."""
@@ -590,9 +626,7 @@ def convert_modules(
 ) -> tuple[list[_Planned], list[dict]]:
     """Map each A module through its targets; returns the B modules and the refusals.
     ``weights`` reads B's weights for DoRA modules fused with others (``dora.filled``)."""
-    by_a: dict[str, list[Target]] = defaultdict(list)
-    for target in targets:
-        by_a[target.a_key].append(target)
+    by_a = _by_a(targets)
     fused: dict[str, list[tuple[LoraModule, Target]]] = defaultdict(list)
     planned: list[_Planned] = []
     refused: list[dict] = []
@@ -654,9 +688,7 @@ def plan_dora(
     ``W'_A − W_A`` as a full delta when allowed (read from A's weight), else refused. The other
     modules are returned as they are."""
     a_shapes, b_shapes = shapes
-    by_a: dict[str, list[Target]] = defaultdict(list)
-    for target in targets:
-        by_a[target.a_key].append(target)
+    by_a = _by_a(targets)
     kept, refused = [], []
     for module in modules:
         magnitude = module.magnitude
@@ -664,11 +696,10 @@ def plan_dora(
         if magnitude is None or module.unresolved or module.target not in a_shapes or not mine:
             kept.append(module)
             continue
-        view = view_2d(a_shapes[module.target])
-        if module.up.shape[0] != view[0] or math.prod(module.down.shape[1:]) != view[1]:
+        if not module.fits(a_shapes[module.target]):
             kept.append(module)  # refused by ``_refusal``, naming the shapes
             continue
-        wrong = shape_problem(magnitude, a_shapes[module.target], view)
+        wrong = shape_problem(magnitude, a_shapes[module.target], view_2d(a_shapes[module.target]))
         if wrong is not None:  # no change can be computed from it: refused, no full delta offered
             refused.append(
                 {"module": module.target, "tensors": list(module.keys), "reason": f"DoRA: {wrong}"}
@@ -708,8 +739,7 @@ def _refusal(module: LoraModule, targets: list[Target], a_shapes: dict[str, tupl
         return "its B weight is a reordered slice or transpose of it, which LoRA conversion does not handle"
     if all(t.verdict == "different" for t in targets):
         return "its match in B is 'different' (the values did not confirm a relation): not carried over"
-    rows, cols = view_2d(a_shapes[module.target])
-    if module.up.shape[0] != rows or math.prod(module.down.shape[1:]) != cols:
+    if not module.fits(a_shapes[module.target]):
         return (
             f"factor shapes up {list(module.up.shape)} / down {list(module.down.shape)} "
             f"do not fit A's weight {list(a_shapes[module.target])}"
@@ -738,13 +768,7 @@ def _shaped(up: np.ndarray, down: np.ndarray, b_shape: tuple) -> tuple[np.ndarra
 
 def _move(module: LoraModule, target: Target, b_shape: tuple) -> LoraModule:
     up, down = _factors(module)
-    up = up * target.scale
-    if target.permutation is not None:  # ΔW's rows are up's, its columns down's: reorder that factor
-        if target.permutation.axis == 0:
-            up = apply_permutation(up, target.permutation)
-        else:
-            down = apply_permutation(down, target.permutation)
-    up, down = _selected(up, down, target)
+    up, down = _selected(up * target.scale, down, target)
     if target.has("transpose"):
         up, down = down.T, up.T
     up, down = _shaped(up, down, b_shape)
@@ -760,29 +784,16 @@ def _followed(magnitude: Magnitude, target: Target) -> Magnitude:
     """A DoRA magnitude through the target's scale, reordering, slice of A and selection, in
     A's axes (``dora.py``; a transpose is the caller's)."""
     magnitude = magnitude.scaled(target.scale)
-    if target.permutation is not None:
-        magnitude = magnitude.taken(target.permutation.axis, target.permutation.order)
-    if target.a_slice is not None:
-        axis, start, stop = target.a_slice
-        magnitude = magnitude.taken(axis, slice(start, stop))
-    if target.rows is not None:
-        magnitude = magnitude.taken(0, target.rows)
-    if target.cols is not None:
-        magnitude = magnitude.taken(1, target.cols)
+    for axis, index in target.takes:
+        magnitude = magnitude.taken(axis, index)
     return magnitude
 
 
 def _selected(up: np.ndarray, down: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
-    """The factors of the part of ΔW that lands in B: A's slice (A fused, B one part of it),
-    then A's selected rows and columns (B pruned): ΔW_B = ΔW_A[rows][:, cols], so up's rows and
-    down's columns are selected, exactly."""
-    if target.a_slice is not None:
-        axis, start, stop = target.a_slice
-        up, down = (up[start:stop], down) if axis == 0 else (up, down[:, start:stop])
-    if target.rows is not None:
-        up = up[target.rows]
-    if target.cols is not None:
-        down = down[:, target.cols]
+    """The factors of the part of ΔW that lands in B (``Target.takes``): ΔW's rows are up's and
+    its columns down's, so each step takes rows of up or columns of down, exactly."""
+    for axis, index in target.takes:
+        up, down = (_taken(up, 0, index), down) if axis == 0 else (up, _taken(down, 1, index))
     return up, down
 
 
@@ -854,15 +865,8 @@ def through(delta: np.ndarray, target: Target) -> np.ndarray:
     """T applied to a change of A's weight (2-D view): the scale, the reordering, A's slice, the
     selection and the transpose, in that order (B's slice is the caller's)."""
     delta = delta * target.scale
-    if target.permutation is not None:
-        delta = apply_permutation(delta, target.permutation)
-    if target.a_slice is not None:
-        axis, start, stop = target.a_slice
-        delta = delta[start:stop] if axis == 0 else delta[:, start:stop]
-    if target.rows is not None:
-        delta = delta[target.rows]
-    if target.cols is not None:
-        delta = delta[:, target.cols]
+    for axis, index in target.takes:
+        delta = _taken(delta, axis, index)
     return delta.T if target.has("transpose") else delta
 
 
@@ -1193,17 +1197,7 @@ def _lycoris_moved(module: LycorisModule, target: Target, a_shape: tuple) -> Lyc
     ):
         return None
     current: LycorisModule | None = module
-    takes: list[tuple[int, np.ndarray]] = []
-    if target.permutation is not None:
-        takes.append((target.permutation.axis, target.permutation.order))
-    if target.a_slice is not None:
-        axis, start, stop = target.a_slice
-        takes.append((axis, np.arange(start, stop)))
-    if target.rows is not None:
-        takes.append((0, target.rows))
-    if target.cols is not None:
-        takes.append((1, target.cols))
-    for axis, index in takes:
+    for axis, index in target.takes:
         current = current.taken(axis, index) if current is not None else None
     if current is None:
         return None
@@ -1222,10 +1216,7 @@ def plan_lycoris(
     follow the transform exactly (``lycoris.py``), full deltas of their exact change for the
     others when allowed (``weights`` reads A's weight for a DoRA module), refusals for the rest."""
     a_shapes, b_shapes = shapes
-    by_a: dict[str, list[Target]] = defaultdict(list)
-    for target in targets:
-        if target.verdict != "different":
-            by_a[target.a_key].append(target)
+    by_a = _by_a(targets, related_only=True)
     kept, full, refused = [], [], []
     for module in found:
         tensors = [f"{module.name}.{part}" for part in module.parts] + (
@@ -1238,10 +1229,10 @@ def plan_lycoris(
             reason = "the report matches this weight to nothing in B"
         if reason is None and module.target is not None and len(a_shapes[module.target]) < 2:
             reason = f"{module.label} on a 1-D weight is not converted"
-        if reason is None and module.delta().shape != view_2d(a_shapes[module.target or ""]):
+        if reason is None and module.shape != view_2d(a_shapes[module.target or ""]):
             reason = f"{module.label} factors do not fit A's weight {list(a_shapes[module.target or ''])}"
         if reason is None and module.magnitude is not None:
-            problem = shape_problem(module.magnitude, a_shapes[module.target or ""], module.delta().shape)
+            problem = shape_problem(module.magnitude, a_shapes[module.target or ""], module.shape)
             reason = None if problem is None else f"DoRA: {problem}"
         target_key = module.target or ""
         if reason is None and fmt not in ("comfyui", "kohya"):
@@ -1366,10 +1357,7 @@ def lost_parts(
 ) -> list[dict]:
     """Modules whose ΔW reaches B only in part: the rows or columns of A's weight that no
     target carries (a fused tensor traced in part), with the share of ΔW's norm that is lost."""
-    by_a: dict[str, list[Target]] = defaultdict(list)
-    for target in targets:
-        if target.verdict != "different":
-            by_a[target.a_key].append(target)
+    by_a = _by_a(targets, related_only=True)
     found = []
     for module in modules:
         if module.target in refused or module.unresolved or module.target not in a_shapes:

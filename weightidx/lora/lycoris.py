@@ -26,6 +26,7 @@ they are through renames, casts, reshapes and scales; they are not transposed.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -79,10 +80,40 @@ class LycorisModule:
         elif not {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= set(self.parts):
             return f"{self.label} module without all four of hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b"
         try:
-            self.delta()
-        except (ValueError, IndexError, ZeroDivisionError) as exc:  # factors whose shapes do not chain
+            self.shape  # noqa: B018  (the shapes chain, checked without forming ΔW)
+        except ValueError as exc:
             return f"{self.label} factors do not fit each other ({exc})"
         return None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """ΔW's 2-D shape, from the factors' shapes alone (``delta`` forms the matrix).
+
+        Raises:
+            ValueError: the factors' shapes do not chain.
+        """
+        (r1, c1), (r2, c2) = self._side_shape("w1"), self._side_shape("w2")
+        if self.kind == "lokr":
+            return r1 * r2, c1 * c2
+        if (r1, c1) != (r2, c2):
+            raise ValueError(f"w1 is {r1}x{c1}, w2 {r2}x{c2}")
+        return r1, c1
+
+    def _side_shape(self, side: str) -> tuple[int, int]:
+        """The 2-D shape ``_side`` gives, from the shapes (ValueError when they do not chain)."""
+        prefix = "lokr" if self.kind == "lokr" else "hada"
+        if f"{prefix}_{side}" in self.parts:
+            shape = np.shape(self.parts[f"{prefix}_{side}"])
+            return shape[0], math.prod(shape[1:])
+        a, b = np.shape(self.parts[f"{prefix}_{side}_a"]), np.shape(self.parts[f"{prefix}_{side}_b"])
+        core = self.parts.get(f"lokr_t{side[1]}" if prefix == "lokr" else f"hada_t{side[1]}")
+        if core is not None:  # einsum "i j k l, j r, i p -> p r k l"
+            if len(a) != 2 or len(b) != 2 or np.ndim(core) != 4 or np.shape(core)[:2] != (a[0], b[0]):
+                raise ValueError(f"Tucker core {list(np.shape(core))} with factors {list(a)}, {list(b)}")
+            return a[1], b[1] * math.prod(np.shape(core)[2:])
+        if len(a) != 2 or len(b) < 2 or a[1] != b[0]:
+            raise ValueError(f"{side}_a {list(a)} and {side}_b {list(b)} do not multiply")
+        return a[0], math.prod(b[1:])
 
     def scale(self) -> float:
         if self.alpha is None:
@@ -132,7 +163,7 @@ class LycorisModule:
             magnitude = magnitude.transposed() if transpose else magnitude
         return LycorisModule(self.kind, self.name, parts, self.alpha, self.dtype, target, magnitude=magnitude)
 
-    def taken(self, axis: int, index: np.ndarray) -> LycorisModule | None:
+    def taken(self, axis: int, index: np.ndarray | slice) -> LycorisModule | None:
         """The module whose ΔW is this one's rows (``axis`` 0) or columns (1) at ``index`` (a
         reordering, a selection or a slice), when its factors can say so exactly, else None:
 
@@ -148,8 +179,8 @@ class LycorisModule:
         """
         if self.convolution:
             return None
-        index = np.asarray(index, dtype=np.int64)
-        size = self.delta().shape[axis]
+        size = self.shape[axis]
+        index = np.arange(size)[index]  # a slice as the positions it takes
         magnitude = self.magnitude
         if magnitude is not None:
             if axis == magnitude.axis:
@@ -176,7 +207,7 @@ class LycorisModule:
     def _kron_index(self, axis: int, index: np.ndarray) -> tuple[str, np.ndarray] | None:
         """Which factor (``w1`` or ``w2``) and which of its rows/columns ``index`` takes of
         ``kron(w1, w2)`` along ``axis`` (``taken``), or None."""
-        n1, n2 = self._side("w1").shape[axis], self._side("w2").shape[axis]
+        n1, n2 = self._side_shape("w1")[axis], self._side_shape("w2")[axis]
         if index.size and index.size % n2 == 0:
             blocks = index.reshape(-1, n2)
             if (
